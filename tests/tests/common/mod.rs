@@ -1,0 +1,88 @@
+//! Helpers shared by the end-to-end tests: finding the built binaries, running outside
+//! oracles (qemu-img, qemu-io, vmdkinfo), and hashing files.
+#![allow(dead_code)]
+
+pub mod esxgen;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of a workspace binary, built next to this test executable.
+///
+/// `cargo test --workspace` and `cargo nextest run --workspace` build every package's binaries
+/// before running tests (each tool crate has integration tests of its own). Running this crate
+/// alone needs `cargo build --workspace --bins` first; the panic says so.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/this-test -> target/debug/NAME
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run the whole workspace (`cargo nextest run --workspace`) or `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// Run a command, panicking with its stderr when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `qemu-img ARGS...`, which must succeed.
+pub fn qemu_img(args: &[&str]) -> Output {
+    run(Command::new("qemu-img").args(args))
+}
+
+/// `qemu-io -f vmdk FILE -c CMD...`, which must succeed.
+pub fn qemu_io(file: &Path, fmt: &str, cmds: &[&str]) -> Output {
+    let mut c = Command::new("qemu-io");
+    c.arg("-f").arg(fmt).arg(file);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    let out = run(&mut c);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("error") && !text.contains("failed"), "qemu-io {cmds:?}: {text}");
+    out
+}
+
+/// The guest-visible bytes of `disk` as qemu-img reads them (the oracle).
+pub fn qemu_raw(disk: &Path, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!(
+        "{}.qemu.raw",
+        disk.file_name().unwrap().to_string_lossy()
+    ));
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        disk.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    std::fs::read(&out).unwrap()
+}
+
+/// The guest-visible bytes of `disk` as `vmdk-parse cat` writes them to stdout.
+pub fn vmdk_parse_cat(disk: &Path) -> Vec<u8> {
+    run(Command::new(bin("vmdk-parse")).arg("cat").arg(disk)).stdout
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(data);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the project's committed fixtures are.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
