@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, every test of every crate
+# (unit, property, CLI, and end-to-end tests against qemu-img and libvmdk), and a build of the
+# fuzz targets when cargo-fuzz is available.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    cargo test --workspace --no-fail-fast
+fi
+if cargo fuzz --version >/dev/null 2>&1; then
+    echo "== fuzz targets build"
+    (cd vmdk-parse && cargo fuzz build -O >/dev/null)
+fi
