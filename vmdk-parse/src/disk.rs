@@ -146,7 +146,12 @@ impl Disk {
 
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
         let path = path.as_ref();
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        // Name the disk itself, not its folder, when it is missing.
+        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let root = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
         let mut disk = Disk {
             files: Vec::new(),
@@ -165,7 +170,10 @@ impl Disk {
                 return Err(Error::corrupt(&p, "snapshot chain loops back to this file"));
             }
             if disk.links.len() >= MAX_CHAIN_LINKS {
-                return Err(Error::corrupt(&p, format!("snapshot chain is longer than {MAX_CHAIN_LINKS} links")));
+                return Err(Error::corrupt(
+                    &p,
+                    format!("snapshot chain is longer than {MAX_CHAIN_LINKS} links"),
+                ));
             }
             let link = disk.open_link(&p)?;
             if let Some(child) = disk.links.pop() {
@@ -176,7 +184,10 @@ impl Disk {
             next = match (&link.parent_hint, link.parent_cid) {
                 (Some(hint), _) => Some(disk.resolve_path(&link.path, hint, "parent")?),
                 (None, Some(pc)) if pc != CID_NONE => {
-                    return Err(Error::corrupt(&link.path, format!("parentCID={pc:08x} but no parentFileNameHint")))
+                    return Err(Error::corrupt(
+                        &link.path,
+                        format!("parentCID={pc:08x} but no parentFileNameHint"),
+                    ))
                 }
                 _ => None,
             };
@@ -224,7 +235,10 @@ impl Disk {
     /// Resolve a path named inside `from` (an extent or parent file name) under the path policy.
     fn resolve_path(&self, from: &Path, name: &str, what: &str) -> Result<PathBuf> {
         let named = Path::new(name);
-        let base = from.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = from
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let joined = base.join(named);
         if !self.opts.allow_outside {
             let refuse = || {
@@ -256,7 +270,10 @@ impl Disk {
     fn add_file(&mut self, path: &Path) -> Result<FileId> {
         let f = DiskFile::open(path)?;
         if !f.file.metadata().map_err(|e| Error::io(path, e))?.is_file() && !self.files.is_empty() {
-            return Err(Error::unsupported(path, "extent is not a regular file (device extents are not supported)"));
+            return Err(Error::unsupported(
+                path,
+                "extent is not a regular file (device extents are not supported)",
+            ));
         }
         self.files.push(f);
         Ok((self.files.len() - 1) as FileId)
@@ -273,17 +290,38 @@ impl Disk {
         if head.starts_with(cowd::MAGIC) {
             let e = cowd::CowdExtent::open(&self.files, fid)?;
             let size = e.capacity_bytes();
-            return Ok(bare_link(path, LinkFormat::Cowd, "vmfsSparse", size, ExtentType::VmfsSparse, fid, ExtentData::Cowd(e)));
+            return Ok(bare_link(
+                path,
+                LinkFormat::Cowd,
+                "vmfsSparse",
+                size,
+                ExtentType::VmfsSparse,
+                fid,
+                ExtentData::Cowd(e),
+            ));
         }
-        if head.len() >= 8 && u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) == sesparse::MAGIC {
+        if head.len() >= 8
+            && u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) == sesparse::MAGIC
+        {
             let e = sesparse::SeSparseExtent::open(&self.files, fid)?;
             let size = e.capacity_bytes();
-            return Ok(bare_link(path, LinkFormat::SeSparse, "seSparse", size, ExtentType::SeSparse, fid, ExtentData::SeSparse(e)));
+            return Ok(bare_link(
+                path,
+                LinkFormat::SeSparse,
+                "seSparse",
+                size,
+                ExtentType::SeSparse,
+                fid,
+                ExtentData::SeSparse(e),
+            ));
         }
         if looks_like_descriptor(&head) {
             let len = f.len;
             if len > crate::descriptor::MAX_DESCRIPTOR_BYTES {
-                return Err(Error::corrupt(path, format!("looks like a descriptor but is {len} bytes")));
+                return Err(Error::corrupt(
+                    path,
+                    format!("looks like a descriptor but is {len} bytes"),
+                ));
             }
             let bytes = f.read_vec(0, len, "descriptor")?;
             let d = Descriptor::parse(path, &bytes)?;
@@ -291,9 +329,23 @@ impl Disk {
         }
         let size = f.len;
         if size > MAX_CAPACITY_BYTES {
-            return Err(Error::corrupt(path, format!("raw image of {size} bytes is over the {MAX_CAPACITY_BYTES}-byte limit")));
+            return Err(Error::corrupt(
+                path,
+                format!("raw image of {size} bytes is over the {MAX_CAPACITY_BYTES}-byte limit"),
+            ));
         }
-        Ok(bare_link(path, LinkFormat::Raw, "raw", size, ExtentType::Flat, fid, ExtentData::Flat(FlatExtent { file: fid, start: 0 })))
+        Ok(bare_link(
+            path,
+            LinkFormat::Raw,
+            "raw",
+            size,
+            ExtentType::Flat,
+            fid,
+            ExtentData::Flat(FlatExtent {
+                file: fid,
+                start: 0,
+            }),
+        ))
     }
 
     fn open_bare_sparse(&mut self, path: &Path, fid: FileId) -> Result<Link> {
@@ -303,15 +355,33 @@ impl Disk {
         let descriptor = if h.descriptor_offset != 0 && h.descriptor_size != 0 {
             let len = h.descriptor_size.saturating_mul(SECTOR);
             if len > crate::descriptor::MAX_DESCRIPTOR_BYTES {
-                return Err(Error::corrupt(path, format!("embedded descriptor of {} sectors is absurd", h.descriptor_size)));
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "embedded descriptor of {} sectors is absurd",
+                        h.descriptor_size
+                    ),
+                ));
             }
-            let bytes = f.read_vec(h.descriptor_offset.saturating_mul(SECTOR), len, "embedded descriptor")?;
+            let bytes = f.read_vec(
+                h.descriptor_offset.saturating_mul(SECTOR),
+                len,
+                "embedded descriptor",
+            )?;
             Some(Descriptor::parse(path, &bytes)?)
         } else {
             None
         };
         let size = e.capacity_bytes();
-        let mut link = bare_link(path, LinkFormat::Sparse, "", size, ExtentType::Sparse, fid, ExtentData::Sparse(e));
+        let mut link = bare_link(
+            path,
+            LinkFormat::Sparse,
+            "",
+            size,
+            ExtentType::Sparse,
+            fid,
+            ExtentData::Sparse(e),
+        );
         if let Some(d) = descriptor {
             link.create_type = d.create_type().unwrap_or("").to_string();
             link.cid = d.cid(path)?;
@@ -327,9 +397,18 @@ impl Disk {
         let ct = create_type.to_ascii_lowercase();
         if matches!(
             ct.as_str(),
-            "vmfsraw" | "vmfsrawdevicemap" | "vmfsrdm" | "vmfspassthroughrawdevicemap" | "vmfsrdmp" | "fulldevice" | "partitioneddevice"
+            "vmfsraw"
+                | "vmfsrawdevicemap"
+                | "vmfsrdm"
+                | "vmfspassthroughrawdevicemap"
+                | "vmfsrdmp"
+                | "fulldevice"
+                | "partitioneddevice"
         ) {
-            return Err(Error::unsupported(path, format!("createType {create_type:?} is a raw device mapping or physical disk")));
+            return Err(Error::unsupported(
+                path,
+                format!("createType {create_type:?} is a raw device mapping or physical disk"),
+            ));
         }
         let lines: Vec<_> = d.extents().cloned().collect();
         if lines.is_empty() {
@@ -341,7 +420,11 @@ impl Disk {
             let size = line
                 .size_sectors
                 .checked_mul(SECTOR)
-                .filter(|s| start.checked_add(*s).is_some_and(|e| e <= MAX_CAPACITY_BYTES))
+                .filter(|s| {
+                    start
+                        .checked_add(*s)
+                        .is_some_and(|e| e <= MAX_CAPACITY_BYTES)
+                })
                 .ok_or_else(|| Error::corrupt(path, "extent sizes add up to an absurd capacity"))?;
             if line.access == Access::Noaccess {
                 return Err(Error::unsupported(path, "an extent has access NOACCESS"));
@@ -349,28 +432,48 @@ impl Disk {
             let (file, data) = match line.kind.clone() {
                 ExtentType::Zero => (None, ExtentData::Zero(ZeroExtent)),
                 ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
-                    return Err(Error::unsupported(path, format!("{} extents (raw device mappings)", line.kind.as_str())))
+                    return Err(Error::unsupported(
+                        path,
+                        format!("{} extents (raw device mappings)", line.kind.as_str()),
+                    ))
                 }
                 kind => {
-                    let name = line.file.as_deref().ok_or_else(|| Error::corrupt(path, "extent has no file"))?;
+                    let name = line
+                        .file
+                        .as_deref()
+                        .ok_or_else(|| Error::corrupt(path, "extent has no file"))?;
                     let p = self.resolve_path(path, name, "extent")?;
                     let fid = self.add_file(&p)?;
                     let f = &self.files[fid as usize];
                     let data = match kind {
                         ExtentType::Flat | ExtentType::Vmfs => {
-                            let at = line.offset_sectors.checked_mul(SECTOR).ok_or_else(|| Error::corrupt(path, "absurd extent offset"))?;
+                            let at = line
+                                .offset_sectors
+                                .checked_mul(SECTOR)
+                                .ok_or_else(|| Error::corrupt(path, "absurd extent offset"))?;
                             if at.checked_add(size).is_none_or(|end| end > f.len) {
                                 return Err(Error::corrupt(
                                     &f.path,
                                     format!("flat extent file is {} bytes, but the descriptor needs {} bytes from byte {at}", f.len, size),
                                 ));
                             }
-                            ExtentData::Flat(FlatExtent { file: fid, start: at })
+                            ExtentData::Flat(FlatExtent {
+                                file: fid,
+                                start: at,
+                            })
                         }
-                        ExtentType::Sparse => ExtentData::Sparse(SparseExtent::open(&self.files, fid)?),
-                        ExtentType::VmfsSparse => ExtentData::Cowd(cowd::CowdExtent::open(&self.files, fid)?),
-                        ExtentType::SeSparse => ExtentData::SeSparse(sesparse::SeSparseExtent::open(&self.files, fid)?),
-                        ExtentType::Zero | ExtentType::VmfsRdm | ExtentType::VmfsRaw => unreachable!("handled above"),
+                        ExtentType::Sparse => {
+                            ExtentData::Sparse(SparseExtent::open(&self.files, fid)?)
+                        }
+                        ExtentType::VmfsSparse => {
+                            ExtentData::Cowd(cowd::CowdExtent::open(&self.files, fid)?)
+                        }
+                        ExtentType::SeSparse => {
+                            ExtentData::SeSparse(sesparse::SeSparseExtent::open(&self.files, fid)?)
+                        }
+                        ExtentType::Zero | ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
+                            unreachable!("handled above")
+                        }
                     };
                     let holds = match &data {
                         ExtentData::Sparse(e) => Some(e.capacity_bytes()),
@@ -382,7 +485,9 @@ impl Disk {
                         if holds < size {
                             return Err(Error::corrupt(
                                 &self.files[fid as usize].path,
-                                format!("extent holds {holds} bytes, but the descriptor says {size}"),
+                                format!(
+                                    "extent holds {holds} bytes, but the descriptor says {size}"
+                                ),
                             ));
                         }
                     }
@@ -415,7 +520,13 @@ impl Disk {
     /// Resolve `[offset, offset + len)` into pieces, following unallocated ranges down the
     /// chain. Pieces come out in order, cover the range exactly, and neighbours that continue
     /// each other are merged.
-    pub fn resolve(&self, offset: u64, len: u64, want_holes: bool, out: &mut Vec<Piece>) -> Result<()> {
+    pub fn resolve(
+        &self,
+        offset: u64,
+        len: u64,
+        want_holes: bool,
+        out: &mut Vec<Piece>,
+    ) -> Result<()> {
         self.check_range(offset, len)?;
         self.resolve_link(0, offset, len, want_holes, out)
     }
@@ -431,7 +542,14 @@ impl Disk {
         Ok(())
     }
 
-    fn resolve_link(&self, depth: usize, offset: u64, len: u64, want_holes: bool, out: &mut Vec<Piece>) -> Result<()> {
+    fn resolve_link(
+        &self,
+        depth: usize,
+        offset: u64,
+        len: u64,
+        want_holes: bool,
+        out: &mut Vec<Piece>,
+    ) -> Result<()> {
         let link = &self.links[depth];
         let end = offset + len;
         let first = link.extents.partition_point(|e| e.start + e.size <= offset);
@@ -443,13 +561,27 @@ impl Disk {
             let from = offset.max(ext.start);
             let to = end.min(ext.start + ext.size);
             sink.pieces.clear();
-            ext.data.map().resolve(&self.files, from - ext.start, to - from, want_holes, &mut sink)?;
+            ext.data.map().resolve(
+                &self.files,
+                from - ext.start,
+                to - from,
+                want_holes,
+                &mut sink,
+            )?;
             for &(o, l, loc) in &sink.pieces {
                 let o = o + ext.start;
                 if loc == Location::Unallocated && depth + 1 < self.links.len() {
                     self.resolve_link(depth + 1, o, l, want_holes, out)?;
                 } else {
-                    push_piece(out, Piece { offset: o, len: l, loc, depth: depth as u32 });
+                    push_piece(
+                        out,
+                        Piece {
+                            offset: o,
+                            len: l,
+                            loc,
+                            depth: depth as u32,
+                        },
+                    );
                 }
             }
         }
@@ -475,7 +607,13 @@ impl Disk {
             Location::Data { file, offset } => {
                 self.files[file as usize].read_exact_at(buf, offset, "data")?;
             }
-            Location::Compressed { file, record, grain_index, grain_bytes, skip } => {
+            Location::Compressed {
+                file,
+                record,
+                grain_index,
+                grain_bytes,
+                skip,
+            } => {
                 GRAIN_CACHE.with(|c| -> Result<()> {
                     let mut c = c.borrow_mut();
                     let key = (self.id, file, record);
@@ -506,10 +644,13 @@ impl Disk {
 
     /// The sparse extent stored in `file`, for inflating its grains.
     pub fn sparse_extent_of(&self, file: FileId) -> Option<&SparseExtent> {
-        self.links.iter().flat_map(|l| &l.extents).find_map(|e| match &e.data {
-            ExtentData::Sparse(s) if s.file == file => Some(s),
-            _ => None,
-        })
+        self.links
+            .iter()
+            .flat_map(|l| &l.extents)
+            .find_map(|e| match &e.data {
+                ExtentData::Sparse(s) if s.file == file => Some(s),
+                _ => None,
+            })
     }
 
     /// The allocation map, as an iterator of merged ranges in disk order.
@@ -536,8 +677,18 @@ fn push_piece(out: &mut Vec<Piece>, p: Piece) {
     if let Some(last) = out.last_mut() {
         if last.offset + last.len == p.offset && last.depth == p.depth {
             let merges = match (last.loc, p.loc) {
-                (Location::Unallocated, Location::Unallocated) | (Location::Zero, Location::Zero) => true,
-                (Location::Data { file: f1, offset: o1 }, Location::Data { file: f2, offset: o2 }) => f1 == f2 && o1 + last.len == o2,
+                (Location::Unallocated, Location::Unallocated)
+                | (Location::Zero, Location::Zero) => true,
+                (
+                    Location::Data {
+                        file: f1,
+                        offset: o1,
+                    },
+                    Location::Data {
+                        file: f2,
+                        offset: o2,
+                    },
+                ) => f1 == f2 && o1 + last.len == o2,
                 _ => false,
             };
             if merges {
@@ -549,7 +700,15 @@ fn push_piece(out: &mut Vec<Piece>, p: Piece) {
     out.push(p);
 }
 
-fn bare_link(path: &Path, format: LinkFormat, create_type: &str, size: u64, kind: ExtentType, fid: FileId, data: ExtentData) -> Link {
+fn bare_link(
+    path: &Path,
+    format: LinkFormat,
+    create_type: &str,
+    size: u64,
+    kind: ExtentType,
+    fid: FileId,
+    data: ExtentData,
+) -> Link {
     Link {
         path: path.to_path_buf(),
         format,
