@@ -94,7 +94,10 @@ pub enum Line {
     Blank,
     Comment(String),
     /// `key=value` or `key = "value"`; `value` is unquoted.
-    Pair { key: String, value: String },
+    Pair {
+        key: String,
+        value: String,
+    },
     Extent(ExtentLine),
     /// A line that fits no form; kept, and reported by `check`.
     Other(String),
@@ -144,14 +147,14 @@ pub fn looks_like_descriptor(bytes: &[u8]) -> bool {
         let Some((k, v)) = s.split_once('=') else {
             return false;
         };
-        return k.trim().eq_ignore_ascii_case("version")
-            && matches!(unquote(v), "1" | "2" | "3");
+        return k.trim().eq_ignore_ascii_case("version") && matches!(unquote(v), "1" | "2" | "3");
     }
     false
 }
 
 fn parse_extent_line(path: &Path, lineno: usize, line: &str) -> Result<ExtentLine> {
-    let bad = |what: &str| Error::corrupt(path, format!("descriptor line {lineno}: {what}: {line:?}"));
+    let bad =
+        |what: &str| Error::corrupt(path, format!("descriptor line {lineno}: {what}: {line:?}"));
     let mut rest = line.trim();
     let mut word = || -> Option<&str> {
         let r = rest.trim_start();
@@ -206,7 +209,10 @@ impl Descriptor {
         if bytes.len() as u64 > MAX_DESCRIPTOR_BYTES {
             return Err(Error::corrupt(
                 path,
-                format!("descriptor is {} bytes, over the {MAX_DESCRIPTOR_BYTES}-byte limit", bytes.len()),
+                format!(
+                    "descriptor is {} bytes, over the {MAX_DESCRIPTOR_BYTES}-byte limit",
+                    bytes.len()
+                ),
             ));
         }
         let bytes = match bytes.iter().position(|&b| b == 0) {
@@ -214,25 +220,41 @@ impl Descriptor {
             None => bytes,
         };
         let text = match declared_encoding(bytes) {
-            Some(label) if !label.eq_ignore_ascii_case("UTF-8") && !label.eq_ignore_ascii_case("utf8") => {
+            Some(label)
+                if !label.eq_ignore_ascii_case("UTF-8") && !label.eq_ignore_ascii_case("utf8") =>
+            {
                 let enc = encoding_rs::Encoding::for_label(label.as_bytes()).ok_or_else(|| {
                     Error::unsupported(path, format!("descriptor encoding {label:?} is not known"))
                 })?;
                 let (text, _, had_errors) = enc.decode(bytes);
                 if had_errors {
-                    return Err(Error::corrupt(path, format!("descriptor is not valid {label}")));
+                    return Err(Error::corrupt(
+                        path,
+                        format!("descriptor is not valid {label}"),
+                    ));
                 }
                 text.into_owned()
             }
-            _ => String::from_utf8(bytes.to_vec())
-                .map_err(|e| Error::corrupt(path, format!("descriptor is not valid UTF-8 (byte {})", e.utf8_error().valid_up_to())))?,
+            _ => String::from_utf8(bytes.to_vec()).map_err(|e| {
+                Error::corrupt(
+                    path,
+                    format!(
+                        "descriptor is not valid UTF-8 (byte {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                )
+            })?,
         };
         let mut lines = Vec::new();
         let mut extents = 0usize;
         for (i, raw) in text.split('\n').enumerate() {
             let raw = raw.strip_suffix('\r').unwrap_or(raw);
             let trimmed = raw.trim();
-            let first = trimmed.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            let first = trimmed
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
             let line = if trimmed.is_empty() {
                 Line::Blank
             } else if trimmed.starts_with('#') {
@@ -240,7 +262,10 @@ impl Descriptor {
             } else if matches!(first.as_str(), "RW" | "RDONLY" | "NOACCESS") {
                 extents += 1;
                 if extents > MAX_EXTENTS {
-                    return Err(Error::corrupt(path, format!("more than {MAX_EXTENTS} extents")));
+                    return Err(Error::corrupt(
+                        path,
+                        format!("more than {MAX_EXTENTS} extents"),
+                    ));
                 }
                 Line::Extent(parse_extent_line(path, i + 1, trimmed)?)
             } else if let Some((k, v)) = trimmed.split_once('=') {
@@ -294,9 +319,12 @@ impl Descriptor {
     fn cid_value(&self, path: &Path, key: &str) -> Result<Option<u32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => u32::from_str_radix(v.trim(), 16)
-                .map(Some)
-                .map_err(|_| Error::corrupt(path, format!("descriptor {key}={v:?} is not a hexadecimal 32-bit value"))),
+            Some(v) => u32::from_str_radix(v.trim(), 16).map(Some).map_err(|_| {
+                Error::corrupt(
+                    path,
+                    format!("descriptor {key}={v:?} is not a hexadecimal 32-bit value"),
+                )
+            }),
         }
     }
 
@@ -367,7 +395,10 @@ mod tests {
         t.push(0xe9);
         t.extend_from_slice(b"-flat.vmdk\" 0\n");
         let d = Descriptor::parse(Path::new("x"), &t).unwrap();
-        assert_eq!(d.extents().next().unwrap().file.as_deref(), Some("café-flat.vmdk"));
+        assert_eq!(
+            d.extents().next().unwrap().file.as_deref(),
+            Some("café-flat.vmdk")
+        );
         t[t.len() - 20] = 0xff;
         let bad = b"version=1\nRW 8 FLAT \"caf\xe9\" 0\n";
         assert!(Descriptor::parse(Path::new("x"), bad).is_err());

@@ -45,8 +45,14 @@ pub enum Error {
         what: String,
     },
 
-    #[error("read of {len} bytes at offset {offset} passes the end of the disk ({capacity} bytes)")]
-    OutOfRange { offset: u64, len: u64, capacity: u64 },
+    #[error(
+        "read of {len} bytes at offset {offset} passes the end of the disk ({capacity} bytes)"
+    )]
+    OutOfRange {
+        offset: u64,
+        len: u64,
+        capacity: u64,
+    },
 }
 
 impl Error {

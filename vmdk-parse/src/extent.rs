@@ -49,9 +49,16 @@ impl PieceSink {
                 let merges = match (*lloc, loc) {
                     (Location::Unallocated, Location::Unallocated) => true,
                     (Location::Zero, Location::Zero) => true,
-                    (Location::Data { file: f1, offset: o1 }, Location::Data { file: f2, offset: o2 }) => {
-                        f1 == f2 && o1 + *ll == o2
-                    }
+                    (
+                        Location::Data {
+                            file: f1,
+                            offset: o1,
+                        },
+                        Location::Data {
+                            file: f2,
+                            offset: o2,
+                        },
+                    ) => f1 == f2 && o1 + *ll == o2,
                     _ => false,
                 };
                 if merges {
@@ -153,7 +160,14 @@ fn seek_data_hole(file: &std::fs::File, at: u64) -> Option<(u64, u64)> {
 pub struct ZeroExtent;
 
 impl ExtentMap for ZeroExtent {
-    fn resolve(&self, _: &[DiskFile], offset: u64, len: u64, _: bool, sink: &mut PieceSink) -> Result<()> {
+    fn resolve(
+        &self,
+        _: &[DiskFile],
+        offset: u64,
+        len: u64,
+        _: bool,
+        sink: &mut PieceSink,
+    ) -> Result<()> {
         sink.push(offset, len, Location::Zero);
         Ok(())
     }
@@ -168,17 +182,52 @@ mod tests {
         let mut s = PieceSink::default();
         s.push(0, 10, Location::Zero);
         s.push(10, 5, Location::Zero);
-        s.push(15, 5, Location::Data { file: 0, offset: 100 });
-        s.push(20, 5, Location::Data { file: 0, offset: 105 });
-        s.push(25, 5, Location::Data { file: 0, offset: 200 });
+        s.push(
+            15,
+            5,
+            Location::Data {
+                file: 0,
+                offset: 100,
+            },
+        );
+        s.push(
+            20,
+            5,
+            Location::Data {
+                file: 0,
+                offset: 105,
+            },
+        );
+        s.push(
+            25,
+            5,
+            Location::Data {
+                file: 0,
+                offset: 200,
+            },
+        );
         s.push(30, 0, Location::Unallocated);
         s.push(30, 5, Location::Unallocated);
         assert_eq!(
             s.pieces,
             vec![
                 (0, 15, Location::Zero),
-                (15, 10, Location::Data { file: 0, offset: 100 }),
-                (25, 5, Location::Data { file: 0, offset: 200 }),
+                (
+                    15,
+                    10,
+                    Location::Data {
+                        file: 0,
+                        offset: 100
+                    }
+                ),
+                (
+                    25,
+                    5,
+                    Location::Data {
+                        file: 0,
+                        offset: 200
+                    }
+                ),
                 (30, 5, Location::Unallocated),
             ]
         );

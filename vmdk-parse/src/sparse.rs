@@ -124,17 +124,26 @@ impl SparseHeader {
         if !(1..=3).contains(&self.version) {
             return Err(Error::unsupported(
                 &f.path,
-                format!("sparse header version {} (1, 2 and 3 are known)", self.version),
+                format!(
+                    "sparse header version {} (1, 2 and 3 are known)",
+                    self.version
+                ),
             ));
         }
         let incompat = self.flags & 0xffff_0000;
         if incompat & !KNOWN_INCOMPAT != 0 {
             return Err(Error::unsupported(
                 &f.path,
-                format!("sparse header has unknown incompatible flags {:#010x}", incompat),
+                format!(
+                    "sparse header has unknown incompatible flags {:#010x}",
+                    incompat
+                ),
             ));
         }
-        if self.grain_size == 0 || !self.grain_size.is_power_of_two() || self.grain_size > MAX_GRAIN_SECTORS {
+        if self.grain_size == 0
+            || !self.grain_size.is_power_of_two()
+            || self.grain_size > MAX_GRAIN_SECTORS
+        {
             return bad(format!(
                 "grain size {} sectors is not a power of two from 1 to {MAX_GRAIN_SECTORS}",
                 self.grain_size
@@ -146,13 +155,20 @@ impl SparseHeader {
                 self.num_gtes_per_gt
             ));
         }
-        if self.capacity.checked_mul(SECTOR).is_none_or(|b| b > MAX_CAPACITY_BYTES) {
+        if self
+            .capacity
+            .checked_mul(SECTOR)
+            .is_none_or(|b| b > MAX_CAPACITY_BYTES)
+        {
             return bad(format!("capacity of {} sectors is absurd", self.capacity));
         }
         if self.compressed() && self.compress_algorithm != 1 {
             return Err(Error::unsupported(
                 &f.path,
-                format!("compression algorithm {} (only 1, deflate, is known)", self.compress_algorithm),
+                format!(
+                    "compression algorithm {} (only 1, deflate, is known)",
+                    self.compress_algorithm
+                ),
             ));
         }
         Ok(())
@@ -194,7 +210,8 @@ impl SparseExtent {
         let f = &files[file as usize];
         let mut hb = [0u8; HEADER_LEN];
         f.read_exact_at(&mut hb, 0, "sparse header")?;
-        let first = SparseHeader::parse(&hb).ok_or_else(|| Error::corrupt(&f.path, "no KDMV magic"))?;
+        let first =
+            SparseHeader::parse(&hb).ok_or_else(|| Error::corrupt(&f.path, "no KDMV magic"))?;
         first.validate(f)?;
 
         let mut header = first.clone();
@@ -203,13 +220,19 @@ impl SparseExtent {
         let mut use_scan = false;
         if first.gd_offset == GD_AT_END {
             if !first.compressed() {
-                return Err(Error::corrupt(&f.path, "grain directory at end of file, but the extent is not compressed"));
+                return Err(Error::corrupt(
+                    &f.path,
+                    "grain directory at end of file, but the extent is not compressed",
+                ));
             }
             match read_footer(f)? {
                 Some(footer) => {
                     footer.validate(f)?;
                     if footer.capacity != first.capacity || footer.grain_size != first.grain_size {
-                        return Err(Error::corrupt(&f.path, "footer disagrees with the header on capacity or grain size"));
+                        return Err(Error::corrupt(
+                            &f.path,
+                            "footer disagrees with the header on capacity or grain size",
+                        ));
                     }
                     header = footer;
                     first_header = Some(first.clone());
@@ -224,7 +247,10 @@ impl SparseExtent {
             if first.compressed() {
                 use_scan = true;
             } else {
-                return Err(Error::corrupt(&f.path, "sparse header has no grain directory (gdOffset 0)"));
+                return Err(Error::corrupt(
+                    &f.path,
+                    "sparse header has no grain directory (gdOffset 0)",
+                ));
             }
         }
 
@@ -233,7 +259,10 @@ impl SparseExtent {
         let data_start_sector = header.over_head.max(1);
         let lookup = if use_scan {
             if !header.markers() {
-                return Err(Error::corrupt(&f.path, "compressed extent has no grain directory and no markers to scan"));
+                return Err(Error::corrupt(
+                    &f.path,
+                    "compressed extent has no grain directory and no markers to scan",
+                ));
             }
             source = "scan";
             Lookup::Scanned {
@@ -278,14 +307,23 @@ impl SparseExtent {
         if h.flags & FLAG_REDUNDANT_GD == 0 || h.rgd_offset == 0 || h.rgd_offset == GD_AT_END {
             return Ok(None);
         }
-        read_gd(&files[self.file as usize], h, h.rgd_offset, "redundant grain directory").map(Some)
+        read_gd(
+            &files[self.file as usize],
+            h,
+            h.rgd_offset,
+            "redundant grain directory",
+        )
+        .map(Some)
     }
 
     /// Read one grain table at `sector`, checking it lies in the file past the metadata start.
     pub fn read_gt_at(&self, files: &[DiskFile], sector: u64, what: &str) -> Result<Vec<u32>> {
         let f = &files[self.file as usize];
         if sector == 0 {
-            return Err(Error::corrupt(&f.path, format!("{what} points into the header (sector 0)")));
+            return Err(Error::corrupt(
+                &f.path,
+                format!("{what} points into the header (sector 0)"),
+            ));
         }
         let n = self.header.num_gtes_per_gt as usize;
         let raw = f.read_vec(sector * SECTOR, n as u64 * 4, what)?;
@@ -323,13 +361,22 @@ impl SparseExtent {
         if gte < self.data_start_sector {
             return Err(Error::corrupt(
                 &f.path,
-                format!("grain {g} at sector {gte} points into the metadata (overHead {})", self.data_start_sector),
+                format!(
+                    "grain {g} at sector {gte} points into the metadata (overHead {})",
+                    self.data_start_sector
+                ),
             ));
         }
         let at = gte * SECTOR;
         if self.header.compressed() {
             if at >= f.len {
-                return Err(Error::corrupt(&f.path, format!("grain {g} at sector {gte} lies past the end of the file ({} bytes)", f.len)));
+                return Err(Error::corrupt(
+                    &f.path,
+                    format!(
+                        "grain {g} at sector {gte} lies past the end of the file ({} bytes)",
+                        f.len
+                    ),
+                ));
             }
             return Ok(Location::Compressed {
                 file: self.file,
@@ -342,7 +389,10 @@ impl SparseExtent {
         if at + valid > f.len {
             return Err(Error::corrupt(
                 &f.path,
-                format!("grain {g} at sector {gte} lies past the end of the file ({} bytes)", f.len),
+                format!(
+                    "grain {g} at sector {gte} lies past the end of the file ({} bytes)",
+                    f.len
+                ),
             ));
         }
         Ok(Location::Data {
@@ -361,7 +411,14 @@ impl SparseExtent {
         out: &mut [u8],
         scratch: &mut Vec<u8>,
     ) -> Result<usize> {
-        inflate_record(&files[self.file as usize], &self.header, record, grain_index, out, scratch)
+        inflate_record(
+            &files[self.file as usize],
+            &self.header,
+            record,
+            grain_index,
+            out,
+            scratch,
+        )
     }
 }
 
@@ -394,7 +451,10 @@ pub fn inflate_record(
     // Deflate can expand incompressible data a little; more than this is not a grain.
     let max = grain_bytes + grain_bytes / 8 + 1024;
     if size == 0 || size > max {
-        return Err(Error::corrupt(&f.path, format!("compressed grain at byte {record} claims {size} bytes")));
+        return Err(Error::corrupt(
+            &f.path,
+            format!("compressed grain at byte {record} claims {size} bytes"),
+        ));
     }
     scratch.resize(size as usize, 0);
     f.read_exact_at(scratch, record + hdr_len as u64, "compressed grain")?;
@@ -402,7 +462,12 @@ pub fn inflate_record(
     DECOMPRESSOR.with(|d| {
         d.borrow_mut()
             .zlib_decompress(scratch, &mut out[..want])
-            .map_err(|e| Error::corrupt(&f.path, format!("compressed grain at byte {record} does not inflate: {e:?}")))
+            .map_err(|e| {
+                Error::corrupt(
+                    &f.path,
+                    format!("compressed grain at byte {record} does not inflate: {e:?}"),
+                )
+            })
     })
 }
 
@@ -413,7 +478,10 @@ thread_local! {
 
 fn read_gd(f: &DiskFile, h: &SparseHeader, sector: u64, what: &str) -> Result<GrainDirectory> {
     if sector == 0 {
-        return Err(Error::corrupt(&f.path, format!("{what} points into the header (sector 0)")));
+        return Err(Error::corrupt(
+            &f.path,
+            format!("{what} points into the header (sector 0)"),
+        ));
     }
     let n = h.gd_entries();
     // Bounded: read_vec refuses anything that does not lie in the file.
@@ -432,7 +500,8 @@ fn read_footer(f: &DiskFile) -> Result<Option<SparseHeader>> {
     let marker_type = le_u32(&b, 12);
     let eos_type = le_u32(&b, 1024 + 12);
     let eos_val = le_u64(&b, 1024);
-    if le_u32(&b, 8) != 0 || marker_type != MARKER_FOOTER || eos_type != MARKER_EOS || eos_val != 0 {
+    if le_u32(&b, 8) != 0 || marker_type != MARKER_FOOTER || eos_type != MARKER_EOS || eos_val != 0
+    {
         return Ok(None);
     }
     Ok(SparseHeader::parse(&b[512..1024]))
@@ -462,7 +531,10 @@ fn scan_stream(f: &DiskFile, h: &SparseHeader) -> Result<Vec<(u64, u64)>> {
                 sector = sector.saturating_add(1).saturating_add(val);
             }
             t => {
-                return Err(Error::corrupt(&f.path, format!("unknown stream marker type {t} at sector {sector}")))
+                return Err(Error::corrupt(
+                    &f.path,
+                    format!("unknown stream marker type {t} at sector {sector}"),
+                ))
             }
         }
     }
@@ -473,7 +545,14 @@ fn scan_stream(f: &DiskFile, h: &SparseHeader) -> Result<Vec<(u64, u64)>> {
 }
 
 impl ExtentMap for SparseExtent {
-    fn resolve(&self, files: &[DiskFile], offset: u64, len: u64, _: bool, sink: &mut PieceSink) -> Result<()> {
+    fn resolve(
+        &self,
+        files: &[DiskFile],
+        offset: u64,
+        len: u64,
+        _: bool,
+        sink: &mut PieceSink,
+    ) -> Result<()> {
         let end = offset + len;
         let mut pos = offset;
         let gtes = self.header.num_gtes_per_gt as u64;
@@ -485,7 +564,10 @@ impl ExtentMap for SparseExtent {
                 Lookup::Tables { gd } => {
                     let gdi = g / gtes;
                     let gt_sector = *gd.get(gdi as usize).ok_or_else(|| {
-                        Error::corrupt(&files[self.file as usize].path, format!("grain {g} is beyond the grain directory"))
+                        Error::corrupt(
+                            &files[self.file as usize].path,
+                            format!("grain {g} is beyond the grain directory"),
+                        )
                     })?;
                     if gt_sector == 0 {
                         // No table: the whole span it would cover is unallocated.

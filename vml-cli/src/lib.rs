@@ -148,7 +148,10 @@ mod tests {
         let doc = include_str!("../../docs/exit-codes.md");
         for e in Exit::ALL {
             let row = format!("| {} | `{}` |", e.code(), e.name());
-            assert!(doc.contains(&row), "docs/exit-codes.md lacks the row {row:?}");
+            assert!(
+                doc.contains(&row),
+                "docs/exit-codes.md lacks the row {row:?}"
+            );
         }
     }
 }
