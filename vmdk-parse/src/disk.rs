@@ -590,14 +590,18 @@ impl Disk {
 
     /// Read guest-visible bytes at `offset` into `buf`. Reads past the end are an error.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let mut pieces = Vec::new();
-        self.resolve(offset, buf.len() as u64, false, &mut pieces)?;
-        let mut scratch = Vec::new();
-        for p in &pieces {
-            let at = (p.offset - offset) as usize;
-            self.read_piece(p, &mut buf[at..at + p.len as usize], &mut scratch)?;
-        }
-        Ok(())
+        // Small reads are the common case (vdiff reads 4 KiB blocks): reuse this thread's
+        // buffers rather than allocate per call.
+        READ_SCRATCH.with(|s| {
+            let (pieces, scratch) = &mut *s.borrow_mut();
+            pieces.clear();
+            self.resolve(offset, buf.len() as u64, false, pieces)?;
+            for p in pieces.iter() {
+                let at = (p.offset - offset) as usize;
+                self.read_piece(p, &mut buf[at..at + p.len as usize], scratch)?;
+            }
+            Ok(())
+        })
     }
 
     /// Read the bytes of one resolved piece into `buf` (exactly `piece.len` long).
@@ -667,6 +671,8 @@ struct GrainCache {
 }
 
 thread_local! {
+    static READ_SCRATCH: std::cell::RefCell<(Vec<Piece>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     // The last grain inflated on this thread: small sequential reads of a compressed disk
     // inflate each grain once.
     static GRAIN_CACHE: std::cell::RefCell<GrainCache> =
