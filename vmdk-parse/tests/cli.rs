@@ -628,3 +628,50 @@ fn cat_output_is_sparse_and_atomic() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+#[test]
+fn refuses_binary_to_a_terminal() {
+    // `script` gives the command a pseudo-terminal as stdout.
+    if Std::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "util-linux `script` is needed in CI"
+        );
+        return;
+    }
+    let cmd = format!(
+        "'{}' cat '{}'; echo \"rc=$?\"",
+        assert_cmd::cargo::cargo_bin("vmdk-parse").display(),
+        fixture("monolithicSparse.vmdk").display()
+    );
+    let out = Std::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("refusing to write disk bytes to a terminal"),
+        "{text}"
+    );
+    assert!(text.contains("rc=2"), "{text}");
+    assert!(text.len() < 500, "no disk bytes reached the terminal");
+}
+
+#[test]
+fn raw_image_is_a_plain_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("disk.img");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    fs::write(&p, &data).unwrap();
+    let out = vp().arg("cat").arg(&p).output().unwrap();
+    assert_eq!(out.stdout, data);
+    let out = vp().arg("info").arg(&p).output().unwrap();
+    let info: Info = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info.create_type, "raw");
+    assert_eq!(info.capacity_bytes, 100_000);
+    assert_eq!(info.chain[0].format, "raw");
+    assert!(info.chain[0].cid.is_none());
+    // A raw image has no descriptor: a "no" answer.
+    let out = vp().arg("descriptor").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
