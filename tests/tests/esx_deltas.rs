@@ -520,3 +520,111 @@ fn two_tib_deltas_open_and_read_lazily() {
         assert!(len < 64 * MIB, "{k:?} delta is {len} bytes");
     }
 }
+
+/// `vmdk-parse check` on `disk`: the exit code and the problem kinds it lists.
+fn check_kinds(disk: &Path) -> (i32, Vec<String>) {
+    let out = Command::new(common::bin("vmdk-parse"))
+        .arg("check")
+        .arg(disk)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check prints a report");
+    let kinds = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .collect();
+    (out.status.code().unwrap(), kinds)
+}
+
+#[test]
+fn check_walks_cowd_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = DeltaKind::Cowd;
+    let links = write_chain(
+        dir.path(),
+        "chk",
+        &pattern(3, 2 * COWD_SPAN as usize),
+        &[(
+            k,
+            grains(vec![
+                (0, data_grain(k, 30)),
+                (1, Grain::Zero),
+                (4096, data_grain(k, 31)),
+            ]),
+        )],
+    );
+    let top = &links[1];
+    assert_eq!(check_kinds(&top.descriptor), (0, vec![]));
+    // Two entries naming one grain.
+    let g0 = (top.layout.grain_offset_bytes[&0] / SECTOR) as u32;
+    patch(
+        &top.extent,
+        top.layout.gt_offset_bytes[&0] + 8,
+        &g0.to_le_bytes(),
+    );
+    let (code, kinds) = check_kinds(&top.descriptor);
+    assert_eq!(code, 1);
+    assert!(kinds.contains(&"grain_overlap".to_string()), "{kinds:?}");
+    // A grain inside a grain table.
+    let gt1 = (top.layout.gt_offset_bytes[&1] / SECTOR) as u32;
+    patch(
+        &top.extent,
+        top.layout.gt_offset_bytes[&0] + 8,
+        &(gt1 + 1).to_le_bytes(),
+    );
+    let (_, kinds) = check_kinds(&top.descriptor);
+    assert!(kinds.contains(&"grain_overlap".to_string()), "{kinds:?}");
+    // A table past the end of the file: listed, and the read failure too.
+    let past = (std::fs::metadata(&top.extent).unwrap().len() / SECTOR + 1) as u32;
+    patch(
+        &top.extent,
+        top.layout.gd_offset_bytes + 4,
+        &past.to_le_bytes(),
+    );
+    let (_, kinds) = check_kinds(&top.descriptor);
+    assert!(kinds.contains(&"gt_out_of_range".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"unreadable".to_string()), "{kinds:?}");
+}
+
+#[test]
+fn check_walks_sesparse_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = DeltaKind::SeSparse;
+    let links = write_chain(
+        dir.path(),
+        "chk",
+        &pattern(4, 2 * SES_SPAN as usize),
+        &[(
+            k,
+            grains(vec![
+                (0, data_grain(k, 40)),
+                (1, Grain::Unmapped),
+                (4096, data_grain(k, 41)),
+            ]),
+        )],
+    );
+    let top = &links[1];
+    assert_eq!(check_kinds(&top.descriptor), (0, vec![]));
+    let gd = top.layout.gd_offset_bytes;
+    let gt0 = top.layout.gt_offset_bytes[&0];
+    // Entry 1 of table 0 becomes a copy of entry 0: one grain index used twice.
+    let e0 = std::fs::read(&top.extent).unwrap()[gt0 as usize..gt0 as usize + 8].to_vec();
+    patch(&top.extent, gt0 + 8, &e0);
+    let (code, kinds) = check_kinds(&top.descriptor);
+    assert_eq!(code, 1);
+    assert!(kinds.contains(&"grain_overlap".to_string()), "{kinds:?}");
+    // An entry of no known type.
+    patch(&top.extent, gt0 + 16, &(9u64 << 60).to_le_bytes());
+    let (_, kinds) = check_kinds(&top.descriptor);
+    assert!(
+        kinds.contains(&"grain_entry_invalid".to_string()),
+        "{kinds:?}"
+    );
+    // Both directory entries name the same table.
+    let e = std::fs::read(&top.extent).unwrap()[gd as usize..gd as usize + 8].to_vec();
+    patch(&top.extent, gd + 8, &e);
+    let (_, kinds) = check_kinds(&top.descriptor);
+    assert!(kinds.contains(&"gt_overlap".to_string()), "{kinds:?}");
+}

@@ -5,10 +5,12 @@
 //! `docs/vmdk-parse.md`). A disk too damaged to open at all is reported as one `unreadable`
 //! problem; a missing or unsupported disk is an error, not a report.
 
+use crate::cowd::CowdExtent;
 use crate::descriptor::Line;
 use crate::disk::{Disk, ExtentData, OpenOptions};
 use crate::error::{ErrorKind, Result};
 use crate::io::le_u64;
+use crate::sesparse::{GrainEntry, SeSparseExtent};
 use crate::sparse::{SparseExtent, FLAG_VALID_NEWLINE, FLAG_ZERO_GTE, SECTOR};
 use serde::Serialize;
 use std::path::Path;
@@ -103,8 +105,11 @@ pub fn check_disk(d: &Disk) -> Report {
             }
         }
         for e in &link.extents {
-            if let ExtentData::Sparse(s) = &e.data {
-                check_sparse(d, s, &mut p);
+            match &e.data {
+                ExtentData::Sparse(s) => check_sparse(d, s, &mut p),
+                ExtentData::Cowd(c) => check_cowd(d, c, &mut p),
+                ExtentData::SeSparse(s) => check_sesparse(d, s, &mut p),
+                ExtentData::Flat(_) | ExtentData::Zero(_) => {}
             }
         }
     }
@@ -356,4 +361,185 @@ fn check_sparse(d: &Disk, s: &SparseExtent, p: &mut Problems) {
 
 fn rgd_sectors(h: &crate::sparse::SparseHeader) -> u64 {
     (h.gd_entries() * 4).div_ceil(SECTOR)
+}
+
+/// Which slots (grains of a file, or grain indexes) are taken, to find two users of one slot.
+/// Past `MAX_BITMAP_BYTES` the overlap check is skipped rather than use more memory.
+struct Slots {
+    bits: Option<Vec<u64>>,
+}
+
+const MAX_BITMAP_BYTES: u64 = 32 << 20;
+
+impl Slots {
+    fn new(count: u64) -> Slots {
+        let words = count.div_ceil(64);
+        Slots {
+            bits: (words * 8 <= MAX_BITMAP_BYTES).then(|| vec![0u64; words as usize]),
+        }
+    }
+    /// Mark `slot`; true if it was already taken.
+    fn take(&mut self, slot: u64) -> bool {
+        let Some(bits) = &mut self.bits else {
+            return false;
+        };
+        let Some(w) = bits.get_mut((slot / 64) as usize) else {
+            return false;
+        };
+        let bit = 1u64 << (slot % 64);
+        let was = *w & bit != 0;
+        *w |= bit;
+        was
+    }
+}
+
+fn check_cowd(d: &Disk, c: &CowdExtent, p: &mut Problems) {
+    let f = &d.files[c.file as usize];
+    let path = f.path.as_path();
+    let h = &c.header;
+    if h.unclean_shutdown != 0 {
+        p.add(
+            path,
+            "dirty",
+            "uncleanShutdown is set: the delta was not closed cleanly".into(),
+        );
+    }
+    let file_sectors = f.len / SECTOR;
+    let meta_end = c.metadata_end_sector();
+    let gt_sectors = crate::cowd::GTES_PER_GT * 4 / SECTOR;
+    let grain_sectors = h.grain_size as u64;
+    let mut slots = Slots::new(file_sectors.div_ceil(grain_sectors));
+    let gd = c.grain_directory();
+    // Tables first, so a grain placed over a table is caught too.
+    for (i, &sector) in gd.iter().enumerate() {
+        let sector = sector as u64;
+        if sector == 0 {
+            continue;
+        }
+        if sector < meta_end {
+            p.add(path, "gt_overlap", format!("grain table {i} at sector {sector} overlaps the header or grain directory (which end at sector {meta_end})"));
+        } else if sector + gt_sectors > file_sectors {
+            p.add(path, "gt_out_of_range", format!("grain table {i} at sector {sector} lies past the end of the file ({file_sectors} sectors)"));
+        } else {
+            let mut clash = false;
+            for s in sector..sector + gt_sectors {
+                clash |= slots.take(s / grain_sectors);
+            }
+            if clash {
+                p.add(
+                    path,
+                    "gt_overlap",
+                    format!("grain table {i} at sector {sector} overlaps another grain table"),
+                );
+            }
+        }
+    }
+    for (i, &sector) in gd.iter().enumerate() {
+        if sector == 0 {
+            continue;
+        }
+        let Ok(gt) = c.read_gt_at(&d.files, sector as u64, "grain table") else {
+            continue;
+        };
+        for (j, &gte) in gt.iter().enumerate() {
+            let grain = i as u64 * crate::cowd::GTES_PER_GT + j as u64;
+            let gte = gte as u64;
+            if gte <= crate::cowd::GTE_ZERO as u64 {
+                continue;
+            }
+            if grain * grain_sectors >= h.capacity as u64 {
+                p.add(
+                    path,
+                    "grain_out_of_range",
+                    format!("grain table {i} entry {j} is set beyond the capacity"),
+                );
+            } else if gte < meta_end {
+                p.add(
+                    path,
+                    "grain_in_metadata",
+                    format!("grain {grain} at sector {gte} lies in the header or grain directory"),
+                );
+            } else if gte + grain_sectors > file_sectors {
+                p.add(path, "grain_out_of_range", format!("grain {grain} at sector {gte} lies past the end of the file ({file_sectors} sectors)"));
+            } else if gte % grain_sectors == 0 && slots.take(gte / grain_sectors) {
+                p.add(
+                    path,
+                    "grain_overlap",
+                    format!(
+                        "grain {grain} at sector {gte} overlaps a grain table or another grain"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_sesparse(d: &Disk, s: &SeSparseExtent, p: &mut Problems) {
+    let f = &d.files[s.file as usize];
+    let path = f.path.as_path();
+    let h = &s.header;
+    let mut tables = Slots::new(h.grain_tables());
+    let mut grains = Slots::new(h.grains());
+    let gtes = crate::sesparse::GTES_PER_GT;
+    for (i, &entry) in s.grain_directory().iter().enumerate() {
+        let sector = match s.gt_sector(&d.files, i as u64, entry) {
+            Ok(Some(sector)) => sector,
+            Ok(None) => continue,
+            Err(e) => {
+                p.add(path, "gt_out_of_range", e.to_string());
+                continue;
+            }
+        };
+        if tables.take(entry & 0xffff_ffff) {
+            p.add(
+                path,
+                "gt_overlap",
+                format!(
+                    "grain directory entry {i} names grain table {} which another entry names too",
+                    entry & 0xffff_ffff
+                ),
+            );
+        }
+        let gt = match s.read_gt_at(&d.files, sector, "grain table") {
+            Ok(gt) => gt,
+            Err(e) => {
+                p.add(path, "gt_out_of_range", e.to_string());
+                continue;
+            }
+        };
+        for (j, &e) in gt.iter().enumerate() {
+            let grain = i as u64 * gtes + j as u64;
+            match GrainEntry::decode(e) {
+                None => p.add(
+                    path,
+                    "grain_entry_invalid",
+                    format!("grain {grain} has entry {e:#018x}, of no known type"),
+                ),
+                Some(GrainEntry::Allocated { index }) => {
+                    if grain * crate::sesparse::GRAIN_SIZE >= h.capacity {
+                        p.add(
+                            path,
+                            "grain_out_of_range",
+                            format!("grain table {i} entry {j} is set beyond the capacity"),
+                        );
+                    } else if index >= h.grains() {
+                        p.add(path, "grain_out_of_range", format!("grain {grain} is stored at grain index {index}, past the grains region ({} grains)", h.grains()));
+                    } else if (h.grains_offset + (index + 1) * crate::sesparse::GRAIN_SIZE) * SECTOR
+                        > f.len
+                    {
+                        p.add(
+                            path,
+                            "grain_out_of_range",
+                            format!(
+                                "grain {grain} (grain index {index}) lies past the end of the file"
+                            ),
+                        );
+                    } else if grains.take(index) {
+                        p.add(path, "grain_overlap", format!("grain {grain} uses grain index {index}, which another grain uses too"));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
 }

@@ -52,11 +52,10 @@
 //! 4 MiB, and is held; grain tables (16 KiB each) are read on demand into a bounded cache.
 
 use crate::error::{Error, Result};
-use crate::extent::{ExtentMap, FileId, Location, PieceSink};
+use crate::extent::{ExtentMap, FileId, Location, PieceSink, TableCache};
 use crate::io::{le_u32, DiskFile};
 use crate::sparse::{MAX_CAPACITY_BYTES, MAX_GRAIN_SECTORS, SECTOR};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub const MAGIC: &[u8; 4] = b"COWD";
 /// The only version known.
@@ -201,7 +200,7 @@ pub struct CowdExtent {
     grain_bytes: u64,
     capacity_bytes: u64,
     metadata_end_sector: u64,
-    gt_cache: Mutex<HashMap<u64, Arc<[u32]>>>,
+    gt_cache: TableCache<u32>,
 }
 
 impl CowdExtent {
@@ -227,7 +226,7 @@ impl CowdExtent {
             metadata_end_sector: header.gd_offset as u64 + header.gd_sectors(),
             header,
             gd,
-            gt_cache: Mutex::new(HashMap::new()),
+            gt_cache: TableCache::new(GT_CACHE_TABLES),
         })
     }
 
@@ -271,25 +270,13 @@ impl CowdExtent {
     }
 
     fn gt(&self, files: &[DiskFile], gd_index: u64, gt_sector: u32) -> Result<Arc<[u32]>> {
-        {
-            let cache = self.gt_cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = cache.get(&gd_index) {
-                return Ok(t.clone());
-            }
-        }
-        let t: Arc<[u32]> = self
-            .read_gt_at(
+        self.gt_cache.get_or_load(gd_index, || {
+            self.read_gt_at(
                 files,
                 gt_sector as u64,
                 &format!("COWD grain table {gd_index}"),
-            )?
-            .into();
-        let mut cache = self.gt_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= GT_CACHE_TABLES {
-            cache.clear();
-        }
-        cache.insert(gd_index, t.clone());
-        Ok(t)
+            )
+        })
     }
 
     /// Where grain `g` is, given its grain-table entry; `skip` bytes into the grain.
@@ -701,6 +688,6 @@ mod tests {
                 }
             )]
         );
-        assert_eq!(e.gt_cache.lock().unwrap().len(), 1);
+        assert_eq!(e.gt_cache.len(), 1);
     }
 }

@@ -235,11 +235,12 @@ impl Disk {
     /// Resolve a path named inside `from` (an extent or parent file name) under the path policy.
     fn resolve_path(&self, from: &Path, name: &str, what: &str) -> Result<PathBuf> {
         let named = Path::new(name);
-        let base = from
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let joined = base.join(named);
+        let parent = from.parent().filter(|p| !p.as_os_str().is_empty());
+        // Relative to the naming file's folder; `a.vmdk` next to `b.vmdk` stays `a.vmdk`.
+        let joined = match parent {
+            Some(dir) => dir.join(named),
+            None => named.to_path_buf(),
+        };
         if !self.opts.allow_outside {
             let refuse = || {
                 Error::refused(

@@ -233,3 +233,50 @@ mod tests {
         );
     }
 }
+
+/// Grain tables read on demand and kept, up to a bound, by their directory index. Shared by the
+/// hosted sparse, COWD and seSparse readers: tables are small and reads walk them in order, so
+/// clearing the whole cache when it is full is as good as LRU here and far simpler.
+#[derive(Debug)]
+pub struct TableCache<T> {
+    tables: std::sync::Mutex<std::collections::HashMap<u64, std::sync::Arc<[T]>>>,
+    max_tables: usize,
+}
+
+impl<T> TableCache<T> {
+    pub fn new(max_tables: usize) -> TableCache<T> {
+        TableCache {
+            tables: std::sync::Mutex::new(std::collections::HashMap::new()),
+            max_tables,
+        }
+    }
+
+    /// The table at directory index `index`, loaded with `load` when not cached.
+    pub fn get_or_load(
+        &self,
+        index: u64,
+        load: impl FnOnce() -> Result<Vec<T>>,
+    ) -> Result<std::sync::Arc<[T]>> {
+        // A panic while holding the lock cannot leave a half-inserted table: take it anyway.
+        let lock = || self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = lock().get(&index) {
+            return Ok(t.clone());
+        }
+        let t: std::sync::Arc<[T]> = load()?.into();
+        let mut cache = lock();
+        if cache.len() >= self.max_tables {
+            cache.clear();
+        }
+        cache.insert(index, t.clone());
+        Ok(t)
+    }
+
+    /// Tables held now.
+    pub fn len(&self) -> usize {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

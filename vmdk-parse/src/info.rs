@@ -95,8 +95,15 @@ fn extent_infos(disk: &Disk, link: &Link) -> Vec<ExtentInfo> {
         .map(|e| {
             let header = match &e.data {
                 ExtentData::Sparse(s) => serde_json::to_value(&s.header).ok(),
-                // Headers of ESXi deltas: filled in with their readers.
-                ExtentData::Cowd(_) | ExtentData::SeSparse(_) => None,
+                ExtentData::Cowd(c) => serde_json::to_value(&c.header).ok(),
+                ExtentData::SeSparse(s) => serde_json::to_value(&s.header).ok().map(|mut v| {
+                    if let (Some(obj), Ok(vol)) =
+                        (v.as_object_mut(), serde_json::to_value(&s.volatile_header))
+                    {
+                        obj.insert("volatile".into(), vol);
+                    }
+                    v
+                }),
                 ExtentData::Flat(_) | ExtentData::Zero(_) => None,
             };
             let f = e.file.map(|f| &disk.files[f as usize]);

@@ -48,11 +48,10 @@
 //! cache.
 
 use crate::error::{Error, Result};
-use crate::extent::{ExtentMap, FileId, Location, PieceSink};
+use crate::extent::{ExtentMap, FileId, Location, PieceSink, TableCache};
 use crate::io::{le_u64, DiskFile};
 use crate::sparse::{MAX_CAPACITY_BYTES, SECTOR};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The first u64 of the file (the const header magic).
 pub const MAGIC: u64 = 0xCAFE_BABE;
@@ -353,7 +352,7 @@ pub struct SeSparseExtent {
     /// The grain directory entries that cover the capacity.
     gd: Vec<u64>,
     capacity_bytes: u64,
-    gt_cache: Mutex<HashMap<u64, Arc<[u64]>>>,
+    gt_cache: TableCache<u64>,
 }
 
 impl SeSparseExtent {
@@ -408,7 +407,7 @@ impl SeSparseExtent {
             header,
             volatile_header,
             gd,
-            gt_cache: Mutex::new(HashMap::new()),
+            gt_cache: TableCache::new(GT_CACHE_TABLES),
         })
     }
 
@@ -466,25 +465,13 @@ impl SeSparseExtent {
     }
 
     fn gt(&self, files: &[DiskFile], gd_index: u64, gt_sector: u64) -> Result<Arc<[u64]>> {
-        {
-            let cache = self.gt_cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = cache.get(&gd_index) {
-                return Ok(t.clone());
-            }
-        }
-        let t: Arc<[u64]> = self
-            .read_gt_at(
+        self.gt_cache.get_or_load(gd_index, || {
+            self.read_gt_at(
                 files,
                 gt_sector,
                 &format!("seSparse grain table for directory entry {gd_index}"),
-            )?
-            .into();
-        let mut cache = self.gt_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= GT_CACHE_TABLES {
-            cache.clear();
-        }
-        cache.insert(gd_index, t.clone());
-        Ok(t)
+            )
+        })
     }
 
     /// Where grain `g` is, given its raw grain-table entry; `skip` bytes into the grain.

@@ -17,10 +17,9 @@
 //!   their LBA), the way a stream consumer would read it.
 
 use crate::error::{Error, Result};
-use crate::extent::{ExtentMap, FileId, Location, PieceSink};
+use crate::extent::{ExtentMap, FileId, Location, PieceSink, TableCache};
 use crate::io::{le_u16, le_u32, le_u64, DiskFile};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub const SECTOR: u64 = 512;
 pub const MAGIC: &[u8; 4] = b"KDMV";
@@ -202,7 +201,7 @@ pub struct SparseExtent {
     capacity_bytes: u64,
     /// First sector where grains and tables may live.
     data_start_sector: u64,
-    gt_cache: Mutex<HashMap<u64, Arc<[u32]>>>,
+    gt_cache: TableCache<u32>,
 }
 
 impl SparseExtent {
@@ -282,7 +281,7 @@ impl SparseExtent {
             grain_bytes,
             capacity_bytes,
             data_start_sector,
-            gt_cache: Mutex::new(HashMap::new()),
+            gt_cache: TableCache::new(GT_CACHE_TABLES),
         })
     }
 
@@ -331,21 +330,9 @@ impl SparseExtent {
     }
 
     fn gt(&self, files: &[DiskFile], gd_index: u64, gt_sector: u32) -> Result<Arc<[u32]>> {
-        {
-            let cache = self.gt_cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = cache.get(&gd_index) {
-                return Ok(t.clone());
-            }
-        }
-        let t: Arc<[u32]> = self
-            .read_gt_at(files, gt_sector as u64, &format!("grain table {gd_index}"))?
-            .into();
-        let mut cache = self.gt_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= GT_CACHE_TABLES {
-            cache.clear();
-        }
-        cache.insert(gd_index, t.clone());
-        Ok(t)
+        self.gt_cache.get_or_load(gd_index, || {
+            self.read_gt_at(files, gt_sector as u64, &format!("grain table {gd_index}"))
+        })
     }
 
     /// The location of grain `g` given its grain-table entry (a sector number).

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use vmdk_parse::{check, Disk, ErrorKind, OpenOptions};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/vmware").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/vmware")
+        .join(name);
     std::fs::read(p).unwrap()
 }
 
@@ -35,7 +37,12 @@ fn exercise(path: &PathBuf) {
     }
 }
 
-fn mutate(mut b: Vec<u8>, flips: &[(usize, u8)], metadata_len: usize, cut: Option<usize>) -> Vec<u8> {
+fn mutate(
+    mut b: Vec<u8>,
+    flips: &[(usize, u8)],
+    metadata_len: usize,
+    cut: Option<usize>,
+) -> Vec<u8> {
     for &(at, x) in flips {
         let at = at % metadata_len.min(b.len());
         b[at] ^= x | 1;
