@@ -27,7 +27,9 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Run a command, panicking with its stderr when it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed with {}: {}",
@@ -51,7 +53,10 @@ pub fn qemu_io(file: &Path, fmt: &str, cmds: &[&str]) -> Output {
     }
     let out = run(&mut c);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("error") && !text.contains("failed"), "qemu-io {cmds:?}: {text}");
+    assert!(
+        !text.contains("error") && !text.contains("failed"),
+        "qemu-io {cmds:?}: {text}"
+    );
     out
 }
 
