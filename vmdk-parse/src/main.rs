@@ -43,6 +43,10 @@ enum Command {
         /// Output file (default: stdout, which must not be a terminal).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Flush OUT to stable storage before renaming it into place (default: no, like cp and
+        /// qemu-img convert; use it when the copy must survive a power cut right away).
+        #[arg(long, requires = "output")]
+        sync: bool,
     },
     /// Check structural consistency: grain directories against their redundant copy, tables
     /// and grains in range and not overlapping, header newline bytes, dirty flag, CID chain.
@@ -101,13 +105,13 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
             res
         }
-        Command::Cat { disk, output } => {
+        Command::Cat { disk, output, sync } => {
             if output.is_none() {
                 vml_cli::refuse_terminal_stdout("disk bytes")?;
             }
             let d = Disk::open_with(disk, &opts).map_err(fail)?;
             let res = match output {
-                Some(path) => cat::cat_to_path(&d, path),
+                Some(path) => cat::cat_to_path(&d, path, cat::CatOptions { sync: *sync }),
                 None => cat::cat_to_writer(&d, &mut out),
             };
             match res {
