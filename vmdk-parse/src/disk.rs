@@ -682,26 +682,12 @@ thread_local! {
 
 fn push_piece(out: &mut Vec<Piece>, p: Piece) {
     if let Some(last) = out.last_mut() {
-        if last.offset + last.len == p.offset && last.depth == p.depth {
-            let merges = match (last.loc, p.loc) {
-                (Location::Unallocated, Location::Unallocated)
-                | (Location::Zero, Location::Zero) => true,
-                (
-                    Location::Data {
-                        file: f1,
-                        offset: o1,
-                    },
-                    Location::Data {
-                        file: f2,
-                        offset: o2,
-                    },
-                ) => f1 == f2 && o1 + last.len == o2,
-                _ => false,
-            };
-            if merges {
-                last.len += p.len;
-                return;
-            }
+        if last.offset + last.len == p.offset
+            && last.depth == p.depth
+            && last.loc.continued_by(last.len, &p.loc)
+        {
+            last.len += p.len;
+            return;
         }
     }
     out.push(p);

@@ -31,6 +31,30 @@ pub enum Location {
     },
 }
 
+impl Location {
+    /// Whether `next`, placed right after `len` bytes of `self`, continues it: both unallocated,
+    /// both zero, or data of the same file at the following offset. Compressed grains never
+    /// merge (each is inflated on its own).
+    pub fn continued_by(&self, len: u64, next: &Location) -> bool {
+        match (self, next) {
+            (Location::Unallocated, Location::Unallocated) | (Location::Zero, Location::Zero) => {
+                true
+            }
+            (
+                Location::Data {
+                    file: f1,
+                    offset: o1,
+                },
+                Location::Data {
+                    file: f2,
+                    offset: o2,
+                },
+            ) => f1 == f2 && o1 + len == *o2,
+            _ => false,
+        }
+    }
+}
+
 /// Collects resolved pieces, merging neighbours that continue each other.
 ///
 /// Offsets are relative to the extent that pushes them.
@@ -45,26 +69,9 @@ impl PieceSink {
             return;
         }
         if let Some((lo, ll, lloc)) = self.pieces.last_mut() {
-            if *lo + *ll == offset {
-                let merges = match (*lloc, loc) {
-                    (Location::Unallocated, Location::Unallocated) => true,
-                    (Location::Zero, Location::Zero) => true,
-                    (
-                        Location::Data {
-                            file: f1,
-                            offset: o1,
-                        },
-                        Location::Data {
-                            file: f2,
-                            offset: o2,
-                        },
-                    ) => f1 == f2 && o1 + *ll == o2,
-                    _ => false,
-                };
-                if merges {
-                    *ll += len;
-                    return;
-                }
+            if *lo + *ll == offset && lloc.continued_by(*ll, &loc) {
+                *ll += len;
+                return;
             }
         }
         self.pieces.push((offset, len, loc));
