@@ -1,0 +1,800 @@
+//! The lossless model of a dictionary file (`.vmx`, `.vmsd`, `.vmxf`-style `key = "value"`).
+//!
+//! A [`Document`] is the ordered list of the file's lines. Every line keeps its original bytes
+//! and its end-of-line (`\n`, `\r\n`, or none for a last line without newline), so writing an
+//! unchanged document gives back the input byte for byte, whatever its encoding. A line is
+//! blank, a comment, a `key = value` pair (with the byte ranges of key and value in its text,
+//! and whether the value was quoted), or an *other* line kept raw with a [`Warning`].
+//!
+//! Edits ([`Document::set`], [`Document::unset`]) rewrite only the lines concerned: `set`
+//! replaces the value part of the last line with that key and keeps its spacing and quoting,
+//! or appends `key = "value"`; `unset` removes every line with that key.
+//!
+//! Keys are matched ASCII-case-insensitively, the last of several equal keys wins (as packer,
+//! govmx and dissect read them; VMware's own rule is undocumented), and the map is flat:
+//! `checkpoint.vmState` and `checkpoint.vmState.readOnly` are two unrelated keys.
+
+use crate::error::{Error, Result};
+use crate::escape;
+use encoding_rs::{Encoding, UTF_8};
+use std::collections::HashMap;
+use std::io::Read;
+use std::ops::Range;
+use std::path::Path;
+
+/// Largest file read. Real VMX files are a few KiB; a 16 MiB one is not a configuration.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// Longest line accepted (an annotation with escaped newlines stays on one line, so this is
+/// generous).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+const WS: [char; 2] = [' ', '\t'];
+
+/// How a line ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eol {
+    /// The last line of a file without a final newline.
+    None,
+    Lf,
+    CrLf,
+}
+
+impl Eol {
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            Eol::None => b"",
+            Eol::Lf => b"\n",
+            Eol::CrLf => b"\r\n",
+        }
+    }
+}
+
+/// A `key = value` line: where key and stored value sit in the line's text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pair {
+    pub key: Range<usize>,
+    /// The stored value, escapes included, without its quotes.
+    pub value: Range<usize>,
+    pub quoted: bool,
+    /// The value with its `|XX` escapes decoded.
+    pub decoded: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineKind {
+    Blank,
+    /// A line whose first non-blank character is `#` (also `#!/usr/bin/vmware`).
+    Comment,
+    Pair(Pair),
+    /// A line that is none of the above, kept as it is; the string says why.
+    Other(String),
+}
+
+/// One line of the file.
+#[derive(Clone, Debug)]
+pub struct Line {
+    /// The original bytes, in the file's encoding, without the end-of-line.
+    raw: Vec<u8>,
+    /// The same, decoded.
+    text: String,
+    eol: Eol,
+    kind: LineKind,
+}
+
+impl Line {
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+    pub fn eol(&self) -> Eol {
+        self.eol
+    }
+    pub fn kind(&self) -> &LineKind {
+        &self.kind
+    }
+    /// The key as written, for a pair line.
+    pub fn key(&self) -> Option<&str> {
+        match &self.kind {
+            LineKind::Pair(p) => Some(&self.text[p.key.clone()]),
+            _ => None,
+        }
+    }
+    /// The value as stored (escapes not decoded), for a pair line.
+    pub fn stored_value(&self) -> Option<&str> {
+        match &self.kind {
+            LineKind::Pair(p) => Some(&self.text[p.value.clone()]),
+            _ => None,
+        }
+    }
+    /// The decoded value, for a pair line.
+    pub fn value(&self) -> Option<&str> {
+        match &self.kind {
+            LineKind::Pair(p) => Some(&p.decoded),
+            _ => None,
+        }
+    }
+}
+
+/// Something odd in a file that the reader tolerated.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Warning {
+    /// 1-based line number.
+    pub line: usize,
+    pub message: String,
+}
+
+/// A key that appears on more than one line.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Duplicate {
+    /// The key as written on the line that wins (the last).
+    pub key: String,
+    /// 1-based line numbers, in file order; the last one wins.
+    pub lines: Vec<usize>,
+}
+
+/// A parsed dictionary file.
+#[derive(Clone, Debug)]
+pub struct Document {
+    lines: Vec<Line>,
+    encoding: &'static Encoding,
+    /// The file had a UTF-8 byte order mark (kept on write).
+    bom: bool,
+    /// Lower-cased key → index of the last line with it.
+    index: HashMap<String, usize>,
+    warnings: Vec<Warning>,
+}
+
+/// Read at most [`MAX_FILE_BYTES`] (+1, to detect more) from `r`; `path` names it in errors.
+pub fn read_capped(mut r: impl Read, path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    r.by_ref()
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::corrupt(
+            path,
+            format!("larger than {MAX_FILE_BYTES} bytes; not a VMware configuration file"),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn split_lines(bytes: &[u8]) -> Vec<(&[u8], Eol)> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(n) => {
+                let (line, eol) = match rest[..n].strip_suffix(b"\r") {
+                    Some(l) => (l, Eol::CrLf),
+                    None => (&rest[..n], Eol::Lf),
+                };
+                out.push((line, eol));
+                rest = &rest[n + 1..];
+            }
+            None => {
+                out.push((rest, Eol::None));
+                rest = &[];
+            }
+        }
+    }
+    out
+}
+
+/// Classify a decoded line; the second value is a warning for a pair with trailing text.
+pub fn classify(text: &str) -> (LineKind, Option<String>) {
+    let t = text.trim_start_matches(WS);
+    if t.trim_end_matches(WS).is_empty() {
+        return (LineKind::Blank, None);
+    }
+    if t.starts_with('#') {
+        return (LineKind::Comment, None);
+    }
+    let Some(eq) = text.find('=') else {
+        return (LineKind::Other("no '=' on the line".into()), None);
+    };
+    let key_start = text.len() - t.len();
+    let key_end = key_start + text[key_start..eq].trim_end_matches(WS).len();
+    let key = &text[key_start..key_end];
+    if key.is_empty() {
+        return (LineKind::Other("no key before '='".into()), None);
+    }
+    if key.contains(|c: char| c.is_whitespace() || c == '"') {
+        return (
+            LineKind::Other("the key contains spaces or quotes".into()),
+            None,
+        );
+    }
+    let after = &text[eq + 1..];
+    let vstart = eq + 1 + (after.len() - after.trim_start_matches(WS).len());
+    let rest = &text[vstart..];
+    let mut warning = None;
+    let (value, quoted) = if let Some(inner) = rest.strip_prefix('"') {
+        let Some(n) = inner.find('"') else {
+            return (
+                LineKind::Other("unterminated quote; the line is ignored".into()),
+                None,
+            );
+        };
+        let trailer = inner[n + 1..].trim_matches(WS);
+        if !trailer.is_empty() {
+            warning = Some(format!(
+                "text after the closing quote is ignored: {:?}",
+                crate::clip(trailer)
+            ));
+        }
+        (vstart + 1..vstart + 1 + n, true)
+    } else {
+        (vstart..vstart + rest.trim_end_matches(WS).len(), false)
+    };
+    (
+        LineKind::Pair(Pair {
+            key: key_start..key_end,
+            value,
+            quoted,
+            decoded: String::new(),
+        }),
+        warning,
+    )
+}
+
+/// The `.encoding` value on a raw line, if it is that line. Looked for before decoding; the
+/// line itself is ASCII in every encoding we accept.
+fn encoding_label(raw: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    match classify(&text).0 {
+        LineKind::Pair(p) if text[p.key.clone()].eq_ignore_ascii_case(".encoding") => {
+            Some(text[p.value].trim().to_string())
+        }
+        _ => None,
+    }
+}
+
+impl Document {
+    /// Read and parse a file (`path` is read, not `-`; the binary handles stdin).
+    pub fn open(path: &Path) -> Result<Document> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_capped(f, path)?;
+        Document::parse(path, &bytes)
+    }
+
+    /// Parse the bytes of a file; `path` only names it in errors.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Document> {
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(Error::corrupt(
+                path,
+                format!("larger than {MAX_FILE_BYTES} bytes; not a VMware configuration file"),
+            ));
+        }
+        if let Some(at) = bytes.iter().position(|&b| b == 0) {
+            return Err(Error::corrupt(
+                path,
+                format!("binary data (a NUL byte at offset {at}); not a VMware configuration file"),
+            ));
+        }
+        let (bom, body) = match bytes.strip_prefix(UTF8_BOM) {
+            Some(rest) => (true, rest),
+            None => (false, bytes),
+        };
+        let raw_lines = split_lines(body);
+        let mut label = None;
+        for (n, (raw, _)) in raw_lines.iter().enumerate() {
+            if raw.len() > MAX_LINE_BYTES {
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "line {} is {} bytes long, over the {MAX_LINE_BYTES}-byte limit",
+                        n + 1,
+                        raw.len()
+                    ),
+                ));
+            }
+            if let Some(l) = encoding_label(raw) {
+                label = Some(l);
+            }
+        }
+        let encoding = match &label {
+            None => UTF_8,
+            Some(l) => {
+                let e = Encoding::for_label(l.as_bytes()).ok_or_else(|| {
+                    Error::unsupported(path, format!(".encoding {l:?} is not a known encoding"))
+                })?;
+                if !e.is_ascii_compatible() {
+                    return Err(Error::unsupported(
+                        path,
+                        format!(".encoding {l:?} is not ASCII-compatible"),
+                    ));
+                }
+                e
+            }
+        };
+        if bom && encoding != UTF_8 {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "starts with a UTF-8 byte order mark but .encoding says {}",
+                    encoding.name()
+                ),
+            ));
+        }
+        let mut lines = Vec::with_capacity(raw_lines.len());
+        let mut warnings = Vec::new();
+        for (n, (raw, eol)) in raw_lines.into_iter().enumerate() {
+            let Some(text) = encoding.decode_without_bom_handling_and_without_replacement(raw)
+            else {
+                return Err(Error::corrupt(
+                    path,
+                    match &label {
+                        None => format!(
+                            "line {} is not UTF-8 and the file has no .encoding line",
+                            n + 1
+                        ),
+                        Some(_) => format!(
+                            "line {} is not valid {} (the file's .encoding)",
+                            n + 1,
+                            encoding.name()
+                        ),
+                    },
+                ));
+            };
+            let text = text.into_owned();
+            let (mut kind, warning) = classify(&text);
+            if let Some(w) = warning {
+                warnings.push(Warning {
+                    line: n + 1,
+                    message: w,
+                });
+            }
+            match &mut kind {
+                LineKind::Pair(p) => p.decoded = escape::decode(&text[p.value.clone()], encoding),
+                LineKind::Other(why) => warnings.push(Warning {
+                    line: n + 1,
+                    message: format!("{why}: {:?}", crate::clip(&text)),
+                }),
+                _ => {}
+            }
+            lines.push(Line {
+                raw: raw.to_vec(),
+                text,
+                eol,
+                kind,
+            });
+        }
+        let mut doc = Document {
+            lines,
+            encoding,
+            bom,
+            index: HashMap::new(),
+            warnings,
+        };
+        doc.reindex();
+        Ok(doc)
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (i, l) in self.lines.iter().enumerate() {
+            if let Some(k) = l.key() {
+                self.index.insert(k.to_ascii_lowercase(), i);
+            }
+        }
+    }
+
+    /// The bytes of the file: the input itself when nothing was changed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.lines.iter().map(|l| l.raw.len() + 2).sum());
+        if self.bom {
+            out.extend_from_slice(UTF8_BOM);
+        }
+        for l in &self.lines {
+            out.extend_from_slice(&l.raw);
+            out.extend_from_slice(l.eol.as_bytes());
+        }
+        out
+    }
+
+    pub fn lines(&self) -> &[Line] {
+        &self.lines
+    }
+
+    /// The encoding the file was read with: its `.encoding`, or UTF-8.
+    pub fn encoding(&self) -> &'static Encoding {
+        self.encoding
+    }
+
+    /// Oddities tolerated while reading, in line order (duplicates are not warnings; see
+    /// [`Document::duplicates`]).
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// The decoded value of `key` (any case); the last line with it wins.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.line_of(key).and_then(|i| self.lines[i].value())
+    }
+
+    /// Index in [`Document::lines`] of the line that gives `key` its value.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        self.index.get(&key.to_ascii_lowercase()).copied()
+    }
+
+    /// Every pair in file order: (1-based line number, key as written, decoded value).
+    pub fn pairs(&self) -> impl Iterator<Item = (usize, &str, &str)> {
+        self.lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match &l.kind {
+                LineKind::Pair(p) => Some((i + 1, &l.text[p.key.clone()], p.decoded.as_str())),
+                _ => None,
+            })
+    }
+
+    /// Keys that appear more than once, in order of their first line.
+    pub fn duplicates(&self) -> Vec<Duplicate> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out: Vec<Duplicate> = Vec::new();
+        for (line, key, _) in self.pairs() {
+            let lower = key.to_ascii_lowercase();
+            match seen.get(&lower) {
+                Some(&slot) => {
+                    out[slot].key = key.to_string();
+                    out[slot].lines.push(line);
+                }
+                None => {
+                    seen.insert(lower, out.len());
+                    out.push(Duplicate {
+                        key: key.to_string(),
+                        lines: vec![line],
+                    });
+                }
+            }
+        }
+        out.retain(|d| d.lines.len() > 1);
+        out
+    }
+
+    fn encode_text(&self, text: &str) -> Result<Vec<u8>> {
+        if self.encoding == UTF_8 {
+            return Ok(text.as_bytes().to_vec());
+        }
+        let (bytes, _, had_errors) = self.encoding.encode(text);
+        if had_errors {
+            return Err(Error::bad_request(format!(
+                "{text:?} cannot be written in the file's encoding ({})",
+                self.encoding.name()
+            )));
+        }
+        Ok(bytes.into_owned())
+    }
+
+    /// The end-of-line new lines get: the file's first one, or `\n`.
+    fn default_eol(&self) -> Eol {
+        self.lines
+            .iter()
+            .map(|l| l.eol)
+            .find(|e| *e != Eol::None)
+            .unwrap_or(Eol::Lf)
+    }
+
+    /// Set `key` to `value`. The last line with the key (any case) gets the new value in
+    /// place, keeping the key's spelling, the spacing and the quoting (an unquoted value that
+    /// would need quotes gets them); without such a line, `key = "value"` is appended. A value
+    /// equal to the current one changes nothing. Returns whether the document changed.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool> {
+        check_key(key)?;
+        if key.eq_ignore_ascii_case(".encoding") {
+            return Err(Error::bad_request(
+                "changing .encoding is not supported (it would re-encode the whole file)",
+            ));
+        }
+        let stored = escape::encode(value);
+        if let Some(i) = self.line_of(key) {
+            let line = &self.lines[i];
+            let LineKind::Pair(p) = &line.kind else {
+                unreachable!("the index holds pair lines only")
+            };
+            if p.decoded == value {
+                return Ok(false);
+            }
+            let needs_quotes = stored.is_empty()
+                || stored.contains(|c: char| c.is_whitespace() || c == '#' || c == '=');
+            let new_value = if p.quoted || !needs_quotes {
+                stored
+            } else {
+                format!("\"{stored}\"")
+            };
+            let text = format!(
+                "{}{}{}",
+                &line.text[..p.value.start],
+                new_value,
+                &line.text[p.value.end..]
+            );
+            let raw = self.encode_text(&text)?;
+            let (mut kind, _) = classify(&text);
+            if let LineKind::Pair(np) = &mut kind {
+                np.decoded = value.to_string();
+            }
+            debug_assert!(matches!(kind, LineKind::Pair(_)), "{text:?}");
+            let line = &mut self.lines[i];
+            line.text = text;
+            line.raw = raw;
+            line.kind = kind;
+        } else {
+            let text = format!("{key} = \"{stored}\"");
+            let raw = self.encode_text(&text)?;
+            let (mut kind, _) = classify(&text);
+            if let LineKind::Pair(np) = &mut kind {
+                np.decoded = value.to_string();
+            }
+            let eol = self.default_eol();
+            // Keep the file's "no final newline" style: the new line becomes the one without.
+            let new_eol = match self.lines.last_mut() {
+                Some(last) if last.eol == Eol::None => {
+                    last.eol = eol;
+                    Eol::None
+                }
+                _ => eol,
+            };
+            self.lines.push(Line {
+                raw,
+                text,
+                eol: new_eol,
+                kind,
+            });
+            self.index
+                .insert(key.to_ascii_lowercase(), self.lines.len() - 1);
+        }
+        Ok(true)
+    }
+
+    /// Remove every line with `key` (any case). Returns how many lines were removed.
+    pub fn unset(&mut self, key: &str) -> usize {
+        let lower = key.to_ascii_lowercase();
+        let before = self.lines.len();
+        let last_had_no_eol = self.lines.last().is_some_and(|l| l.eol == Eol::None);
+        self.lines
+            .retain(|l| l.key().is_none_or(|k| !k.eq_ignore_ascii_case(&lower)));
+        let removed = before - self.lines.len();
+        if removed > 0 {
+            if last_had_no_eol {
+                if let Some(last) = self.lines.last_mut() {
+                    last.eol = Eol::None;
+                }
+            }
+            self.reindex();
+        }
+        removed
+    }
+}
+
+/// Keys we write must read back as the same key.
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty()
+        || key.starts_with('#')
+        || key
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '=' || c == '"')
+    {
+        return Err(Error::bad_request(format!(
+            "{key:?} is not a valid key (no spaces, '=', '\"' or leading '#')"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use encoding_rs::WINDOWS_1252;
+    use proptest::prelude::*;
+
+    fn p(s: &[u8]) -> Document {
+        Document::parse(Path::new("t.vmx"), s).expect("parses")
+    }
+
+    #[test]
+    fn round_trip_keeps_odd_bytes() {
+        for input in [
+            &b""[..],
+            b"\n",
+            b"a = \"b\"",
+            b"a = \"b\"\r\nc=d\r\n",
+            b"  key\t=\t\"v\"   \n#c\n\n\t\n",
+            b"\xEF\xBB\xBF.encoding = \"UTF-8\"\nx = \"y\"\n",
+            b"weird line\nk = \"unterminated\nk2 = \"v\" trailing\n",
+            b"a=\"b\"\r\n\r\nno-newline-at-end = 1",
+        ] {
+            assert_eq!(
+                p(input).to_bytes(),
+                input,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn lines_are_classified() {
+        let d = p(b"#!/usr/bin/vmware\n\nA = \"1\"\nb=2 \nnoequals\nc = \"x\n=v\n");
+        let kinds: Vec<_> = d.lines().iter().map(|l| l.kind().clone()).collect();
+        assert_eq!(kinds[0], LineKind::Comment);
+        assert_eq!(kinds[1], LineKind::Blank);
+        assert!(matches!(&kinds[2], LineKind::Pair(p) if p.quoted));
+        assert!(matches!(&kinds[3], LineKind::Pair(p) if !p.quoted));
+        assert_eq!(d.get("b"), Some("2"));
+        assert!(matches!(kinds[4], LineKind::Other(_)));
+        assert!(matches!(kinds[5], LineKind::Other(_)));
+        assert!(matches!(kinds[6], LineKind::Other(_)));
+        let lines: Vec<_> = d.warnings().iter().map(|w| w.line).collect();
+        assert_eq!(lines, [5, 6, 7]);
+    }
+
+    #[test]
+    fn keys_are_case_insensitive_and_last_wins() {
+        let d = p(b"memSize = \"1024\"\nMEMSIZE = \"2048\"\nx = \"1\"\nmemsize = \"4096\"\n");
+        assert_eq!(d.get("memsize"), Some("4096"));
+        assert_eq!(d.get("MemSize"), Some("4096"));
+        let dups = d.duplicates();
+        assert_eq!(dups.len(), 1);
+        assert_eq!(dups[0].key, "memsize");
+        assert_eq!(dups[0].lines, [1, 2, 4]);
+    }
+
+    #[test]
+    fn a_key_can_be_a_value_and_a_prefix() {
+        let d = p(b"checkpoint.vmState = \"\"\ncheckpoint.vmState.readOnly = \"FALSE\"\n");
+        assert_eq!(d.get("checkpoint.vmState"), Some(""));
+        assert_eq!(d.get("checkpoint.vmState.readOnly"), Some("FALSE"));
+    }
+
+    #[test]
+    fn set_changes_only_the_value() {
+        let input = b"# c\r\nA  =\t\"1\"  \r\nb = 2\r\na = \"3\" # note\r\nz = \"\"";
+        let mut d = p(input);
+        assert!(d.set("A", "new \"v\"").unwrap());
+        assert!(d.set("b", "two words").unwrap());
+        assert!(!d.set("z", "").unwrap());
+        assert_eq!(
+            String::from_utf8(d.to_bytes()).unwrap(),
+            "# c\r\nA  =\t\"1\"  \r\nb = \"two words\"\r\na = \"new |22v|22\" # note\r\nz = \"\""
+        );
+        assert_eq!(d.get("a"), Some("new \"v\""));
+        assert!(d.set("new.key", "x").unwrap());
+        assert!(d.to_bytes().ends_with(b"z = \"\"\r\nnew.key = \"x\""));
+        assert_eq!(d.get("NEW.KEY"), Some("x"));
+    }
+
+    #[test]
+    fn unset_removes_every_line_of_the_key() {
+        let mut d = p(b"a = \"1\"\nb = \"2\"\nA = \"3\"\nc = \"4\"");
+        assert_eq!(d.unset("a"), 2);
+        assert_eq!(d.to_bytes(), b"b = \"2\"\nc = \"4\"");
+        assert_eq!(d.unset("missing"), 0);
+        assert_eq!(d.unset("c"), 1);
+        assert_eq!(d.to_bytes(), b"b = \"2\"");
+        assert_eq!(d.get("a"), None);
+    }
+
+    #[test]
+    fn windows_1252_is_decoded_and_written_back() {
+        let input = b".encoding = \"windows-1252\"\ndisplayName = \"Caf\xE9 \xA9\"\nx = \"1\"\n";
+        let mut d = p(input);
+        assert_eq!(d.encoding(), WINDOWS_1252);
+        assert_eq!(d.get("displayName"), Some("Café ©"));
+        assert_eq!(d.to_bytes(), input);
+        d.set("x", "Ü").unwrap();
+        assert_eq!(
+            d.to_bytes(),
+            b".encoding = \"windows-1252\"\ndisplayName = \"Caf\xE9 \xA9\"\nx = \"\xDC\"\n"
+        );
+        let err = d.set("x", "日本").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn shift_jis_trail_bytes_are_not_escapes() {
+        // "ポ" is 0x83 0x7C in Shift_JIS; the 0x7C must not start a |XX escape.
+        let input = b".encoding = \"Shift_JIS\"\ndisplayName = \"\x83\x7C41\"\n";
+        let d = p(input);
+        assert_eq!(d.get("displayName"), Some("ポ41"));
+        assert_eq!(d.to_bytes(), input);
+    }
+
+    #[test]
+    fn bad_input_gives_typed_errors() {
+        let e = |b: &[u8]| Document::parse(Path::new("x"), b).unwrap_err().kind();
+        use crate::ErrorKind::*;
+        assert_eq!(e(b"a = \"\xE9\"\n"), Corrupt);
+        assert_eq!(e(b"\x7FELF\x02\x01\x01\x00\x00"), Corrupt);
+        assert_eq!(e(b".encoding = \"klingon\"\n"), Unsupported);
+        assert_eq!(e(b".encoding = \"UTF-16LE\"\n"), Unsupported);
+        assert_eq!(e(b".encoding = \"Shift_JIS\"\nx = \"\x81\"\n"), Corrupt);
+        let mut long = b"a = \"".to_vec();
+        long.resize(MAX_LINE_BYTES + 10, b'x');
+        assert_eq!(e(&long), Corrupt);
+    }
+
+    #[test]
+    fn set_refuses_bad_keys() {
+        let mut d = p(b"");
+        for k in ["", "a b", "a=b", "#x", "q\"", ".ENCODING"] {
+            assert!(d.set(k, "v").is_err(), "{k:?}");
+        }
+        d.set("k", "v").unwrap();
+        assert_eq!(d.to_bytes(), b"k = \"v\"\n");
+    }
+
+    fn line_strategy() -> impl Strategy<Value = String> {
+        let ws = "[ \t]{0,2}";
+        let key = "[A-Za-z.][A-Za-z0-9_.:]{0,12}";
+        let value = "[ -!#-~é日|]{0,12}";
+        prop_oneof![
+            Just(String::new()),
+            "#[ -~]{0,20}".prop_map(|s| s),
+            (ws, key, ws, ws, value, ws)
+                .prop_map(|(a, k, b, c, v, d)| format!("{a}{k}{b}={c}\"{v}\"{d}")),
+            (key, value).prop_map(|(k, v)| format!("{k} = {}", v.trim())),
+            "[ -~]{0,20}",
+        ]
+    }
+
+    fn file_strategy() -> impl Strategy<Value = Vec<u8>> {
+        (
+            proptest::collection::vec((line_strategy(), any::<bool>()), 0..20),
+            any::<bool>(),
+        )
+            .prop_map(|(lines, final_newline)| {
+                let mut s = String::new();
+                let n = lines.len();
+                for (i, (l, crlf)) in lines.into_iter().enumerate() {
+                    s.push_str(&l);
+                    if i + 1 < n || final_newline {
+                        s.push_str(if crlf { "\r\n" } else { "\n" });
+                    }
+                }
+                s.into_bytes()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn generated_files_round_trip(bytes in file_strategy()) {
+            let d = p(&bytes);
+            prop_assert_eq!(d.to_bytes(), bytes);
+        }
+
+        #[test]
+        fn set_touches_one_line(bytes in file_strategy(), key in "[a-z]{1,3}", value in "[ -~é\n]{0,10}") {
+            let mut d = p(&bytes);
+            let before: Vec<Vec<u8>> = d.lines().iter().map(|l| l.raw().to_vec()).collect();
+            let target = d.line_of(&key);
+            d.set(&key, &value).unwrap();
+            prop_assert_eq!(d.get(&key), Some(value.as_str()));
+            let again = p(&d.to_bytes());
+            prop_assert_eq!(again.get(&key), Some(value.as_str()));
+            let after: Vec<Vec<u8>> = d.lines().iter().map(|l| l.raw().to_vec()).collect();
+            match target {
+                Some(i) => {
+                    prop_assert_eq!(after.len(), before.len());
+                    for (j, (a, b)) in before.iter().zip(&after).enumerate() {
+                        if j != i { prop_assert_eq!(a, b); }
+                    }
+                }
+                None => {
+                    prop_assert_eq!(after.len(), before.len() + 1);
+                    prop_assert_eq!(&after[..before.len()], &before[..]);
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(d) = Document::parse(Path::new("x"), &bytes) {
+                prop_assert_eq!(d.to_bytes(), bytes);
+            }
+        }
+    }
+}
