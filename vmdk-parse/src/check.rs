@@ -178,7 +178,7 @@ fn check_sparse(d: &Disk, s: &SparseExtent, p: &mut Problems) {
     }
     fixed.push(Region {
         start: h.gd_offset,
-        end: h.gd_offset + gd_sectors,
+        end: h.gd_offset.saturating_add(gd_sectors),
         what: "grain directory",
         index: 0,
     });
@@ -192,7 +192,7 @@ fn check_sparse(d: &Disk, s: &SparseExtent, p: &mut Problems) {
     if rgd.is_some() {
         fixed.push(Region {
             start: h.rgd_offset,
-            end: h.rgd_offset + rgd_sectors(h),
+            end: h.rgd_offset.saturating_add(rgd_sectors(h)),
             what: "redundant grain directory",
             index: 0,
         });

@@ -471,8 +471,11 @@ fn read_gd(f: &DiskFile, h: &SparseHeader, sector: u64, what: &str) -> Result<Gr
         ));
     }
     let n = h.gd_entries();
+    let at = sector
+        .checked_mul(SECTOR)
+        .ok_or_else(|| Error::corrupt(&f.path, format!("{what} at sector {sector} is absurd")))?;
     // Bounded: read_vec refuses anything that does not lie in the file.
-    let raw = f.read_vec(sector * SECTOR, n * 4, what)?;
+    let raw = f.read_vec(at, n * 4, what)?;
     Ok((0..n as usize).map(|i| le_u32(&raw, i * 4)).collect())
 }
 
