@@ -40,7 +40,7 @@ enum Command {
     /// complete; a block device is written in place.
     Cat {
         disk: PathBuf,
-        /// Output file (default: stdout, which must not be a terminal).
+        /// Output file; `-` or none for stdout (which must not be a terminal).
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Flush OUT to stable storage before renaming it into place (default: no, like cp and
@@ -106,6 +106,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             res
         }
         Command::Cat { disk, output, sync } => {
+            let output = output.as_ref().filter(|o| o.as_os_str() != "-");
             if output.is_none() {
                 vml_cli::refuse_terminal_stdout("disk bytes")?;
             }
@@ -117,9 +118,8 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             match res {
                 Ok(()) => Ok(()),
                 Err(cat::CatError::Disk(e)) => return Err(fail(e)),
-                Err(cat::CatError::Output { path, source }) if output.is_none() => {
-                    Err(source).inspect_err(|_| drop(path))
-                }
+                // Stdout: a closed pipe is a quiet end, decided below with the other output errors.
+                Err(cat::CatError::Output { source, .. }) if output.is_none() => Err(source),
                 Err(e @ cat::CatError::Output { .. }) => return Err(Failure::new(Exit::Io, e)),
             }
         }

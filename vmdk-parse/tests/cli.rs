@@ -658,6 +658,24 @@ fn refuses_binary_to_a_terminal() {
 }
 
 #[test]
+fn dash_means_stdout() {
+    let want = vp()
+        .arg("cat")
+        .arg(fixture("vmfs_thick.vmdk"))
+        .output()
+        .unwrap()
+        .stdout;
+    let out = vp()
+        .args(["cat", "-o", "-"])
+        .arg(fixture("vmfs_thick.vmdk"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, want);
+    assert_eq!(want.len(), 2097152);
+}
+
+#[test]
 fn raw_image_is_a_plain_disk() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("disk.img");
@@ -706,7 +724,12 @@ fn cat_to_file_handles_unaligned_pieces_on_any_file_system() {
     for o in outs {
         vp().arg("cat").arg(&p).arg("-o").arg(&o).assert().success();
         assert_eq!(fs::read(&o).unwrap(), want, "{}", o.display());
-        vp().args(["cat", "--sync"]).arg(&p).arg("-o").arg(&o).assert().success();
+        vp().args(["cat", "--sync"])
+            .arg(&p)
+            .arg("-o")
+            .arg(&o)
+            .assert()
+            .success();
         assert_eq!(fs::read(&o).unwrap(), want, "{} --sync", o.display());
     }
 }
