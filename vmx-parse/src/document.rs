@@ -480,8 +480,8 @@ impl Document {
     }
 
     /// Set `key` to `value`. The last line with the key (any case) gets the new value in
-    /// place, keeping the key's spelling, the spacing and the quoting (an unquoted value that
-    /// would need quotes gets them); without such a line, `key = "value"` is appended. A value
+    /// place, keeping the key's spelling, the spacing and the quoting (an unquoted value with
+    /// leading or trailing spaces gets quotes, which it needs to read back); without such a line, `key = "value"` is appended. A value
     /// equal to the current one changes nothing. Returns whether the document changed.
     pub fn set(&mut self, key: &str, value: &str) -> Result<bool> {
         check_key(key)?;
@@ -499,8 +499,10 @@ impl Document {
             if p.decoded == value {
                 return Ok(false);
             }
-            let needs_quotes = stored.is_empty()
-                || stored.contains(|c: char| c.is_whitespace() || c == '#' || c == '=');
+            // An unquoted value is read up to the end of the line, trimmed: only outer
+            // spaces would be lost.
+            let needs_quotes =
+                stored.starts_with(char::is_whitespace) || stored.ends_with(char::is_whitespace);
             let new_value = if p.quoted || !needs_quotes {
                 stored
             } else {
@@ -655,11 +657,11 @@ mod tests {
         let input = b"# c\r\nA  =\t\"1\"  \r\nb = 2\r\na = \"3\" # note\r\nz = \"\"";
         let mut d = p(input);
         assert!(d.set("A", "new \"v\"").unwrap());
-        assert!(d.set("b", "two words").unwrap());
+        assert!(d.set("b", " padded").unwrap());
         assert!(!d.set("z", "").unwrap());
         assert_eq!(
             String::from_utf8(d.to_bytes()).unwrap(),
-            "# c\r\nA  =\t\"1\"  \r\nb = \"two words\"\r\na = \"new |22v|22\" # note\r\nz = \"\""
+            "# c\r\nA  =\t\"1\"  \r\nb = \" padded\"\r\na = \"new |22v|22\" # note\r\nz = \"\""
         );
         assert_eq!(d.get("a"), Some("new \"v\""));
         assert!(d.set("new.key", "x").unwrap());
