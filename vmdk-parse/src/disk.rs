@@ -165,7 +165,10 @@ impl Disk {
         let mut seen = HashSet::new();
         let mut next = Some(path.to_path_buf());
         while let Some(p) = next.take() {
-            let canon = p.canonicalize().map_err(|e| Error::io(&p, e))?;
+            let canon = p.canonicalize().map_err(|e| match disk.links.last() {
+                Some(child) => Error::io(&p, e).named_by(&child.path, "parent"),
+                None => Error::io(&p, e),
+            })?;
             if !seen.insert(canon) {
                 return Err(Error::corrupt(&p, "snapshot chain loops back to this file"));
             }
@@ -233,7 +236,7 @@ impl Disk {
     }
 
     /// Resolve a path named inside `from` (an extent or parent file name) under the path policy.
-    fn resolve_path(&self, from: &Path, name: &str, what: &str) -> Result<PathBuf> {
+    fn resolve_path(&self, from: &Path, name: &str, what: &'static str) -> Result<PathBuf> {
         let named = Path::new(name);
         let parent = from.parent().filter(|p| !p.as_os_str().is_empty());
         // Relative to the naming file's folder; `a.vmdk` next to `b.vmdk` stays `a.vmdk`.
@@ -260,7 +263,9 @@ impl Disk {
                 return Err(refuse());
             }
             // Then for real: symbolic links may still lead out.
-            let canon = joined.canonicalize().map_err(|e| Error::io(&joined, e))?;
+            let canon = joined
+                .canonicalize()
+                .map_err(|e| Error::io(&joined, e).named_by(from, what))?;
             if !canon.starts_with(&self.root) {
                 return Err(refuse());
             }
@@ -444,7 +449,7 @@ impl Disk {
                         .as_deref()
                         .ok_or_else(|| Error::corrupt(path, "extent has no file"))?;
                     let p = self.resolve_path(path, name, "extent")?;
-                    let fid = self.add_file(&p)?;
+                    let fid = self.add_file(&p).map_err(|e| e.named_by(path, "extent"))?;
                     let f = &self.files[fid as usize];
                     let data = match kind {
                         ExtentType::Flat | ExtentType::Vmfs => {

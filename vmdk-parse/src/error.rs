@@ -29,6 +29,15 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
 
+    /// A file named by another (an extent or a parent link) could not be opened.
+    #[error("{}: {role} {}: {source}", from.display(), path.display())]
+    Named {
+        from: PathBuf,
+        role: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
     #[error("{}: {what}", path.display())]
     Corrupt { path: PathBuf, what: String },
 
@@ -62,6 +71,10 @@ impl Error {
                 ErrorKind::NotFound
             }
             Error::Io { .. } => ErrorKind::Io,
+            Error::Named { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            Error::Named { .. } => ErrorKind::Io,
             Error::Corrupt { .. } | Error::Chain { .. } => ErrorKind::Corrupt,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Refused { .. } => ErrorKind::Refused,
@@ -73,6 +86,19 @@ impl Error {
         Error::Io {
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    /// Say which file named the one an I/O error is about (`role` is "extent" or "parent").
+    pub(crate) fn named_by(self, from: &Path, role: &'static str) -> Error {
+        match self {
+            Error::Io { path, source } => Error::Named {
+                from: from.to_path_buf(),
+                role,
+                path,
+                source,
+            },
+            e => e,
         }
     }
 

@@ -295,6 +295,26 @@ fn missing_file_exit_4() {
 }
 
 #[test]
+fn missing_parent_names_the_child_exit_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = sparse_disk(dir.path(), "base.vmdk");
+    let child = dir.path().join("child.vmdk");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        child.to_str().unwrap(),
+    ]);
+    fs::remove_file(&base).unwrap();
+    fails(&[os("info"), child.as_os_str()], 4, "child.vmdk: parent ");
+}
+
+#[test]
 fn usage_exit_2() {
     let out = vp().arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
