@@ -290,15 +290,26 @@ impl Builder<'_> {
                     Some(0),
                     Some(e.to_string()),
                 );
-                if let vmdk_parse::Error::Io {
-                    path: missing,
-                    source,
-                } = &e
-                {
-                    if source.kind() == io::ErrorKind::NotFound && *missing != path {
-                        let problem = format!("missing file of the disk chain of {node}");
-                        self.push_stat(missing, Role::DiskLink, node_s, None, Some(problem));
+                let missing = match &e {
+                    vmdk_parse::Error::Named {
+                        path, role, source, ..
+                    } if source.kind() == io::ErrorKind::NotFound => {
+                        let role = match *role {
+                            "extent" => Role::DiskExtent,
+                            _ => Role::DiskLink,
+                        };
+                        Some((path, role))
                     }
+                    vmdk_parse::Error::Io { path, source }
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
+                        Some((path, Role::DiskLink))
+                    }
+                    _ => None,
+                };
+                if let Some((missing, role)) = missing.filter(|(m, _)| **m != path) {
+                    let problem = format!("missing file of the disk chain of {node}");
+                    self.push_stat(missing, role, node_s, None, Some(problem));
                 }
                 return Ok(());
             }

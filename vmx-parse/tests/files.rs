@@ -1,0 +1,311 @@
+//! `vmx-parse files`: the inventory of a VM folder built with qemu-img snapshot chains, the
+//! path policy, missing files, lock folders, and the time for a 30-link chain.
+
+use assert_cmd::Command;
+use serde::Deserialize;
+use std::fs;
+use std::path::Path;
+use std::process::Command as Std;
+use std::time::{Duration, Instant};
+
+fn vx() -> Command {
+    Command::cargo_bin("vmx-parse").expect("binary built")
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    path: String,
+    role: String,
+    size_bytes: Option<u64>,
+    exists: Option<bool>,
+    inside_folder: bool,
+    disk: Option<String>,
+    depth: Option<u32>,
+    problem: Option<String>,
+}
+
+/// Run qemu-img in `dir`, so the names it writes into descriptors are relative.
+fn qemu_img(dir: &Path, args: &[&str]) {
+    let st = Std::new("qemu-img")
+        .current_dir(dir)
+        .args(args)
+        .status()
+        .expect("qemu-img runs");
+    assert!(st.success(), "qemu-img {args:?}");
+}
+
+/// `name.vmdk` then `name-000001.vmdk` ... `name-00000N.vmdk`, each over the previous.
+fn chain(dir: &Path, name: &str, links: usize) -> String {
+    qemu_img(
+        dir,
+        &["create", "-q", "-f", "vmdk", &format!("{name}.vmdk"), "1M"],
+    );
+    let mut parent = format!("{name}.vmdk");
+    for i in 1..=links {
+        let child = format!("{name}-{i:06}.vmdk");
+        qemu_img(
+            dir,
+            &[
+                "create", "-q", "-f", "vmdk", "-b", &parent, "-F", "vmdk", &child,
+            ],
+        );
+        parent = child;
+    }
+    parent
+}
+
+fn files(vmx: &Path, extra: &[&str]) -> (Vec<Record>, std::process::Output) {
+    let out = vx().arg("files").args(extra).arg(vmx).output().unwrap();
+    let recs = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("record matches the pinned schema"))
+        .collect();
+    (recs, out)
+}
+
+fn find<'a>(recs: &'a [Record], path_end: &str) -> &'a Record {
+    recs.iter()
+        .find(|r| r.path.ends_with(path_end))
+        .unwrap_or_else(|| panic!("no record for {path_end}: {recs:#?}"))
+}
+
+#[test]
+fn a_whole_vm_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let leaf = chain(dir, "disk", 2);
+    fs::create_dir(dir.join("data")).unwrap();
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            "data/second.vmdk",
+            "1M",
+        ],
+    );
+    let vmx = dir.join("vm.vmx");
+    fs::write(
+        &vmx,
+        format!(
+            ".encoding = \"UTF-8\"\ndisplayName = \"vm\"\nnvram = \"vm.nvram\"\n\
+             extendedConfigFile = \"vm.vmxf\"\ncheckpoint.vmState = \"vm.vmss\"\n\
+             sched.swap.derivedName = \"/vmfs/volumes/5f1b/vm/vm-1.vswp\"\n\
+             scsi0:0.fileName = \"{leaf}\"\nscsi0:1.fileName = \"data/second.vmdk\"\n\
+             scsi0:2.fileName = \"gone.vmdk\"\nide1:0.deviceType = \"cdrom-image\"\n\
+             ide1:0.fileName = \"/iso/x.iso\"\n"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("vm.vmsd"),
+        ".encoding = \"UTF-8\"\nsnapshot.current = \"1\"\nsnapshot0.uid = \"1\"\n\
+         snapshot0.filename = \"vm-Snapshot1.vmsn\"\nsnapshot0.disk0.fileName = \"disk.vmdk\"\n\
+         snapshot0.disk0.node = \"scsi0:0\"\n",
+    )
+    .unwrap();
+    for f in [
+        "vm.nvram",
+        "vm.vmss",
+        "vm-Snapshot1.vmsn",
+        "vm-Snapshot1.vmem",
+        "vmware.log",
+        "vmware-1.log",
+        "vmx-vm-42.vswp",
+        "notes.txt",
+    ] {
+        fs::write(dir.join(f), b"x").unwrap();
+    }
+    fs::create_dir(dir.join("vm.vmx.lck")).unwrap();
+
+    let (recs, out) = files(&vmx, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vm.vmx.lck: the VM may be running"),
+        "locks are reported: {err}"
+    );
+
+    let r = &recs[0];
+    assert_eq!((r.role.as_str(), r.exists), ("config", Some(true)));
+    assert!(r.path.ends_with("vm.vmx"));
+    // The chain, leaf first: qemu-img makes monolithicSparse links (their own extent).
+    for (depth, name) in ["disk-000002.vmdk", "disk-000001.vmdk", "disk.vmdk"]
+        .iter()
+        .enumerate()
+    {
+        let r = find(&recs, &format!("/{name}"));
+        assert_eq!(r.role, "disk-extent", "{r:?}");
+        assert_eq!(r.depth, Some(depth as u32));
+        assert_eq!(r.disk.as_deref(), Some("scsi0:0"));
+        assert!(r.inside_folder && r.exists == Some(true) && r.size_bytes.unwrap() > 0);
+    }
+    let r = find(&recs, "data/second.vmdk");
+    assert_eq!((r.role.as_str(), r.depth), ("disk-descriptor", Some(0)));
+    let r = find(&recs, "data/second-flat.vmdk");
+    assert_eq!(
+        (r.role.as_str(), r.size_bytes),
+        ("disk-extent", Some(1 << 20))
+    );
+    assert_eq!(r.disk.as_deref(), Some("scsi0:1"));
+    let r = find(&recs, "/gone.vmdk");
+    assert_eq!((r.role.as_str(), r.exists), ("disk-link", Some(false)));
+    assert!(r.problem.is_some());
+    let r = find(&recs, "/vm.vmxf");
+    assert_eq!((r.role.as_str(), r.exists), ("vmxf", Some(false)));
+    let r = find(&recs, "vm-1.vswp");
+    assert_eq!(r.exists, None, "outside the folder: not looked at");
+    assert!(!r.inside_folder);
+    assert_eq!(r.path, "/vmfs/volumes/5f1b/vm/vm-1.vswp");
+    for (name, role) in [
+        ("/vm.nvram", "nvram"),
+        ("/vm.vmss", "suspend"),
+        ("/vm.vmsd", "vmsd"),
+        ("/vm-Snapshot1.vmsn", "snapshot-state"),
+        ("/vm-Snapshot1.vmem", "memory"),
+        ("/vmware.log", "log"),
+        ("/vmware-1.log", "log"),
+        ("/vmx-vm-42.vswp", "swap"),
+        ("/notes.txt", "other"),
+        ("/vm.vmx.lck", "lock"),
+    ] {
+        let r = find(&recs, name);
+        assert_eq!(r.role, role, "{name}");
+        assert!(r.inside_folder && r.exists == Some(true), "{name}");
+    }
+    assert_eq!(find(&recs, "/vm.vmx.lck").size_bytes, None, "a folder");
+    let mut paths: Vec<_> = recs.iter().map(|r| r.path.clone()).collect();
+    let n = paths.len();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), n, "each file once");
+    assert!(
+        !recs.iter().any(|r| r.path.ends_with("x.iso")),
+        "CD-ROMs are not VM files"
+    );
+}
+
+#[test]
+fn disk_paths_leaving_the_folder_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vmdir = tmp.path().join("vm");
+    let other = tmp.path().join("other");
+    fs::create_dir_all(&vmdir).unwrap();
+    fs::create_dir_all(&other).unwrap();
+    qemu_img(&other, &["create", "-q", "-f", "vmdk", "base.vmdk", "1M"]);
+    let vmx = vmdir.join("vm.vmx");
+    fs::write(&vmx, "scsi0:0.fileName = \"../other/base.vmdk\"\n").unwrap();
+    let (recs, out) = files(&vmx, &[]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(recs.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("leaves the VM's folder") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    let (recs, out) = files(&vmx, &["--allow-outside"]);
+    assert!(out.status.success());
+    let r = find(&recs, "base.vmdk");
+    assert!(!r.inside_folder && r.exists == Some(true));
+
+    // A link inside the folder whose parent is outside: vmdk-parse's policy refuses it too.
+    qemu_img(
+        &vmdir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            "../other/base.vmdk",
+            "-F",
+            "vmdk",
+            "child.vmdk",
+        ],
+    );
+    fs::write(&vmx, "scsi0:0.fileName = \"child.vmdk\"\n").unwrap();
+    let (_, out) = files(&vmx, &[]);
+    assert_eq!(out.status.code(), Some(7));
+    // A symbolic link leading out is refused like `..`.
+    std::os::unix::fs::symlink(other.join("base.vmdk"), vmdir.join("link.vmdk")).unwrap();
+    fs::write(&vmx, "scsi0:0.fileName = \"link.vmdk\"\n").unwrap();
+    let (_, out) = files(&vmx, &[]);
+    assert_eq!(out.status.code(), Some(7));
+}
+
+#[test]
+fn a_broken_chain_is_reported_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let leaf = chain(dir, "d", 2);
+    fs::remove_file(dir.join("d-000001.vmdk")).unwrap();
+    let vmx = dir.join("vm.vmx");
+    fs::write(&vmx, format!("scsi0:0.fileName = \"{leaf}\"\n")).unwrap();
+    let (recs, out) = files(&vmx, &[]);
+    assert!(out.status.success());
+    let r = find(&recs, &format!("/{leaf}"));
+    assert_eq!(
+        (r.role.as_str(), r.depth, r.exists),
+        ("disk-link", Some(0), Some(true))
+    );
+    assert!(r.problem.as_deref().unwrap().contains("d-000001.vmdk"));
+    let r = find(&recs, "/d-000001.vmdk");
+    assert_eq!(r.exists, Some(false));
+    // The orphaned base is still listed, as a file of the folder.
+    assert_eq!(find(&recs, "/d.vmdk").role, "other");
+
+    // A descriptor whose extent is missing.
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            "f.vmdk",
+            "1M",
+        ],
+    );
+    fs::remove_file(dir.join("f-flat.vmdk")).unwrap();
+    fs::write(&vmx, "scsi0:0.fileName = \"f.vmdk\"\n").unwrap();
+    let (recs, out) = files(&vmx, &[]);
+    assert!(out.status.success());
+    let r = find(&recs, "/f-flat.vmdk");
+    assert_eq!((r.role.as_str(), r.exists), ("disk-extent", Some(false)));
+    assert_eq!(r.disk.as_deref(), Some("scsi0:0"));
+}
+
+#[test]
+fn thirty_link_chain_is_fast() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let leaf = chain(dir, "big", 30);
+    let vmx = dir.join("vm.vmx");
+    fs::write(&vmx, format!("scsi0:0.fileName = \"{leaf}\"\n")).unwrap();
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (recs, out) = files(&vmx, &[]);
+        best = best.min(t.elapsed());
+        assert!(out.status.success());
+        let depths: Vec<_> = recs.iter().filter_map(|r| r.depth).collect();
+        assert_eq!(depths, (0..=30).collect::<Vec<u32>>());
+    }
+    // Loose bound for a debug build, process start included; the release figure is in
+    // docs/vmx-parse.md.
+    assert!(best < Duration::from_millis(500), "files took {best:?}");
+}
