@@ -29,6 +29,10 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 const WS: [char; 2] = [' ', '\t'];
+/// What may precede a key: spaces, tabs, and U+FEFF, which is a byte order mark when its line
+/// becomes the first one (after `unset` removes the lines above it), so a key must read the
+/// same with or without it.
+const LEAD: [char; 3] = [' ', '\t', '\u{feff}'];
 
 /// How a line ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,7 +190,7 @@ fn split_lines(bytes: &[u8]) -> Vec<(&[u8], Eol)> {
 
 /// Classify a decoded line; the second value is a warning for a pair with trailing text.
 pub fn classify(text: &str) -> (LineKind, Option<String>) {
-    let t = text.trim_start_matches(WS);
+    let t = text.trim_start_matches(LEAD);
     if t.trim_end_matches(WS).is_empty() {
         return (LineKind::Blank, None);
     }
@@ -575,7 +579,7 @@ impl Document {
 /// Keys we write must read back as the same key.
 fn check_key(key: &str) -> Result<()> {
     if key.is_empty()
-        || key.starts_with('#')
+        || key.starts_with(['#', '\u{feff}'])
         || key
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '=' || c == '"')
@@ -717,6 +721,21 @@ mod tests {
         let mut long = b"a = \"".to_vec();
         long.resize(MAX_LINE_BYTES + 10, b'x');
         assert_eq!(e(&long), Corrupt);
+    }
+
+    /// Fuzz crash-04ddd991: unsetting the first line made a U+FEFF that started the second
+    /// line a byte order mark, and the key after it changed on reading back.
+    #[test]
+    fn fuzz_crash_04ddd991_bom_in_the_middle() {
+        let input = b"id&\x06\x1d2\x1d=\n\xef\xbb\xbfA}=`\n\x10\xd8\xb8m=&&";
+        let mut d = p(input);
+        assert_eq!(d.to_bytes(), input);
+        assert_eq!(d.get("A}"), Some("`"));
+        assert_eq!(d.unset("id&\x06\x1d2\x1d"), 1);
+        d.set("A}", "v").unwrap();
+        let again = p(&d.to_bytes());
+        assert_eq!(again.get("A}"), Some("v"));
+        assert!(d.set("\u{feff}k", "v").is_err());
     }
 
     #[test]
