@@ -168,9 +168,20 @@ impl Builder<'_> {
         }
     }
 
-    /// Inside the root for real (symbolic links resolved); `None` if it cannot be resolved.
+    /// Inside the root for real (symbolic links resolved); for a missing file, whether the
+    /// folder it would be in is; `None` if neither can be resolved.
     fn really_inside(&self, path: &Path) -> Option<bool> {
-        path.canonicalize().ok().map(|c| c.starts_with(&self.root))
+        if let Ok(c) = path.canonicalize() {
+            return Some(c.starts_with(&self.root));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        parent
+            .canonicalize()
+            .ok()
+            .map(|c| c.starts_with(&self.root))
     }
 
     /// Record `path` once; later mentions of the same file are dropped.
@@ -199,7 +210,12 @@ impl Builder<'_> {
                 (None, None)
             }
         };
-        let inside_folder = self.really_inside(path).unwrap_or(true);
+        let inside_folder = self.really_inside(path).unwrap_or_else(|| {
+            let rel = path
+                .strip_prefix(&self.dir)
+                .or_else(|_| path.strip_prefix(&self.root));
+            rel.is_ok_and(|r| !lexically_escapes(r))
+        });
         self.push(
             path,
             FileRecord {
@@ -236,13 +252,7 @@ impl Builder<'_> {
             );
             return;
         }
-        let lexical = self.lexically_inside(name);
         self.push_stat(&path, role, disk, None, None);
-        if let Some(last) = self.files.last_mut() {
-            if last.exists == Some(false) {
-                last.inside_folder = lexical;
-            }
-        }
     }
 
     fn refuse(&self, node: &str, name: &str) -> Error {

@@ -164,6 +164,8 @@ fn a_whole_vm_folder() {
     assert!(r.problem.is_some());
     let r = find(&recs, "/vm.vmxf");
     assert_eq!((r.role.as_str(), r.exists), ("vmxf", Some(false)));
+    assert!(r.inside_folder, "a missing file in the folder is inside it");
+    assert!(find(&recs, "/gone.vmdk").inside_folder);
     let r = find(&recs, "vm-1.vswp");
     assert_eq!(r.exists, None, "outside the folder: not looked at");
     assert!(!r.inside_folder);
