@@ -27,6 +27,9 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// Longest line accepted (an annotation with escaped newlines stays on one line, so this is
 /// generous).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// Most lines accepted. A real `.vmx` has a few hundred; the cap bounds the memory a hostile
+/// file of 16 MiB of newlines could take (each line is a small struct).
+pub const MAX_LINES: usize = 1 << 18;
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 const WS: [char; 2] = [' ', '\t'];
 /// What may precede a key: spaces, tabs, and U+FEFF, which is a byte order mark when its line
@@ -283,6 +286,13 @@ impl Document {
             Some(rest) => (true, rest),
             None => (false, bytes),
         };
+        let lines_count = body.iter().filter(|&&b| b == b'\n').count();
+        if lines_count > MAX_LINES {
+            return Err(Error::corrupt(
+                path,
+                format!("more than {MAX_LINES} lines; not a VMware configuration file"),
+            ));
+        }
         let raw_lines = split_lines(body);
         let mut label = None;
         for (n, (raw, _)) in raw_lines.iter().enumerate() {
@@ -718,6 +728,8 @@ mod tests {
         assert_eq!(e(b".encoding = \"klingon\"\n"), Unsupported);
         assert_eq!(e(b".encoding = \"UTF-16LE\"\n"), Unsupported);
         assert_eq!(e(b".encoding = \"Shift_JIS\"\nx = \"\x81\"\n"), Corrupt);
+        assert_eq!(e(&vec![b'\n'; MAX_LINES + 1]), Corrupt);
+        assert!(Document::parse(Path::new("x"), &vec![b'\n'; MAX_LINES]).is_ok());
         let mut long = b"a = \"".to_vec();
         long.resize(MAX_LINE_BYTES + 10, b'x');
         assert_eq!(e(&long), Corrupt);

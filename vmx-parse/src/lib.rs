@@ -25,9 +25,10 @@
 //! - [`VmConfig`] and [`SnapshotTree`] are read-only views over a document.
 //! - [`inventory::inventory`] lists a VM's files, following disk chains with
 //!   `vmdk_parse::Disk`, under the same path policy as vmdk-parse.
-//! - Hostile input: files over 16 MiB, lines over 1 MiB, NUL bytes, bytes invalid in the
-//!   file's encoding are errors; lines that are not `key = value` (no `=`, an unterminated
-//!   quote) are kept raw and reported as [`Warning`]s. Nothing panics (fuzzed: `fuzz/`).
+//! - Hostile input: files over 16 MiB, lines over 1 MiB, more than 262144 lines, NUL bytes,
+//!   bytes invalid in the file's encoding are errors; lines that are not `key = value` (no
+//!   `=`, an unterminated quote) are kept raw and reported as [`Warning`]s. Nothing panics
+//!   (fuzzed: `fuzz/`).
 //! - The library never prints and never exits; errors are typed ([`Error`], [`ErrorKind`]).
 //!
 //! Syntax decisions and the JSON schemas of the binary are documented in `docs/vmx-parse.md`.
