@@ -311,3 +311,55 @@ fn thirty_link_chain_is_fast() {
     // docs/vmx-parse.md.
     assert!(best < Duration::from_millis(500), "files took {best:?}");
 }
+
+#[test]
+fn a_cid_mismatch_is_on_the_leaf_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let leaf = chain(dir, "c", 1);
+    // Writing to the base after the child was made changes the base's CID.
+    let st = Std::new("qemu-io")
+        .current_dir(dir)
+        .args(["-f", "vmdk", "c.vmdk", "-c", "write 0 512"])
+        .output()
+        .expect("qemu-io runs");
+    assert!(st.status.success());
+    let vmx = dir.join("vm.vmx");
+    fs::write(&vmx, format!("scsi0:0.fileName = \"{leaf}\"\n")).unwrap();
+    let (recs, out) = files(&vmx, &[]);
+    assert!(out.status.success());
+    let r = find(&recs, &format!("/{leaf}"));
+    assert!(
+        r.problem
+            .as_deref()
+            .unwrap()
+            .contains("content ID mismatch"),
+        "{r:?}"
+    );
+    assert_eq!(find(&recs, "/c.vmdk").depth, Some(1), "followed anyway");
+}
+
+#[test]
+fn a_bare_vmx_name_gives_bare_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let leaf = chain(dir, "b", 1);
+    fs::write(
+        dir.join("vm.vmx"),
+        format!("scsi0:0.fileName = \"{leaf}\"\n"),
+    )
+    .unwrap();
+    let out = vx()
+        .current_dir(dir)
+        .args(["files", "vm.vmx"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let paths: Vec<String> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice::<Record>(l).unwrap().path)
+        .collect();
+    assert_eq!(paths, ["vm.vmx", "b-000001.vmdk", "b.vmdk"]);
+}
