@@ -51,8 +51,10 @@ use std::io::Write;
 use std::path::Path;
 
 /// Write `bytes` to `path` so that a crash never leaves half a file: a temporary file in the
-/// same folder, flushed, given the permissions of the file it replaces, then renamed over it.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+/// same folder, flushed, given the permissions of the file it replaces (or, for a new file,
+/// those of `like`, the file it was made from; the temporary file's 0600 otherwise), then
+/// renamed over it.
+pub fn write_atomically(path: &Path, bytes: &[u8], like: &Path) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -64,7 +66,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| Error::io(tmp.path(), e))?;
-    if let Ok(meta) = std::fs::metadata(path) {
+    if let Ok(meta) = std::fs::metadata(path).or_else(|_| std::fs::metadata(like)) {
         tmp.as_file()
             .set_permissions(meta.permissions())
             .map_err(|e| Error::io(tmp.path(), e))?;

@@ -129,7 +129,7 @@ fn write_result(input: &Path, doc: &Document, output: &Output) -> Result<Exit, F
     };
     match target {
         Some(path) => {
-            vmx_parse::write_atomically(path, &bytes).map_err(fail)?;
+            vmx_parse::write_atomically(path, &bytes, input).map_err(fail)?;
             Ok(Exit::Ok)
         }
         None => {

@@ -320,7 +320,7 @@ fn output_file_and_in_place_are_atomic_and_keep_permissions() {
     let dir = tempfile::tempdir().unwrap();
     let vmx = dir.path().join("vm.vmx");
     fs::copy(corpus("fusion.vmx"), &vmx).unwrap();
-    fs::set_permissions(&vmx, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(&vmx, fs::Permissions::from_mode(0o640)).unwrap();
     let out_path = dir.path().join("copy.vmx");
     let out = vx()
         .arg("set")
@@ -331,6 +331,8 @@ fn output_file_and_in_place_are_atomic_and_keep_permissions() {
         .output()
         .unwrap();
     assert!(out.status.success() && out.stdout.is_empty());
+    let mode = fs::metadata(&out_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "a new OUT gets the input's permissions");
     assert_eq!(
         fs::read(&out_path).unwrap(),
         fs::read_to_string(&vmx)
@@ -350,7 +352,7 @@ fn output_file_and_in_place_are_atomic_and_keep_permissions() {
     let text = fs::read_to_string(&vmx).unwrap();
     assert!(!text.contains("board-id") && text.contains("smc.present"));
     let mode = fs::metadata(&vmx).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_eq!(mode, 0o640);
     let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(names.len(), 2, "no temporary file left behind");
 }
