@@ -60,13 +60,13 @@ enum Sink<'a> {
 const DIRECT_ALIGN: usize = 4096;
 
 /// A sparse output file, with an `O_DIRECT` handle on it when the file system allows one.
-struct SparseOut<'a> {
-    file: &'a File,
-    direct: Option<File>,
+pub(crate) struct SparseOut<'a> {
+    pub(crate) file: &'a File,
+    pub(crate) direct: Option<File>,
 }
 
 impl SparseOut<'_> {
-    fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+    pub(crate) fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
         let aligned = |n: usize| n % DIRECT_ALIGN == 0;
         if let Some(d) = &self.direct {
             // The aligned middle goes direct; the edges, if any, through the page cache.
@@ -97,6 +97,16 @@ impl SparseOut<'_> {
         }
         self.file.write_all_at(data, offset)
     }
+}
+
+/// A second, `O_DIRECT` handle on a file, when its file system allows one.
+pub(crate) fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+        .ok()
 }
 
 /// A zeroed buffer of `len` bytes whose start is aligned for `O_DIRECT`, without `unsafe`:
@@ -154,14 +164,7 @@ pub fn cat_to_path(disk: &Disk, path: &Path, opts: CatOptions) -> Result<(), Cat
     let result = (|| {
         let f = File::create(&tmp).map_err(out_err(&tmp))?;
         f.set_len(disk.capacity()).map_err(out_err(&tmp))?;
-        let direct = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-                .open(&tmp)
-                .ok()
-        };
+        let direct = open_direct(&tmp);
         run(disk, Sink::Sparse(SparseOut { file: &f, direct }), &tmp)?;
         if opts.sync {
             f.sync_all().map_err(out_err(&tmp))?;
@@ -181,13 +184,27 @@ struct Window {
     buf: AlignedBuf,
 }
 
-fn run(disk: &Disk, mut sink: Sink<'_>, out_path: &Path) -> Result<(), CatError> {
-    let out_err = |source| CatError::Output {
-        path: out_path.to_path_buf(),
-        source,
-    };
+/// What [`for_each_window`] reads into the window buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct WindowFill {
+    /// Fill zero and unallocated pieces with zeros (a stream needs every byte); otherwise
+    /// their bytes in the buffer are left as they were.
+    pub fill_holes: bool,
+    /// Do not hand over windows made only of zero and unallocated pieces at all (a sparse
+    /// output has nothing to do for them).
+    pub skip_hole_windows: bool,
+}
+
+/// Walk the disk window by window in order: a reader thread resolves each window and reads or
+/// inflates its pieces (compressed grains on every core) while `consume` handles the previous
+/// window on the calling thread. `consume(pos, pieces, bytes)` gets the window's pieces and its
+/// bytes (`bytes[0]` is disk offset `pos`). Stops at the first error of either side.
+pub(crate) fn for_each_window<E: From<Error>>(
+    disk: &Disk,
+    how: WindowFill,
+    mut consume: impl FnMut(u64, &[Piece], &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
     let cap = disk.capacity();
-    let sparse = matches!(sink, Sink::Sparse(_));
     let (full_tx, full_rx) = mpsc::sync_channel::<Result<Window, Error>>(1);
     let (free_tx, free_rx) = mpsc::channel::<Window>();
     for _ in 0..WINDOWS {
@@ -198,7 +215,7 @@ fn run(disk: &Disk, mut sink: Sink<'_>, out_path: &Path) -> Result<(), CatError>
         });
     }
     std::thread::scope(|s| {
-        // The reader: stops at the end, at its first error, or when the writer gives up.
+        // The reader: stops at the end, at its first error, or when the consumer gives up.
         s.spawn(move || {
             let mut pos = 0u64;
             let mut free = None;
@@ -218,51 +235,70 @@ fn run(disk: &Disk, mut sink: Sink<'_>, out_path: &Path) -> Result<(), CatError>
                     return;
                 }
                 pos += len;
-                // A sparse output has nothing to do for a window of holes: keep the buffer and
-                // go on, rather than wake the writer hundreds of thousands of times on a
-                // mostly empty 3 TiB disk.
+                // Rather than wake the consumer hundreds of thousands of times on a mostly
+                // empty 3 TiB disk, keep the buffer and go on.
                 let holes_only = w
                     .pieces
                     .iter()
                     .all(|p| matches!(p.loc, Location::Zero | Location::Unallocated));
-                if sparse && holes_only {
+                if how.skip_hole_windows && holes_only {
                     free = Some(w);
                     continue;
                 }
-                let filled =
-                    fill_window(disk, w.pos, &w.pieces, w.buf.get_mut(len as usize), sparse);
+                let filled = fill_window(
+                    disk,
+                    w.pos,
+                    &w.pieces,
+                    w.buf.get_mut(len as usize),
+                    !how.fill_holes,
+                );
                 let failed = filled.is_err();
                 if full_tx.send(filled.map(|()| w)).is_err() || failed {
                     return;
                 }
             }
         });
-        // The writer, on this thread (the sink need not be Send).
         for msg in full_rx {
             let w = msg?;
             let len = WINDOW_BYTES.min(cap - w.pos) as usize;
-            let window = w.buf.get(len);
-            match &mut sink {
-                Sink::Stream(out) => out.write_all(window).map_err(out_err)?,
-                Sink::Sparse(out) => {
-                    for p in &w.pieces {
-                        if matches!(p.loc, Location::Zero | Location::Unallocated) {
-                            continue;
-                        }
-                        let at = (p.offset - w.pos) as usize;
-                        write_nonzero(out, &window[at..at + p.len as usize], p.offset)
-                            .map_err(out_err)?;
-                    }
-                }
-            }
+            consume(w.pos, &w.pieces, w.buf.get(len))?;
             // The reader may have finished; then the buffer is simply dropped.
             let _ = free_tx.send(w);
         }
-        if let Sink::Stream(out) = &mut sink {
-            out.flush().map_err(out_err)?;
-        }
         Ok(())
     })
+}
+
+fn run(disk: &Disk, mut sink: Sink<'_>, out_path: &Path) -> Result<(), CatError> {
+    let out_err = |source| CatError::Output {
+        path: out_path.to_path_buf(),
+        source,
+    };
+    let sparse = matches!(sink, Sink::Sparse(_));
+    let how = WindowFill {
+        fill_holes: !sparse,
+        skip_hole_windows: sparse,
+    };
+    for_each_window(disk, how, |pos, pieces, window| -> Result<(), CatError> {
+        match &mut sink {
+            Sink::Stream(out) => out.write_all(window).map_err(out_err),
+            Sink::Sparse(out) => {
+                for p in pieces {
+                    if matches!(p.loc, Location::Zero | Location::Unallocated) {
+                        continue;
+                    }
+                    let at = (p.offset - pos) as usize;
+                    write_nonzero(out, &window[at..at + p.len as usize], p.offset)
+                        .map_err(out_err)?;
+                }
+                Ok(())
+            }
+        }
+    })?;
+    if let Sink::Stream(out) = &mut sink {
+        out.flush().map_err(out_err)?;
+    }
+    Ok(())
 }
 
 /// Read every piece of a window into `window` (which starts at disk offset `base`), in parallel
@@ -305,7 +341,7 @@ fn fill_window(
 }
 
 /// Write `data` at `offset`, skipping 4 KiB blocks that are all zeros (they stay holes).
-fn write_nonzero(out: &mut SparseOut<'_>, data: &[u8], offset: u64) -> io::Result<()> {
+pub(crate) fn write_nonzero(out: &mut SparseOut<'_>, data: &[u8], offset: u64) -> io::Result<()> {
     let block_is_zero = |i: usize| is_zero(&data[i..(i + ZERO_BLOCK).min(data.len())]);
     let mut i = 0;
     while i < data.len() {
@@ -324,7 +360,7 @@ fn write_nonzero(out: &mut SparseOut<'_>, data: &[u8], offset: u64) -> io::Resul
     Ok(())
 }
 
-fn is_zero(b: &[u8]) -> bool {
+pub(crate) fn is_zero(b: &[u8]) -> bool {
     // OR-folding 64-byte chunks vectorises well and still stops at the first non-zero chunk.
     b.chunks(64).all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
 }

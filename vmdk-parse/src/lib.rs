@@ -39,6 +39,7 @@ pub mod io;
 pub mod map;
 pub mod sesparse;
 pub mod sparse;
+pub mod write;
 
 pub use descriptor::Descriptor;
 pub use disk::{Disk, Extent, ExtentData, Link, LinkFormat, OpenOptions, Piece};

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vmdk_parse::write::{AdapterType, Subformat, WriteError, WriteOptions};
 use vmdk_parse::{cat, check, info, Disk, ErrorKind, OpenOptions};
 use vml_cli::{Exit, Failure};
 
@@ -54,6 +55,51 @@ enum Command {
     Check { disk: PathBuf },
     /// Print the descriptor text (embedded or separate) of the disk.
     Descriptor { disk: PathBuf },
+    /// Write the disk in another format: raw (as `cat -o`) or a VMDK subformat. Data stays data,
+    /// zero ranges stay zero (zero grains, or holes), unallocated ranges stay unallocated.
+    /// Every file is written under a temporary name and renamed when complete; a failed run
+    /// leaves nothing under OUT's name (nor its extents' names).
+    Convert {
+        disk: PathBuf,
+        /// Output format.
+        #[arg(short = 'O', long = "format", value_enum)]
+        format: Format,
+        /// Output file (for the split and flat formats, the descriptor; extents are named
+        /// after it: NAME-flat.vmdk, NAME-s001.vmdk, NAME-f001.vmdk).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// ddb.adapterType of the new descriptor (default: lsilogic).
+        #[arg(long, value_enum, default_value = "lsilogic")]
+        adapter_type: Adapter,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    #[value(name = "raw")]
+    Raw,
+    #[value(name = "monolithicSparse")]
+    MonolithicSparse,
+    #[value(name = "streamOptimized")]
+    StreamOptimized,
+    #[value(name = "monolithicFlat")]
+    MonolithicFlat,
+    #[value(name = "twoGbMaxExtentSparse")]
+    TwoGbMaxExtentSparse,
+    #[value(name = "twoGbMaxExtentFlat")]
+    TwoGbMaxExtentFlat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Adapter {
+    #[value(name = "ide")]
+    Ide,
+    #[value(name = "buslogic")]
+    Buslogic,
+    #[value(name = "lsilogic")]
+    Lsilogic,
+    #[value(name = "legacyESX")]
+    LegacyEsx,
 }
 
 fn exit_for(kind: ErrorKind) -> Exit {
@@ -69,6 +115,15 @@ fn exit_for(kind: ErrorKind) -> Exit {
 
 fn fail(e: vmdk_parse::Error) -> Failure {
     Failure::new(exit_for(e.kind()), e)
+}
+
+fn fail_write(e: WriteError) -> Failure {
+    match e {
+        WriteError::Disk(e) => fail(e),
+        e @ WriteError::Output { .. } => Failure::new(Exit::Io, e),
+        e @ WriteError::Unsupported { .. } => Failure::new(Exit::Unsupported, e),
+        e @ WriteError::Invalid { .. } => Failure::new(Exit::Usage, e),
+    }
 }
 
 fn main() -> ExitCode {
@@ -122,6 +177,39 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 Err(cat::CatError::Output { source, .. }) if output.is_none() => Err(source),
                 Err(e @ cat::CatError::Output { .. }) => return Err(Failure::new(Exit::Io, e)),
             }
+        }
+        Command::Convert {
+            disk,
+            format,
+            output,
+            adapter_type,
+        } => {
+            let d = Disk::open_with(disk, &opts).map_err(fail)?;
+            let subformat = match format {
+                Format::Raw => {
+                    return match cat::cat_to_path(&d, output, cat::CatOptions::default()) {
+                        Ok(()) => Ok(Exit::Ok),
+                        Err(cat::CatError::Disk(e)) => Err(fail(e)),
+                        Err(e) => Err(Failure::new(Exit::Io, e)),
+                    };
+                }
+                Format::MonolithicSparse => Subformat::MonolithicSparse,
+                Format::StreamOptimized => Subformat::StreamOptimized,
+                Format::MonolithicFlat => Subformat::MonolithicFlat,
+                Format::TwoGbMaxExtentSparse => Subformat::TwoGbMaxExtentSparse,
+                Format::TwoGbMaxExtentFlat => Subformat::TwoGbMaxExtentFlat,
+            };
+            let wopts = WriteOptions {
+                adapter_type: match adapter_type {
+                    Adapter::Ide => AdapterType::Ide,
+                    Adapter::Buslogic => AdapterType::Buslogic,
+                    Adapter::Lsilogic => AdapterType::Lsilogic,
+                    Adapter::LegacyEsx => AdapterType::LegacyEsx,
+                },
+                ..WriteOptions::default()
+            };
+            vmdk_parse::write::write_disk(&d, output, subformat, &wopts).map_err(fail_write)?;
+            return Ok(Exit::Ok);
         }
         Command::Check { disk } => {
             let report = check::check_path(disk, &opts).map_err(fail)?;
