@@ -1,0 +1,953 @@
+//! The VML delta stream, version 1: encoder ([`Encoder`]) and decoder ([`Decoder`]).
+//!
+//! This module doc and `docs/delta-format.md` are the specification; they must agree (a test
+//! checks that the constants below appear in the doc).
+//!
+//! A delta turns a *source* image (the base, or nothing for a full delta) into a *target*
+//! image. It is written and read strictly sequentially, so it works on pipes both ways:
+//!
+//! ```text
+//! header (120 bytes)
+//! record*            in target order, covering [0, target_size) exactly once
+//! end record         required: totals and the target digest again
+//! ```
+//!
+//! All integers are little-endian. Every checksum is XXH3-64 (seed 0).
+//!
+//! ## Header (`HEADER_LEN` = 120 bytes)
+//!
+//! | offset | size | field | rule |
+//! |---|---|---|---|
+//! | 0 | 8 | `magic` | `MAGIC` = `"VMLDELTA"` |
+//! | 8 | 4 | `version` | `VERSION` = 1; other values are rejected |
+//! | 12 | 4 | `flags` | bit 0 `FLAG_FULL`: no source (full delta). Other bits must be 0 (bit 1 is reserved for a trailing index) |
+//! | 16 | 4 | `block_size` | power of two, `MIN_BLOCK_SIZE` (4096) ..= `MAX_BLOCK_SIZE` (1 MiB); the granularity the differ matched at |
+//! | 20 | 4 | `reserved` | 0 |
+//! | 24 | 8 | `source_size` | bytes; 0 when `FLAG_FULL`; at most `MAX_IMAGE_BYTES` (2^48) |
+//! | 32 | 8 | `target_size` | bytes; at most `MAX_IMAGE_BYTES` |
+//! | 40 | 32 | `source_digest` | image digest of the source (all zero when `FLAG_FULL`) |
+//! | 72 | 32 | `target_digest` | image digest of the target |
+//! | 104 | 8 | `reserved` | 0 |
+//! | 112 | 8 | `checksum` | XXH3-64 of bytes 0..112 |
+//!
+//! ## Records
+//!
+//! Each record is a 32-byte header, `payload_len` bytes of payload, and an 8-byte XXH3-64
+//! checksum of the header and payload together.
+//!
+//! | offset | size | field | rule |
+//! |---|---|---|---|
+//! | 0 | 1 | `kind` | see below |
+//! | 1 | 1 | `flags` | literal only: bit 0 `LITERAL_STORED` (payload is the bytes, not zstd). Otherwise 0 |
+//! | 2 | 2 | `reserved` | 0 |
+//! | 4 | 4 | `payload_len` | at most `MAX_LITERAL_BYTES` (4 MiB); 0 for all kinds but literal and end |
+//! | 8 | 8 | `target_offset` | must equal the end of the previous record (0 for the first): no gap, no overlap |
+//! | 16 | 8 | `length` | target bytes produced; at least 1 (0 for end); `target_offset + length <= target_size` |
+//! | 24 | 8 | `arg` | copy-source: source offset; copy-target: earlier target offset; otherwise 0 |
+//!
+//! Kinds:
+//! - `1` literal: the payload is one zstd frame inflating to exactly `length` bytes
+//!   (`length <= MAX_LITERAL_BYTES`), or the bytes themselves when `LITERAL_STORED` (then
+//!   `payload_len == length`). The encoder stores when zstd does not shrink the data.
+//! - `2` zero: `length` bytes that read as zeros and are allocated (zero grains).
+//! - `3` unallocated: `length` bytes that read as zeros and are not allocated; writers keep
+//!   them sparse.
+//! - `4` copy-source: `length` bytes from the source at `arg`; `arg + length <= source_size`.
+//!   Not allowed in a full delta.
+//! - `5` copy-target: `length` bytes from the target at `arg`, already produced:
+//!   `arg + length <= target_offset`.
+//! - `255` end: `target_offset == target_size`, `length == 0`, `arg == 0`, and a payload of
+//!   `END_PAYLOAD_LEN` (96) bytes: eight u64 totals (records before the end, then target
+//!   bytes by kind: literal, zero, unallocated, copy-source, copy-target, then literal payload
+//!   bytes, then the whole stream length up to the end record) followed by the 32-byte target
+//!   digest, equal to the header's. The decoder recomputes every total and compares. Nothing
+//!   may follow the end record in version 1.
+//!
+//! ## Image digest
+//!
+//! The identity of an image (source and target) is a BLAKE3 tree over its guest-visible bytes,
+//! built so that holes cost nothing to hash and every part hashes in parallel:
+//! - a *leaf* is 4 KiB (`LEAF_BYTES`; the last may be shorter); leaf digest = BLAKE3(bytes);
+//! - a *chunk* is 1 MiB (`CHUNK_BYTES`, 256 leaves; the last may be shorter);
+//!   chunk digest = BLAKE3(concatenated leaf digests);
+//! - image digest = BLAKE3 in derive-key mode with context `DIGEST_CONTEXT`, over
+//!   `u64 size` then the concatenated chunk digests.
+//!
+//! An all-zero chunk has a constant digest, so a 3 TiB empty disk hashes in a second. A guest
+//! cannot make two images share a digest without a BLAKE3 collision.
+//!
+//! ## What the stream does not promise
+//! A decoder that has not reached the end record has not seen a valid delta: it must not
+//! publish anything it produced. The target digest is checked by the applier over what it wrote.
+
+use std::io::{self, Read, Write};
+use xxhash_rust::xxh3::Xxh3;
+
+/// Stream magic: the first 8 bytes.
+pub const MAGIC: [u8; 8] = *b"VMLDELTA";
+/// The format version this code writes and reads.
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 120;
+pub const RECORD_HEADER_LEN: usize = 32;
+pub const CHECKSUM_LEN: usize = 8;
+/// Header flag: the delta has no source.
+pub const FLAG_FULL: u32 = 1;
+/// Literal flag: the payload holds the bytes uncompressed.
+pub const LITERAL_STORED: u8 = 1;
+pub const MIN_BLOCK_SIZE: u32 = 4096;
+pub const MAX_BLOCK_SIZE: u32 = 1 << 20;
+/// The largest image a delta describes (vmdk-parse's capacity limit).
+pub const MAX_IMAGE_BYTES: u64 = 1 << 48;
+/// The largest literal record, inflated and stored.
+pub const MAX_LITERAL_BYTES: u32 = 4 << 20;
+pub const END_PAYLOAD_LEN: u32 = 96;
+pub const LEAF_BYTES: u64 = 4096;
+pub const CHUNK_BYTES: u64 = 1 << 20;
+pub const DIGEST_CONTEXT: &str = "VML image digest v1";
+
+pub const KIND_LITERAL: u8 = 1;
+pub const KIND_ZERO: u8 = 2;
+pub const KIND_UNALLOCATED: u8 = 3;
+pub const KIND_COPY_SOURCE: u8 = 4;
+pub const KIND_COPY_TARGET: u8 = 5;
+pub const KIND_END: u8 = 255;
+
+/// A 32-byte BLAKE3 image digest.
+pub type Digest = [u8; 32];
+
+/// Errors reading or writing a delta stream. Offsets are byte offsets in the stream.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not a VML delta (bad magic)")]
+    BadMagic,
+    #[error("delta format version {0} is not supported (this tool reads version {VERSION})")]
+    Version(u32),
+    #[error("corrupt delta at stream byte {offset}: {what}")]
+    Corrupt { offset: u64, what: String },
+    #[error("delta stream cut short at byte {offset} (no end record)")]
+    Truncated { offset: u64 },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl Error {
+    fn corrupt(offset: u64, what: impl Into<String>) -> Error {
+        Error::Corrupt {
+            offset,
+            what: what.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The stream header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub flags: u32,
+    pub block_size: u32,
+    pub source_size: u64,
+    pub target_size: u64,
+    pub source_digest: Digest,
+    pub target_digest: Digest,
+}
+
+impl Header {
+    pub fn is_full(&self) -> bool {
+        self.flags & FLAG_FULL != 0
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        b[16..20].copy_from_slice(&self.block_size.to_le_bytes());
+        b[24..32].copy_from_slice(&self.source_size.to_le_bytes());
+        b[32..40].copy_from_slice(&self.target_size.to_le_bytes());
+        b[40..72].copy_from_slice(&self.source_digest);
+        b[72..104].copy_from_slice(&self.target_digest);
+        let sum = xxhash_rust::xxh3::xxh3_64(&b[..112]);
+        b[112..120].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    /// Parse and validate a header.
+    pub fn decode(b: &[u8; HEADER_LEN]) -> Result<Header> {
+        if b[0..8] != MAGIC {
+            return Err(Error::BadMagic);
+        }
+        let version = u32_at(b, 8);
+        if version != VERSION {
+            return Err(Error::Version(version));
+        }
+        if xxhash_rust::xxh3::xxh3_64(&b[..112]) != u64_at(b, 112) {
+            return Err(Error::corrupt(112, "header checksum mismatch"));
+        }
+        let h = Header {
+            flags: u32_at(b, 12),
+            block_size: u32_at(b, 16),
+            source_size: u64_at(b, 24),
+            target_size: u64_at(b, 32),
+            source_digest: b[40..72].try_into().expect("32 bytes"),
+            target_digest: b[72..104].try_into().expect("32 bytes"),
+        };
+        h.validate()?;
+        if u32_at(b, 20) != 0 || u64_at(b, 104) != 0 {
+            return Err(Error::corrupt(20, "reserved header bytes are not zero"));
+        }
+        Ok(h)
+    }
+
+    /// The rules every header obeys, for the encoder and the decoder alike.
+    pub fn validate(&self) -> Result<()> {
+        if self.flags & !FLAG_FULL != 0 {
+            return Err(Error::corrupt(
+                12,
+                format!("unknown flags {:#x}", self.flags),
+            ));
+        }
+        if !self.block_size.is_power_of_two()
+            || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size)
+        {
+            return Err(Error::corrupt(
+                16,
+                format!(
+                    "block size {} is not a power of two in 4 KiB..=1 MiB",
+                    self.block_size
+                ),
+            ));
+        }
+        if self.source_size > MAX_IMAGE_BYTES || self.target_size > MAX_IMAGE_BYTES {
+            return Err(Error::corrupt(24, "image size above 2^48 bytes"));
+        }
+        if self.is_full() && (self.source_size != 0 || self.source_digest != [0; 32]) {
+            return Err(Error::corrupt(24, "full delta with a source"));
+        }
+        Ok(())
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// One record as decoded. Literal payloads stay as stored; [`Record::literal_bytes`] inflates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Literal {
+        offset: u64,
+        length: u64,
+        stored: bool,
+        payload: Vec<u8>,
+    },
+    Zero {
+        offset: u64,
+        length: u64,
+    },
+    Unallocated {
+        offset: u64,
+        length: u64,
+    },
+    CopySource {
+        offset: u64,
+        length: u64,
+        source_offset: u64,
+    },
+    CopyTarget {
+        offset: u64,
+        length: u64,
+        target_offset: u64,
+    },
+}
+
+impl Record {
+    pub fn offset(&self) -> u64 {
+        match *self {
+            Record::Literal { offset, .. }
+            | Record::Zero { offset, .. }
+            | Record::Unallocated { offset, .. }
+            | Record::CopySource { offset, .. }
+            | Record::CopyTarget { offset, .. } => offset,
+        }
+    }
+
+    pub fn length(&self) -> u64 {
+        match *self {
+            Record::Literal { length, .. }
+            | Record::Zero { length, .. }
+            | Record::Unallocated { length, .. }
+            | Record::CopySource { length, .. }
+            | Record::CopyTarget { length, .. } => length,
+        }
+    }
+}
+
+/// Inflate a literal payload into `out` (exactly `length` bytes).
+pub fn literal_bytes(stored: bool, payload: &[u8], length: u64, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    if stored {
+        out.extend_from_slice(payload);
+    } else {
+        let mut dec = zstd::stream::read::Decoder::with_buffer(payload)?;
+        // Read one byte more than promised so an over-long frame is caught, never more.
+        let n = (&mut dec)
+            .take(length + 1)
+            .read_to_end(out)
+            .map_err(|e| Error::corrupt(0, format!("literal does not inflate: {e}")))?;
+        if n as u64 != length {
+            return Err(Error::corrupt(
+                0,
+                format!("literal inflates to {n} bytes, {length} expected"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Totals carried by the end record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub records: u64,
+    pub literal_bytes: u64,
+    pub zero_bytes: u64,
+    pub unallocated_bytes: u64,
+    pub copy_source_bytes: u64,
+    pub copy_target_bytes: u64,
+    pub payload_bytes: u64,
+    /// Stream bytes before the end record (header included).
+    pub stream_bytes: u64,
+}
+
+impl Totals {
+    fn encode(&self, digest: &Digest) -> [u8; END_PAYLOAD_LEN as usize] {
+        let mut b = [0u8; END_PAYLOAD_LEN as usize];
+        let v = [
+            self.records,
+            self.literal_bytes,
+            self.zero_bytes,
+            self.unallocated_bytes,
+            self.copy_source_bytes,
+            self.copy_target_bytes,
+            self.payload_bytes,
+            self.stream_bytes,
+        ];
+        for (i, x) in v.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&x.to_le_bytes());
+        }
+        b[64..96].copy_from_slice(digest);
+        b
+    }
+
+    fn add(&mut self, kind: u8, length: u64, payload_len: u64) {
+        self.records += 1;
+        self.payload_bytes += payload_len;
+        match kind {
+            KIND_LITERAL => self.literal_bytes += length,
+            KIND_ZERO => self.zero_bytes += length,
+            KIND_UNALLOCATED => self.unallocated_bytes += length,
+            KIND_COPY_SOURCE => self.copy_source_bytes += length,
+            _ => self.copy_target_bytes += length,
+        }
+    }
+}
+
+fn record_header(
+    kind: u8,
+    flags: u8,
+    payload_len: u32,
+    offset: u64,
+    length: u64,
+    arg: u64,
+) -> [u8; 32] {
+    let mut b = [0u8; RECORD_HEADER_LEN];
+    b[0] = kind;
+    b[1] = flags;
+    b[4..8].copy_from_slice(&payload_len.to_le_bytes());
+    b[8..16].copy_from_slice(&offset.to_le_bytes());
+    b[16..24].copy_from_slice(&length.to_le_bytes());
+    b[24..32].copy_from_slice(&arg.to_le_bytes());
+    b
+}
+
+/// Writes a delta stream. Records must come in target order; [`Encoder::finish`] writes the
+/// end record. Dropping an encoder without finishing leaves a stream every decoder rejects.
+pub struct Encoder<W: Write> {
+    out: W,
+    header: Header,
+    pos: u64,
+    totals: Totals,
+    level: i32,
+}
+
+impl<W: Write> Encoder<W> {
+    /// Write the header. `level` is the zstd level for literals.
+    pub fn new(mut out: W, header: Header, level: i32) -> Result<Encoder<W>> {
+        header.validate()?;
+        out.write_all(&header.encode())?;
+        Ok(Encoder {
+            out,
+            header,
+            pos: 0,
+            totals: Totals {
+                stream_bytes: HEADER_LEN as u64,
+                ..Totals::default()
+            },
+            level,
+        })
+    }
+
+    /// Where the next record starts in the target.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn check_len(&self, length: u64) -> Result<()> {
+        if length == 0 || self.pos + length > self.header.target_size {
+            return Err(Error::corrupt(
+                self.totals.stream_bytes,
+                format!(
+                    "record of {length} bytes at {} does not fit the target",
+                    self.pos
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, kind: u8, flags: u8, length: u64, arg: u64, payload: &[u8]) -> Result<()> {
+        let h = record_header(kind, flags, payload.len() as u32, self.pos, length, arg);
+        let mut sum = Xxh3::new();
+        sum.update(&h);
+        sum.update(payload);
+        self.out.write_all(&h)?;
+        self.out.write_all(payload)?;
+        self.out.write_all(&sum.digest().to_le_bytes())?;
+        if kind != KIND_END {
+            self.totals.add(kind, length, payload.len() as u64);
+            self.totals.stream_bytes += (RECORD_HEADER_LEN + payload.len() + CHECKSUM_LEN) as u64;
+            self.pos += length;
+        }
+        Ok(())
+    }
+
+    /// Compress `data` (at most `MAX_LITERAL_BYTES`) into a literal payload: zstd, or the
+    /// bytes as they are when zstd does not shrink them. Returns (stored, payload).
+    pub fn compress(data: &[u8], level: i32) -> Result<(bool, Vec<u8>)> {
+        let z = zstd::bulk::compress(data, level)?;
+        Ok(if z.len() < data.len() {
+            (false, z)
+        } else {
+            (true, data.to_vec())
+        })
+    }
+
+    /// A literal record; `data` is compressed here.
+    pub fn literal(&mut self, data: &[u8]) -> Result<()> {
+        let (stored, payload) = Self::compress(data, self.level)?;
+        self.literal_payload(data.len() as u64, stored, &payload)
+    }
+
+    /// A literal record whose payload was made by [`Encoder::compress`] (on another thread).
+    pub fn literal_payload(&mut self, length: u64, stored: bool, payload: &[u8]) -> Result<()> {
+        self.check_len(length)?;
+        if length > MAX_LITERAL_BYTES as u64 || (stored && payload.len() as u64 != length) {
+            return Err(Error::corrupt(self.totals.stream_bytes, "literal too long"));
+        }
+        let flags = if stored { LITERAL_STORED } else { 0 };
+        self.emit(KIND_LITERAL, flags, length, 0, payload)
+    }
+
+    pub fn zero(&mut self, length: u64) -> Result<()> {
+        self.check_len(length)?;
+        self.emit(KIND_ZERO, 0, length, 0, &[])
+    }
+
+    pub fn unallocated(&mut self, length: u64) -> Result<()> {
+        self.check_len(length)?;
+        self.emit(KIND_UNALLOCATED, 0, length, 0, &[])
+    }
+
+    pub fn copy_source(&mut self, source_offset: u64, length: u64) -> Result<()> {
+        self.check_len(length)?;
+        if self.header.is_full()
+            || source_offset
+                .checked_add(length)
+                .is_none_or(|e| e > self.header.source_size)
+        {
+            return Err(Error::corrupt(
+                self.totals.stream_bytes,
+                "copy outside the source",
+            ));
+        }
+        self.emit(KIND_COPY_SOURCE, 0, length, source_offset, &[])
+    }
+
+    pub fn copy_target(&mut self, target_offset: u64, length: u64) -> Result<()> {
+        self.check_len(length)?;
+        if target_offset
+            .checked_add(length)
+            .is_none_or(|e| e > self.pos)
+        {
+            return Err(Error::corrupt(
+                self.totals.stream_bytes,
+                "copy from a target range not yet written",
+            ));
+        }
+        self.emit(KIND_COPY_TARGET, 0, length, target_offset, &[])
+    }
+
+    /// Write the end record and flush. Fails if the records do not cover the target.
+    pub fn finish(mut self) -> Result<(Totals, W)> {
+        if self.pos != self.header.target_size {
+            return Err(Error::corrupt(
+                self.totals.stream_bytes,
+                format!(
+                    "records cover {} of {} target bytes",
+                    self.pos, self.header.target_size
+                ),
+            ));
+        }
+        let payload = self.totals.encode(&self.header.target_digest);
+        let target_size = self.header.target_size;
+        let h = record_header(KIND_END, 0, END_PAYLOAD_LEN, target_size, 0, 0);
+        let mut sum = Xxh3::new();
+        sum.update(&h);
+        sum.update(&payload);
+        self.out.write_all(&h)?;
+        self.out.write_all(&payload)?;
+        self.out.write_all(&sum.digest().to_le_bytes())?;
+        self.out.flush()?;
+        Ok((self.totals, self.out))
+    }
+}
+
+/// Reads a delta stream sequentially, checking every rule of the format as it goes.
+pub struct Decoder<R: Read> {
+    input: R,
+    header: Header,
+    pos: u64,
+    /// Stream bytes consumed.
+    read: u64,
+    totals: Totals,
+    done: bool,
+}
+
+impl<R: Read> Decoder<R> {
+    /// Read and check the header.
+    pub fn new(mut input: R) -> Result<Decoder<R>> {
+        let mut b = [0u8; HEADER_LEN];
+        read_full(&mut input, &mut b, 0)?;
+        let header = Header::decode(&b)?;
+        Ok(Decoder {
+            input,
+            header,
+            pos: 0,
+            read: HEADER_LEN as u64,
+            totals: Totals {
+                stream_bytes: HEADER_LEN as u64,
+                ..Totals::default()
+            },
+            done: false,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Stream bytes consumed so far; for a literal just returned, its payload ends
+    /// `CHECKSUM_LEN` bytes before this.
+    pub fn stream_position(&self) -> u64 {
+        self.read
+    }
+
+    /// The totals, once the end record has been read and checked.
+    pub fn totals(&self) -> Option<Totals> {
+        self.done.then_some(self.totals)
+    }
+
+    /// The next record, or `None` after a valid end record (and end of stream).
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        if self.done {
+            return Ok(None);
+        }
+        let at = self.read;
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        read_full(&mut self.input, &mut h, at)?;
+        let kind = h[0];
+        let flags = h[1];
+        let payload_len = u32_at(&h, 4);
+        let offset = u64_at(&h, 8);
+        let length = u64_at(&h, 16);
+        let arg = u64_at(&h, 24);
+        let bad = |what: String| Err(Error::corrupt(at, what));
+        if h[2] != 0 || h[3] != 0 {
+            return bad("reserved record bytes are not zero".into());
+        }
+        let max_payload = match kind {
+            KIND_LITERAL => MAX_LITERAL_BYTES,
+            KIND_END => END_PAYLOAD_LEN,
+            KIND_ZERO | KIND_UNALLOCATED | KIND_COPY_SOURCE | KIND_COPY_TARGET => 0,
+            k => return bad(format!("unknown record kind {k}")),
+        };
+        if kind == KIND_END && payload_len != END_PAYLOAD_LEN {
+            return bad(format!("end record payload of {payload_len} bytes"));
+        }
+        if payload_len > max_payload {
+            return bad(format!(
+                "payload of {payload_len} bytes exceeds the cap {max_payload}"
+            ));
+        }
+        if flags != 0 && !(kind == KIND_LITERAL && flags == LITERAL_STORED) {
+            return bad(format!("unknown record flags {flags:#x}"));
+        }
+        if offset != self.pos {
+            return bad(format!(
+                "record at target byte {offset}, expected {} (records overlap or leave a gap)",
+                self.pos
+            ));
+        }
+        let target_size = self.header.target_size;
+        if kind == KIND_END {
+            if offset != target_size || length != 0 || arg != 0 {
+                return bad(format!(
+                    "end record at target byte {offset} before the target end {target_size}"
+                ));
+            }
+        } else if length == 0 || length > target_size - offset {
+            return bad(format!(
+                "record of {length} bytes at {offset} runs past the target end {target_size}"
+            ));
+        }
+        match kind {
+            KIND_LITERAL => {
+                if length > MAX_LITERAL_BYTES as u64
+                    || (flags == LITERAL_STORED && payload_len as u64 != length)
+                {
+                    return bad(format!(
+                        "literal of {length} bytes with a {payload_len}-byte payload"
+                    ));
+                }
+            }
+            KIND_COPY_SOURCE => {
+                if self.header.is_full() {
+                    return bad("copy from the source in a full delta".into());
+                }
+                if arg
+                    .checked_add(length)
+                    .is_none_or(|e| e > self.header.source_size)
+                {
+                    return bad(format!(
+                        "copy of {length} bytes from source byte {arg} runs past the source end {}",
+                        self.header.source_size
+                    ));
+                }
+            }
+            KIND_COPY_TARGET => {
+                if arg.checked_add(length).is_none_or(|e| e > offset) {
+                    return bad(format!(
+                        "copy of {length} bytes from target byte {arg} reaches bytes not yet written ({offset})"
+                    ));
+                }
+            }
+            _ => {
+                if arg != 0 {
+                    return bad("argument of a zero, unallocated or end record is not zero".into());
+                }
+            }
+        }
+        let mut payload = vec![0u8; payload_len as usize];
+        read_full(&mut self.input, &mut payload, at + RECORD_HEADER_LEN as u64)?;
+        let mut sum = [0u8; CHECKSUM_LEN];
+        read_full(
+            &mut self.input,
+            &mut sum,
+            at + (RECORD_HEADER_LEN as u64) + payload_len as u64,
+        )?;
+        let mut x = Xxh3::new();
+        x.update(&h);
+        x.update(&payload);
+        if x.digest() != u64::from_le_bytes(sum) {
+            return bad("record checksum mismatch".into());
+        }
+        self.read = at + (RECORD_HEADER_LEN + payload.len() + CHECKSUM_LEN) as u64;
+        if kind == KIND_END {
+            let expect = self.totals.encode(&self.header.target_digest);
+            if payload[..] != expect[..] {
+                return bad("end record totals or target digest disagree with the stream".into());
+            }
+            // Version 1: nothing after the end record.
+            let mut one = [0u8; 1];
+            loop {
+                match self.input.read(&mut one) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        return Err(Error::corrupt(self.read, "bytes after the end record"));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        self.totals.add(kind, length, payload_len as u64);
+        self.totals.stream_bytes = self.read;
+        self.pos += length;
+        Ok(Some(match kind {
+            KIND_LITERAL => Record::Literal {
+                offset,
+                length,
+                stored: flags == LITERAL_STORED,
+                payload,
+            },
+            KIND_ZERO => Record::Zero { offset, length },
+            KIND_UNALLOCATED => Record::Unallocated { offset, length },
+            KIND_COPY_SOURCE => Record::CopySource {
+                offset,
+                length,
+                source_offset: arg,
+            },
+            _ => Record::CopyTarget {
+                offset,
+                length,
+                target_offset: arg,
+            },
+        }))
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8], at: u64) -> Result<()> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(Error::Truncated { offset: at }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Decode a whole in-memory delta against an in-memory source: the reference applier, used by
+/// tests and the fuzz target. Checks the target digest.
+pub fn apply_bytes(source: &[u8], delta: &[u8]) -> Result<Vec<u8>> {
+    let mut d = Decoder::new(delta)?;
+    let h = d.header().clone();
+    if !h.is_full() && h.source_size != source.len() as u64 {
+        return Err(Error::corrupt(
+            24,
+            "source size differs from the delta's source",
+        ));
+    }
+    // target_size is capped, but an in-memory reference applier must not allocate on trust.
+    let mut out: Vec<u8> = Vec::new();
+    let mut lit = Vec::new();
+    while let Some(r) = d.next_record()? {
+        match r {
+            Record::Literal {
+                length,
+                stored,
+                payload,
+                ..
+            } => {
+                literal_bytes(stored, &payload, length, &mut lit)?;
+                out.extend_from_slice(&lit);
+            }
+            Record::Zero { length, .. } | Record::Unallocated { length, .. } => {
+                if length > (1 << 30) {
+                    return Err(Error::corrupt(
+                        0,
+                        "zero range too large for an in-memory apply",
+                    ));
+                }
+                out.resize(out.len() + length as usize, 0);
+            }
+            Record::CopySource {
+                length,
+                source_offset,
+                ..
+            } => out.extend_from_slice(
+                &source[source_offset as usize..(source_offset + length) as usize],
+            ),
+            Record::CopyTarget {
+                length,
+                target_offset,
+                ..
+            } => out.extend_from_within(target_offset as usize..(target_offset + length) as usize),
+        }
+    }
+    if crate::digest::digest_bytes(&out) != h.target_digest {
+        return Err(Error::corrupt(0, "target digest mismatch"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(full: bool, source: &[u8], target: &[u8]) -> Header {
+        Header {
+            flags: if full { FLAG_FULL } else { 0 },
+            block_size: 4096,
+            source_size: if full { 0 } else { source.len() as u64 },
+            target_size: target.len() as u64,
+            source_digest: if full {
+                [0; 32]
+            } else {
+                crate::digest::digest_bytes(source)
+            },
+            target_digest: crate::digest::digest_bytes(target),
+        }
+    }
+
+    /// A delta using every record kind: source "abcd...", target built from it.
+    fn every_kind() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let source: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let mut target = Vec::new();
+        target.extend_from_slice(&[7u8; 100]); // literal
+        target.extend_from_slice(&[0u8; 50]); // zero
+        target.extend_from_slice(&[0u8; 30]); // unallocated
+        target.extend_from_slice(&source[1000..1500]); // copy-source
+        target.extend_from_slice(&[7u8; 60]); // copy-target from 0
+        let mut e = Encoder::new(Vec::new(), header(false, &source, &target), 3).unwrap();
+        e.literal(&[7u8; 100]).unwrap();
+        e.zero(50).unwrap();
+        e.unallocated(30).unwrap();
+        e.copy_source(1000, 500).unwrap();
+        e.copy_target(0, 60).unwrap();
+        let (totals, delta) = e.finish().unwrap();
+        assert_eq!(totals.records, 5);
+        assert_eq!(totals.copy_source_bytes, 500);
+        (source, target, delta)
+    }
+
+    #[test]
+    fn round_trip_every_kind() {
+        let (source, target, delta) = every_kind();
+        assert_eq!(apply_bytes(&source, &delta).unwrap(), target);
+        let mut d = Decoder::new(&delta[..]).unwrap();
+        let mut kinds = Vec::new();
+        while let Some(r) = d.next_record().unwrap() {
+            kinds.push(std::mem::discriminant(&r));
+        }
+        assert_eq!(kinds.len(), 5);
+        assert_eq!(d.totals().unwrap().literal_bytes, 100);
+    }
+
+    #[test]
+    fn header_layout_is_frozen() {
+        let h = header(true, &[], &[1, 2, 3]);
+        let b = h.encode();
+        assert_eq!(&b[0..8], b"VMLDELTA");
+        assert_eq!(u32_at(&b, 8), 1);
+        assert_eq!(u32_at(&b, 12), FLAG_FULL);
+        assert_eq!(u32_at(&b, 16), 4096);
+        assert_eq!(u64_at(&b, 32), 3);
+        assert_eq!(Header::decode(&b).unwrap(), h);
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let (source, _, delta) = every_kind();
+        for cut in 0..delta.len() {
+            let r = apply_bytes(&source, &delta[..cut]);
+            assert!(
+                matches!(r, Err(Error::Truncated { .. })),
+                "cut at {cut}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let (source, _, delta) = every_kind();
+        for i in 0..delta.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = delta.clone();
+                bad[i] ^= bit;
+                assert!(apply_bytes(&source, &bad).is_err(), "byte {i} bit {bit:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let (source, _, mut delta) = every_kind();
+        delta.push(0);
+        assert!(matches!(
+            apply_bytes(&source, &delta),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    /// Re-sign a record header after editing it, so only the rule under test can fail.
+    fn resign(delta: &mut [u8], at: usize, payload_len: usize) {
+        let end = at + RECORD_HEADER_LEN + payload_len;
+        let sum = xxhash_rust::xxh3::xxh3_64(&delta[at..end]);
+        delta[end..end + 8].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    #[test]
+    fn hostile_records_with_valid_checksums_are_rejected() {
+        let (source, _, delta) = every_kind();
+        // Records: literal at HEADER_LEN, then zero, unallocated, copy-source, copy-target.
+        let lit_payload = u32_at(&delta, HEADER_LEN + 4) as usize;
+        let zero_at = HEADER_LEN + RECORD_HEADER_LEN + lit_payload + CHECKSUM_LEN;
+        let unalloc_at = zero_at + RECORD_HEADER_LEN + CHECKSUM_LEN;
+        let src_at = unalloc_at + RECORD_HEADER_LEN + CHECKSUM_LEN;
+        let tgt_at = src_at + RECORD_HEADER_LEN + CHECKSUM_LEN;
+        let cases: Vec<(&str, usize, usize, u64)> = vec![
+            // (what, record start, field offset, new value)
+            ("overlap", zero_at, 8, 99),
+            ("gap", zero_at, 8, 101),
+            ("past the target end", unalloc_at, 16, 1 << 40),
+            ("copy past the source end", src_at, 24, 8000),
+            ("copy from the future", tgt_at, 24, 700),
+            ("zero length", zero_at, 16, 0),
+        ];
+        for (what, at, field, value) in cases {
+            let mut bad = delta.clone();
+            bad[at + field..at + field + 8].copy_from_slice(&value.to_le_bytes());
+            resign(&mut bad, at, 0);
+            let r = apply_bytes(&source, &bad);
+            assert!(matches!(r, Err(Error::Corrupt { .. })), "{what}: {r:?}");
+        }
+        // A payload length above the cap is refused before anything is allocated.
+        let mut bad = delta.clone();
+        bad[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Decoder::new(&bad[..]).unwrap().next_record(),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn full_delta_cannot_copy_from_a_source() {
+        let target = vec![1u8; 10];
+        let mut e = Encoder::new(Vec::new(), header(true, &[], &target), 3).unwrap();
+        assert!(e.copy_source(0, 10).is_err());
+    }
+
+    #[test]
+    fn doc_agrees_with_module() {
+        let doc = include_str!("../../docs/delta-format.md");
+        let lines: std::collections::HashSet<&str> = doc.lines().collect();
+        let src = include_str!("format.rs");
+        for l in src.lines().take_while(|l| l.starts_with("//!")) {
+            let l = l
+                .strip_prefix("//! ")
+                .unwrap_or(l.trim_start_matches("//!"));
+            assert!(
+                lines.contains(l),
+                "docs/delta-format.md lacks the module doc line {l:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `vdiff`: write the block delta between two disk images. A thin binary: argument parsing,
+//! opening, one library call, printing.
+
+use clap::Parser;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use vdiff::{diff, CountingSink, DiffOptions, Error, Image, Stat};
+use vmdk_parse::{Disk, ErrorKind, OpenOptions};
+use vml_cli::{Exit, Failure};
+
+/// Write the block delta that turns OLD into NEW (guest-visible contents), as a VML delta
+/// stream (docs/delta-format.md), to stdout or to -o DELTA.
+///
+/// OLD and NEW are any disk vmdk-parse opens: a VMDK of any variant or snapshot chain, or a
+/// raw image. Blocks of NEW are found anywhere in OLD or earlier in NEW; zero and unallocated
+/// ranges are kept as such. Exit codes: 0 ok (and "same" for -q), 1 images differ (-q),
+/// 2 usage, 3 corrupt input, 4 missing file, 5 unsupported, 6 I/O error, 7 refused by the path
+/// policy (see docs/exit-codes.md).
+#[derive(Parser)]
+#[command(name = "vdiff", version)]
+struct Cli {
+    /// OLD then NEW; with --full, NEW alone.
+    #[arg(required = true, num_args = 1..=2, value_name = "OLD NEW")]
+    disks: Vec<PathBuf>,
+    /// A delta from nothing: the whole of NEW, with zero and unallocated ranges kept.
+    #[arg(long)]
+    full: bool,
+    /// Output file (written under a temporary name, renamed when complete); `-` or none for
+    /// stdout, which must not be a terminal.
+    #[arg(short, long, value_name = "DELTA")]
+    output: Option<PathBuf>,
+    /// Matching granularity in bytes: a power of two from 4096 to 1048576 (default 4096).
+    /// Memory is about 100 bytes per block of the pair.
+    #[arg(long, default_value_t = vdiff::diff::DEFAULT_BLOCK_SIZE, value_name = "N")]
+    block_size: u32,
+    /// zstd level for literal data (default 3).
+    #[arg(
+        long,
+        default_value_t = 3,
+        value_name = "L",
+        allow_negative_numbers = true
+    )]
+    level: i32,
+    /// Print a JSON summary (schema vdiff-stat/1, docs/vdiff.md) instead of the delta.
+    #[arg(long, conflicts_with_all = ["output", "quiet"])]
+    stat: bool,
+    /// Print nothing; exit 0 when the images read the same, 1 when they differ (like cmp -s).
+    #[arg(short, long, conflicts_with_all = ["output", "full"])]
+    quiet: bool,
+    /// Follow extent and parent paths that leave a disk's folder (default: refuse them).
+    #[arg(long)]
+    allow_outside: bool,
+}
+
+fn exit_for(e: &Error) -> Exit {
+    match e {
+        Error::Disk(d) => match d.kind() {
+            ErrorKind::Corrupt => Exit::Corrupt,
+            ErrorKind::NotFound => Exit::Missing,
+            ErrorKind::Unsupported => Exit::Unsupported,
+            ErrorKind::Io => Exit::Io,
+            ErrorKind::Refused => Exit::Refused,
+            ErrorKind::OutOfRange => Exit::Usage,
+        },
+        Error::Usage(_) => Exit::Usage,
+        Error::Format(_) | Error::Input(_) => Exit::Corrupt,
+        Error::Io(_) | Error::Changed(_) => Exit::Io,
+    }
+}
+
+fn fail(e: Error) -> Failure {
+    Failure::new(exit_for(&e), e)
+}
+
+fn main() -> ExitCode {
+    vml_cli::finish("vdiff", run(Cli::parse()))
+}
+
+fn open(path: &Path, opts: &OpenOptions) -> Result<Disk, Failure> {
+    Disk::open_with(path, opts).map_err(|e| fail(e.into()))
+}
+
+fn run(cli: Cli) -> Result<Exit, Failure> {
+    let opts = OpenOptions {
+        allow_outside: cli.allow_outside,
+        tolerate_chain_problems: false,
+    };
+    let (old, new) = match (cli.full, cli.disks.as_slice()) {
+        (true, [new]) => (None, open(new, &opts)?),
+        (false, [old, new]) => (Some(open(old, &opts)?), open(new, &opts)?),
+        (true, _) => return Err(Failure::new(Exit::Usage, "--full takes NEW alone")),
+        (false, _) => {
+            return Err(Failure::new(
+                Exit::Usage,
+                "expected OLD NEW (or --full NEW)",
+            ))
+        }
+    };
+    let old = old.as_ref().map(|d| d as &dyn Image);
+    let dopts = DiffOptions {
+        block_size: cli.block_size,
+        level: cli.level,
+    };
+    if cli.quiet {
+        let old = old.ok_or_else(|| Failure::new(Exit::Usage, "-q needs OLD and NEW"))?;
+        let same = vdiff::diff::same(old, &new).map_err(fail)?;
+        return Ok(if same { Exit::Ok } else { Exit::No });
+    }
+    if cli.stat {
+        let mut count = CountingSink::default();
+        let s = diff(old, &new, dopts, &mut count).map_err(fail)?;
+        let stat = Stat::new(cli.block_size, &s, count.0);
+        let mut out = io::stdout().lock();
+        return serde_json::to_writer_pretty(&mut out, &stat)
+            .map_err(io::Error::from)
+            .and_then(|_| writeln!(out))
+            .and_then(|_| out.flush())
+            .map(|_| Exit::Ok)
+            .or_else(|e| vml_cli::output_error(e, "stdout"));
+    }
+    match cli.output.as_ref().filter(|o| o.as_os_str() != "-") {
+        Some(path) => {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let io_fail = |e: io::Error| Failure::new(Exit::Io, format!("{}: {e}", path.display()));
+            let tmp = tempfile::Builder::new()
+                .prefix(".vdiff-")
+                .tempfile_in(dir)
+                .map_err(io_fail)?;
+            let w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+            diff(old, &new, dopts, w).map_err(|e| match e {
+                Error::Io(e) => io_fail(e),
+                e => fail(e),
+            })?;
+            tmp.persist(path).map_err(|e| io_fail(e.error))?;
+            Ok(Exit::Ok)
+        }
+        None => {
+            vml_cli::refuse_terminal_stdout("a delta")?;
+            let out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            match diff(old, &new, dopts, out) {
+                Ok(_) => Ok(Exit::Ok),
+                Err(Error::Io(e)) | Err(Error::Format(vdiff::format::Error::Io(e))) => {
+                    vml_cli::output_error(e, "stdout")
+                }
+                Err(e) => Err(fail(e)),
+            }
+        }
+    }
+}

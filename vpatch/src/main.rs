@@ -1,0 +1,163 @@
+//! `vpatch`: apply VML deltas to a base image. A thin binary: argument parsing, opening, one
+//! library call, publishing the output.
+
+use clap::{Parser, ValueEnum};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use vdiff::Image;
+use vmdk_parse::{Disk, ErrorKind, OpenOptions};
+use vml_cli::{Exit, Failure};
+use vpatch::{DeltaInput, Error};
+
+/// Apply one delta, or a chain of deltas in one pass, to BASE and write the target to OUT.
+///
+/// BASE is any disk vmdk-parse opens (VMDK of any variant or chain, or raw); with --full there
+/// is no BASE and the first DELTA must be a full delta (`vdiff --full`). A DELTA of `-` is read
+/// from stdin (at most one). Deltas made for another base are refused before anything is
+/// written; OUT is written under a temporary name and renamed only after the target digest
+/// checked out, so a failed run leaves no output. Exit codes: 0 ok, 2 usage, 3 corrupt or
+/// mismatched delta, 4 missing file, 5 unsupported, 6 I/O error, 7 refused by the path policy
+/// (see docs/exit-codes.md).
+#[derive(Parser)]
+#[command(name = "vpatch", version)]
+struct Cli {
+    /// BASE then DELTA...; with --full, DELTA... alone.
+    #[arg(required = true, value_name = "BASE DELTA")]
+    inputs: Vec<PathBuf>,
+    /// There is no base: the first delta is a full delta.
+    #[arg(long)]
+    full: bool,
+    /// The output file (a sparse raw image).
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    /// Output format. Only `raw` for now (a sparse file); VMDK output will come with
+    /// vmdk-parse's writer.
+    #[arg(long, value_enum, default_value_t = Format::Raw)]
+    format: Format,
+    /// Skip reading the whole base to check its digest up front (default: check it). The size
+    /// is still checked, and a wrong base still fails the target digest check at the end.
+    #[arg(long)]
+    trust_base: bool,
+    /// Follow extent and parent paths that leave the base's folder (default: refuse them).
+    #[arg(long)]
+    allow_outside: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Raw,
+}
+
+fn exit_for(e: &Error) -> Exit {
+    match e {
+        Error::Delta {
+            source: vdiff::format::Error::Io(_),
+            ..
+        }
+        | Error::Io { .. } => Exit::Io,
+        Error::Delta { .. } | Error::WrongBase(_) | Error::TargetDigest => Exit::Corrupt,
+        Error::Usage(_) => Exit::Usage,
+        Error::Base(vdiff::Error::Disk(d)) => match d.kind() {
+            ErrorKind::Corrupt => Exit::Corrupt,
+            ErrorKind::NotFound => Exit::Missing,
+            ErrorKind::Unsupported => Exit::Unsupported,
+            ErrorKind::Io => Exit::Io,
+            ErrorKind::Refused => Exit::Refused,
+            ErrorKind::OutOfRange => Exit::Corrupt,
+        },
+        Error::Base(_) => Exit::Io,
+    }
+}
+
+fn fail(e: Error) -> Failure {
+    Failure::new(exit_for(&e), e)
+}
+
+fn main() -> ExitCode {
+    vml_cli::finish("vpatch", run(Cli::parse()))
+}
+
+fn open_delta(path: &Path) -> Result<DeltaInput, Failure> {
+    if path.as_os_str() == "-" {
+        // A pipe cannot be read twice: spool it to an anonymous file first.
+        let mut f = tempfile::tempfile()
+            .map_err(|e| Failure::new(Exit::Io, format!("temporary file: {e}")))?;
+        io::copy(&mut io::stdin().lock(), &mut f)
+            .map_err(|e| Failure::new(Exit::Io, format!("stdin: {e}")))?;
+        return Ok(DeltaInput {
+            name: "stdin".into(),
+            file: f,
+        });
+    }
+    let file = File::open(path).map_err(|e| {
+        let exit = if e.kind() == io::ErrorKind::NotFound {
+            Exit::Missing
+        } else {
+            Exit::Io
+        };
+        Failure::new(exit, format!("{}: {e}", path.display()))
+    })?;
+    Ok(DeltaInput {
+        name: path.display().to_string(),
+        file,
+    })
+}
+
+fn run(cli: Cli) -> Result<Exit, Failure> {
+    let Format::Raw = cli.format;
+    let (base_path, delta_paths) = if cli.full {
+        (None, &cli.inputs[..])
+    } else if cli.inputs.len() >= 2 {
+        (Some(&cli.inputs[0]), &cli.inputs[1..])
+    } else {
+        return Err(Failure::new(
+            Exit::Usage,
+            "expected BASE DELTA... (or --full DELTA...)",
+        ));
+    };
+    if delta_paths.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+        return Err(Failure::new(
+            Exit::Usage,
+            "at most one delta can come from stdin",
+        ));
+    }
+    let base = match base_path {
+        Some(p) => Some(
+            Disk::open_with(
+                p,
+                &OpenOptions {
+                    allow_outside: cli.allow_outside,
+                    tolerate_chain_problems: false,
+                },
+            )
+            .map_err(|e| fail(Error::Base(e.into())))?,
+        ),
+        None => None,
+    };
+    let base = base.as_ref().map(|d| d as &dyn Image);
+    let mut deltas = delta_paths
+        .iter()
+        .map(|p| open_delta(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = vpatch::read_headers(&mut deltas).map_err(fail)?;
+    vpatch::check_base(base, &headers[0], &deltas[0].name, !cli.trust_base).map_err(fail)?;
+
+    let out = &cli.output;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let io_fail = |e: io::Error| Failure::new(Exit::Io, format!("{}: {e}", out.display()));
+    let tmp = tempfile::Builder::new()
+        .prefix(".vpatch-")
+        .tempfile_in(dir)
+        .map_err(io_fail)?;
+    let size = headers.last().map_or(0, |h| h.target_size);
+    tmp.as_file().set_len(size).map_err(io_fail)?;
+    // On any error `tmp` is dropped and removed: no output.
+    vpatch::apply(base, deltas, tmp.as_file()).map_err(fail)?;
+    tmp.persist(out).map_err(|e| io_fail(e.error))?;
+    Ok(Exit::Ok)
+}
