@@ -212,11 +212,22 @@ pub struct Summary {
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    Literal { offset: u64, length: u64 },
+    Literal {
+        offset: u64,
+        length: u64,
+    },
     Zero(u64),
     Unallocated(u64),
-    CopySource { from: u64, length: u64 },
-    CopyTarget { from: u64, length: u64 },
+    CopySource {
+        from: u64,
+        length: u64,
+    },
+    /// `at`: where the record starts in the target; the copy must end before it.
+    CopyTarget {
+        from: u64,
+        length: u64,
+        at: u64,
+    },
 }
 
 fn check_block_size(b: u32) -> Result<()> {
@@ -331,7 +342,9 @@ pub fn diff<W: Write>(
                     _ => None,
                 };
                 let cont_tgt = match pending.last() {
-                    Some(Op::CopyTarget { from, length }) => Some(from + length),
+                    Some(Op::CopyTarget { from, length, at }) if from + length + len <= *at => {
+                        Some(from + length)
+                    }
                     _ => None,
                 };
                 let is_old = |o: u64| {
@@ -363,6 +376,7 @@ pub fn diff<W: Write>(
                     Op::CopyTarget {
                         from: t,
                         length: len,
+                        at: off,
                     }
                 } else if let Some(&j) = new_index
                     .get(d)
@@ -371,6 +385,7 @@ pub fn diff<W: Write>(
                     Op::CopyTarget {
                         from: j as u64 * b,
                         length: len,
+                        at: off,
                     }
                 } else {
                     new_index.insert(*d, i as u32);
@@ -418,9 +433,18 @@ fn push_op(ops: &mut Vec<Op>, op: Op) {
                 return;
             }
             (Op::CopySource { from, length }, Op::CopySource { from: f, length: l })
-            | (Op::CopyTarget { from, length }, Op::CopyTarget { from: f, length: l })
                 if *from + *length == f =>
             {
+                *length += l;
+                return;
+            }
+            // A copy-target record may not read what it writes itself.
+            (
+                Op::CopyTarget { from, length, at },
+                Op::CopyTarget {
+                    from: f, length: l, ..
+                },
+            ) if *from + *length == f && f + l <= *at => {
                 *length += l;
                 return;
             }
@@ -466,7 +490,7 @@ fn flush<W: Write>(
             Op::Zero(l) => enc.zero(l)?,
             Op::Unallocated(l) => enc.unallocated(l)?,
             Op::CopySource { from, length } => enc.copy_source(from, length)?,
-            Op::CopyTarget { from, length } => enc.copy_target(from, length)?,
+            Op::CopyTarget { from, length, .. } => enc.copy_target(from, length)?,
         }
     }
     ops.clear();

@@ -85,6 +85,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     let opts = OpenOptions {
         allow_outside: cli.allow_outside,
         tolerate_chain_problems: false,
+        ..OpenOptions::default()
     };
     let (old, new) = match (cli.full, cli.disks.as_slice()) {
         (true, [new]) => (None, open(new, &opts)?),

@@ -285,18 +285,27 @@ fn push_leaf(out: &mut Vec<(u64, Leaf)>, len: u64, leaf: Leaf) {
     out.push((len, leaf));
 }
 
-/// Recently inflated literal records: (delta, record) -> bytes.
-type LiteralCache = Vec<((usize, usize), Vec<u8>)>;
+/// Recently inflated literal records: (apply run, delta, record) -> bytes. The run id keeps a
+/// thread from serving one run's bytes to the next.
+type LiteralCache = Vec<((u64, usize, usize), Vec<u8>)>;
+
+static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 thread_local! {
     static LITERALS: RefCell<LiteralCache> = const { RefCell::new(Vec::new()) };
 }
 const LITERAL_CACHE_ENTRIES: usize = 4;
 
-fn with_literal<T>(deltas: &[Delta], k: usize, i: usize, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+fn with_literal<T>(
+    run: u64,
+    deltas: &[Delta],
+    k: usize,
+    i: usize,
+    f: impl FnOnce(&[u8]) -> T,
+) -> Result<T> {
     LITERALS.with(|c| {
         let mut c = c.borrow_mut();
-        if let Some(pos) = c.iter().position(|(key, _)| *key == (k, i)) {
+        if let Some(pos) = c.iter().position(|(key, _)| *key == (run, k, i)) {
             return Ok(f(&c[pos].1));
         }
         let d = &deltas[k];
@@ -333,13 +342,14 @@ fn with_literal<T>(deltas: &[Delta], k: usize, i: usize, f: impl FnOnce(&[u8]) -
         if c.len() == LITERAL_CACHE_ENTRIES {
             c.remove(0);
         }
-        c.push(((k, i), bytes));
+        c.push(((run, k, i), bytes));
         Ok(out)
     })
 }
 
 /// Produce one window; returns its chunk digest and the bytes written.
 fn window(
+    run: u64,
     deltas: &[Delta],
     base: Option<&dyn Image>,
     sink: &dyn Sink,
@@ -360,7 +370,7 @@ fn window(
             Leaf::Base(s) => base
                 .ok_or_else(|| Error::Usage("copy from a base that is not there".into()))?
                 .read_at(dst, s)?,
-            Leaf::Literal { delta, rec, skip } => with_literal(deltas, delta, rec, |b| {
+            Leaf::Literal { delta, rec, skip } => with_literal(run, deltas, delta, rec, |b| {
                 dst.copy_from_slice(&b[skip as usize..skip as usize + dst.len()])
             })?,
         }
@@ -432,6 +442,7 @@ pub fn apply(
     let size = last.target_size;
     let expect = last.target_digest;
     let nchunks = size.div_ceil(CHUNK_BYTES);
+    let run = NEXT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut hasher = digest::ImageHasher::new(size);
     let mut written = 0;
     let mut c = 0;
@@ -442,7 +453,14 @@ pub fn apply(
             .into_par_iter()
             .map(|i| {
                 let start = i * CHUNK_BYTES;
-                window(&deltas, base, sink, start, CHUNK_BYTES.min(size - start))
+                window(
+                    run,
+                    &deltas,
+                    base,
+                    sink,
+                    start,
+                    CHUNK_BYTES.min(size - start),
+                )
             })
             .collect();
         for r in res {

@@ -130,6 +130,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 &OpenOptions {
                     allow_outside: cli.allow_outside,
                     tolerate_chain_problems: false,
+                    ..OpenOptions::default()
                 },
             )
             .map_err(|e| fail(Error::Base(e.into())))?,
