@@ -22,6 +22,9 @@ pub struct OpenOptions {
     /// Follow extent and parent paths that leave the opened disk's folder (absolute paths,
     /// `..`, symbolic links pointing out). Off by default: see "Path policy" in the docs.
     pub allow_outside: bool,
+    /// The folder extent and parent paths must stay in (default: the opened disk's folder).
+    /// vmx-parse passes the VM's folder, so a disk in a subfolder may name `../base.vmdk`.
+    pub root: Option<PathBuf>,
     /// Record chain inconsistencies (CID or capacity mismatch) in [`Disk::chain_problems`]
     /// instead of failing; used by `check`.
     pub tolerate_chain_problems: bool,
@@ -121,22 +124,20 @@ pub struct Piece {
     pub depth: u32,
 }
 
-fn lexically_escapes(rel: &Path) -> bool {
-    let mut depth: i64 = 0;
-    for c in rel.components() {
+/// `path` with `.` and `..` components applied without touching the file system (`..` at the
+/// root stays at the root, as the kernel does).
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
         match c {
             Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
+                out.pop();
             }
-            Component::Normal(_) => depth += 1,
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return true,
+            c => out.push(c.as_os_str()),
         }
     }
-    false
+    out
 }
 
 impl Disk {
@@ -152,6 +153,7 @@ impl Disk {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        let dir = opts.root.as_deref().unwrap_or(dir);
         let root = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
         let mut disk = Disk {
             files: Vec::new(),
@@ -249,17 +251,21 @@ impl Disk {
                 Error::refused(
                     from,
                     format!(
-                        "{what} path {name:?} leaves the disk's folder {} (use --allow-outside to follow it)",
+                        "{what} path {name:?} leaves the folder {} (use --allow-outside to follow it)",
                         self.root.display()
                     ),
                 )
             };
-            // First by the name alone, so a hostile name cannot probe which files exist.
-            let lexical_ok = match named.strip_prefix(&self.root) {
-                Ok(inside) if named.is_absolute() => !lexically_escapes(inside),
-                _ => !named.is_absolute() && !lexically_escapes(named),
+            // First by the name alone, so a hostile name cannot probe which files exist: the
+            // name, taken from the naming file's (real) folder with `..` applied lexically,
+            // must stay under the root.
+            let from_dir = match parent {
+                Some(dir) => dir.canonicalize().map_err(|e| Error::io(dir, e))?,
+                None => Path::new(".")
+                    .canonicalize()
+                    .map_err(|e| Error::io(Path::new("."), e))?,
             };
-            if !lexical_ok {
+            if !lexically_normal(&from_dir.join(named)).starts_with(&self.root) {
                 return Err(refuse());
             }
             // Then for real: symbolic links may still lead out.

@@ -135,6 +135,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     let opts = OpenOptions {
         allow_outside: cli.allow_outside,
         tolerate_chain_problems: matches!(cli.command, Command::Check { .. }),
+        ..OpenOptions::default()
     };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());

@@ -286,6 +286,8 @@ impl Builder<'_> {
         let open = OpenOptions {
             allow_outside: self.opts.allow_outside,
             tolerate_chain_problems: true,
+            // The VM's folder, not the disk's: a disk in a subfolder may name `../base.vmdk`.
+            root: Some(self.root.clone()),
         };
         let disk = match Disk::open_with(&path, &open) {
             Ok(d) => d,

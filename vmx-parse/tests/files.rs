@@ -363,3 +363,76 @@ fn a_bare_vmx_name_gives_bare_paths() {
         .collect();
     assert_eq!(paths, ["vm.vmx", "b-000001.vmdk", "b.vmdk"]);
 }
+
+#[test]
+fn a_disk_in_a_subfolder_may_name_its_parent_in_the_vm_folder() {
+    // vm/base.vmdk, and vm/snaps/top.vmdk whose parentFileNameHint is "../base.vmdk": inside
+    // the VM's folder, so followed without --allow-outside; a parent above the VM's folder
+    // is still refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vm");
+    fs::create_dir_all(dir.join("snaps")).unwrap();
+    qemu_img(&dir, &["create", "-q", "-f", "vmdk", "base.vmdk", "1M"]);
+    qemu_img(
+        &dir.join("snaps"),
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            "../base.vmdk",
+            "-F",
+            "vmdk",
+            "top.vmdk",
+        ],
+    );
+    fs::write(
+        dir.join("vm.vmx"),
+        "scsi0:0.fileName = \"snaps/top.vmdk\"\n",
+    )
+    .unwrap();
+    let (recs, out) = files(&dir.join("vm.vmx"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = find(&recs, "base.vmdk");
+    assert_eq!(
+        (base.depth, base.exists, base.inside_folder),
+        (Some(1), Some(true), true)
+    );
+    assert!(find(&recs, "top.vmdk").problem.is_none());
+
+    // The same layout one level up: the parent leaves the VM's folder.
+    let outer = tmp.path().join("outer");
+    fs::create_dir_all(outer.join("vm2")).unwrap();
+    qemu_img(&outer, &["create", "-q", "-f", "vmdk", "base.vmdk", "1M"]);
+    qemu_img(
+        &outer.join("vm2"),
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            "../base.vmdk",
+            "-F",
+            "vmdk",
+            "top.vmdk",
+        ],
+    );
+    fs::write(
+        outer.join("vm2/vm.vmx"),
+        "scsi0:0.fileName = \"top.vmdk\"\n",
+    )
+    .unwrap();
+    let (_, out) = files(&outer.join("vm2/vm.vmx"), &[]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{text}");
+    assert!(
+        text.contains("parent path \"../base.vmdk\" leaves"),
+        "{text}"
+    );
+}
