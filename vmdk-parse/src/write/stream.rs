@@ -164,6 +164,7 @@ impl StreamSink {
             return Ok(());
         }
         let path = &self.out.path;
+        let capacity_bytes = self.capacity_sectors * SECTOR;
         let records: Vec<Result<Vec<u8>, WriteError>> = self
             .batch
             .par_chunks(GRAIN_BYTES)
@@ -171,6 +172,11 @@ impl StreamSink {
             .map_init(
                 || libdeflater::Compressor::new(libdeflater::CompressionLvl::default()),
                 |c, (grain, &index)| {
+                    // The last grain of a disk that ends inside it holds only the bytes up to
+                    // the capacity, as qemu writes it: readers inflate it into that much room.
+                    let valid =
+                        (capacity_bytes - index * GRAIN_BYTES as u64).min(GRAIN_BYTES as u64);
+                    let grain = &grain[..valid as usize];
                     let mut rec = vec![0u8; 12 + c.zlib_compress_bound(grain.len())];
                     let n =
                         c.zlib_compress(grain, &mut rec[12..])
