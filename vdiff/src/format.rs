@@ -590,9 +590,8 @@ impl<R: Read> Decoder<R> {
         let length = u64_at(&h, 16);
         let arg = u64_at(&h, 24);
         let bad = |what: String| Err(Error::corrupt(at, what));
-        if h[2] != 0 || h[3] != 0 {
-            return bad("reserved record bytes are not zero".into());
-        }
+        // Only what is needed to read the record safely is checked before its checksum:
+        // the kind and the payload cap. A damaged record is then reported as such.
         let max_payload = match kind {
             KIND_LITERAL => MAX_LITERAL_BYTES,
             KIND_END => END_PAYLOAD_LEN,
@@ -606,6 +605,23 @@ impl<R: Read> Decoder<R> {
             return bad(format!(
                 "payload of {payload_len} bytes exceeds the cap {max_payload}"
             ));
+        }
+        let mut payload = vec![0u8; payload_len as usize];
+        read_full(&mut self.input, &mut payload, at + RECORD_HEADER_LEN as u64)?;
+        let mut sum = [0u8; CHECKSUM_LEN];
+        read_full(
+            &mut self.input,
+            &mut sum,
+            at + (RECORD_HEADER_LEN as u64) + payload_len as u64,
+        )?;
+        let mut x = Xxh3::new();
+        x.update(&h);
+        x.update(&payload);
+        if x.digest() != u64::from_le_bytes(sum) {
+            return bad("record checksum mismatch".into());
+        }
+        if h[2] != 0 || h[3] != 0 {
+            return bad("reserved record bytes are not zero".into());
         }
         if flags != 0 && !(kind == KIND_LITERAL && flags == LITERAL_STORED) {
             return bad(format!("unknown record flags {flags:#x}"));
@@ -664,20 +680,6 @@ impl<R: Read> Decoder<R> {
                     return bad("argument of a zero, unallocated or end record is not zero".into());
                 }
             }
-        }
-        let mut payload = vec![0u8; payload_len as usize];
-        read_full(&mut self.input, &mut payload, at + RECORD_HEADER_LEN as u64)?;
-        let mut sum = [0u8; CHECKSUM_LEN];
-        read_full(
-            &mut self.input,
-            &mut sum,
-            at + (RECORD_HEADER_LEN as u64) + payload_len as u64,
-        )?;
-        let mut x = Xxh3::new();
-        x.update(&h);
-        x.update(&payload);
-        if x.digest() != u64::from_le_bytes(sum) {
-            return bad("record checksum mismatch".into());
         }
         self.read = at + (RECORD_HEADER_LEN + payload.len() + CHECKSUM_LEN) as u64;
         if kind == KIND_END {

@@ -40,7 +40,7 @@ pub fn image_spec() -> impl Strategy<Value = (Vec<Block>, usize, u64)> {
 }
 
 fn fill(seed: u64, out: &mut [u8]) {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for b in out.iter_mut() {
         x ^= x << 13;
         x ^= x >> 7;

@@ -1,0 +1,379 @@
+//! vdiff and vpatch end to end, through the real binaries and real pipes:
+//! `vdiff a b | vpatch a - -o c` over raw images and qemu-made VMDKs (monolithicSparse and
+//! streamOptimized), chains and full deltas, with `qemu-img compare` as the judge; hostile
+//! streams each give one clear line, exit code 3 and no output file; the `--stat` schema.
+
+mod common;
+
+use common::{bin, qemu_img, qemu_io};
+use serde::Deserialize;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn fill(seed: u64, out: &mut [u8]) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in out.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+}
+
+/// A raw image of 8 MiB: random data with a hole in the middle.
+fn raw_old(dir: &Path) -> PathBuf {
+    let mut a = vec![0u8; 8 << 20];
+    fill(1, &mut a[..3 << 20]);
+    fill(2, &mut a[5 << 20..]);
+    let p = dir.join("a.raw");
+    fs::write(&p, &a).unwrap();
+    p
+}
+
+/// NEW from OLD: a changed range, a moved range, a duplicated new block, zeros, and a larger size.
+fn raw_new(dir: &Path, old: &Path) -> PathBuf {
+    let mut b = fs::read(old).unwrap();
+    fill(3, &mut b[100 << 12..110 << 12]);
+    let moved = b[6 << 20..(6 << 20) + (256 << 10)].to_vec();
+    b[1 << 20..(1 << 20) + (256 << 10)].copy_from_slice(&moved);
+    let dup = b[100 << 12..101 << 12].to_vec();
+    b[2 << 20..(2 << 20) + 4096].copy_from_slice(&dup);
+    b[5 << 20..(5 << 20) + (64 << 10)].fill(0);
+    b.resize(10 << 20, 0);
+    let p = dir.join("b.raw");
+    fs::write(&p, &b).unwrap();
+    p
+}
+
+/// `vdiff ARGS | vpatch PARGS`: both statuses and vpatch's stderr.
+fn pipe(vdiff_args: &[&Path], vpatch_args: &[&Path]) -> (bool, std::process::Output) {
+    let mut d = Command::new(bin("vdiff"))
+        .args(vdiff_args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Command::new(bin("vpatch"))
+        .args(vpatch_args)
+        .stdin(Stdio::from(d.stdout.take().unwrap()))
+        .output()
+        .unwrap();
+    (d.wait().unwrap().success(), out)
+}
+
+fn p(s: &str) -> &Path {
+    Path::new(s)
+}
+
+fn compare(fmt: &str, new: &Path, out: &Path) {
+    qemu_img(&[
+        "compare",
+        "-f",
+        fmt,
+        "-F",
+        "raw",
+        new.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+}
+
+fn no_temp_files(dir: &Path) {
+    for e in fs::read_dir(dir).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !n.starts_with(".vpatch-") && !n.starts_with(".vdiff-"),
+            "left over: {n}"
+        );
+    }
+}
+
+#[test]
+fn raw_pipe_round_trip_is_sparse() {
+    let t = tempfile::tempdir().unwrap();
+    let a = raw_old(t.path());
+    let b = raw_new(t.path(), &a);
+    let c = t.path().join("c.raw");
+    let (ok, out) = pipe(&[&a, &b], &[&a, p("-"), p("-o"), &c]);
+    assert!(
+        ok && out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    compare("raw", &b, &c);
+    // The 2 MiB hole of the old image and the 2 MiB of growth are not written.
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(&c).unwrap();
+    assert!(
+        m.blocks() * 512 <= (10 << 20) - (3 << 20),
+        "{} bytes allocated",
+        m.blocks() * 512
+    );
+    no_temp_files(t.path());
+}
+
+/// OLD and NEW as VMDKs of `subformat`, edited with qemu-io.
+fn vmdk_pair(dir: &Path, subformat: &str) -> (PathBuf, PathBuf) {
+    let a0 = dir.join("a0.vmdk");
+    let s = a0.to_str().unwrap();
+    qemu_img(&["create", "-q", "-f", "vmdk", s, "16M"]);
+    qemu_io(
+        &a0,
+        "vmdk",
+        &[
+            "write -P 0x11 0 1M",
+            "write -P 0x22 4M 512k",
+            "write -P 0x33 9M 64k",
+        ],
+    );
+    let b0 = dir.join("b0.vmdk");
+    qemu_img(&["convert", "-q", "-O", "vmdk", s, b0.to_str().unwrap()]);
+    qemu_io(
+        &b0,
+        "vmdk",
+        &[
+            "write -P 0x44 512k 64k",
+            "write -P 0x22 12M 512k",
+            "write -z 4M 128k",
+        ],
+    );
+    let (a, b) = (dir.join("a.vmdk"), dir.join("b.vmdk"));
+    for (from, to) in [(&a0, &a), (&b0, &b)] {
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-O",
+            "vmdk",
+            "-o",
+            &format!("subformat={subformat}"),
+            from.to_str().unwrap(),
+            to.to_str().unwrap(),
+        ]);
+    }
+    (a, b)
+}
+
+fn vmdk_round_trip(subformat: &str) {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = vmdk_pair(t.path(), subformat);
+    let c = t.path().join("c.raw");
+    let (ok, out) = pipe(&[&a, &b], &[&a, p("-"), p("-o"), &c]);
+    assert!(
+        ok && out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    compare("vmdk", &b, &c);
+    // The moved 512 KiB (0x22 at 4M, now also at 12M) came from the source, not as a literal.
+    let stat = Command::new(bin("vdiff"))
+        .arg("--stat")
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let s: Stat = serde_json::from_slice(&stat.stdout).unwrap();
+    assert!(s.copy_source_bytes >= 512 << 10, "{s:?}");
+    assert!(s.literal_bytes <= 64 << 10, "{s:?}");
+}
+
+#[test]
+fn monolithic_sparse_pipe() {
+    vmdk_round_trip("monolithicSparse");
+}
+
+#[test]
+fn stream_optimized_pipe() {
+    vmdk_round_trip("streamOptimized");
+}
+
+#[test]
+fn chain_and_full_deltas() {
+    let t = tempfile::tempdir().unwrap();
+    let a = raw_old(t.path());
+    let b = raw_new(t.path(), &a);
+    let mut cbytes = fs::read(&b).unwrap();
+    fill(9, &mut cbytes[7 << 20..(7 << 20) + 8192]);
+    cbytes.truncate(9 << 20);
+    let c = t.path().join("c.raw");
+    fs::write(&c, &cbytes).unwrap();
+    let d = |args: &[&Path], out: &Path| {
+        let st = Command::new(bin("vdiff"))
+            .args(args)
+            .arg("-o")
+            .arg(out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let (ab, bc, full) = (
+        t.path().join("ab"),
+        t.path().join("bc"),
+        t.path().join("full"),
+    );
+    d(&[&a, &b], &ab);
+    d(&[&b, &c], &bc);
+    d(&[p("--full"), &a], &full);
+    let out = t.path().join("out.raw");
+    let st = Command::new(bin("vpatch"))
+        .args([&a, &ab, &bc])
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    compare("raw", &c, &out);
+    fs::remove_file(&out).unwrap();
+    // A full delta, then the chain on top of it, no base at all.
+    let st = Command::new(bin("vpatch"))
+        .arg("--full")
+        .args([&full, &ab, &bc])
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    compare("raw", &c, &out);
+}
+
+fn vpatch_fails(args: &[&Path], dir: &Path, out: &Path, code: i32, needle: &str) {
+    let o = Command::new(bin("vpatch"))
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("vpatch: ") && err.contains(needle), "{err}");
+    assert!(!out.exists(), "output left behind");
+    no_temp_files(dir);
+}
+
+#[test]
+fn hostile_streams_leave_no_output() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let a = raw_old(dir);
+    let b = raw_new(dir, &a);
+    let good = dir.join("good");
+    let st = Command::new(bin("vdiff"))
+        .args([&a, &b])
+        .arg("-o")
+        .arg(&good)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bytes = fs::read(&good).unwrap();
+    let out = dir.join("out.raw");
+    let write = |name: &str, b: &[u8]| {
+        let p = dir.join(name);
+        fs::write(&p, b).unwrap();
+        p
+    };
+    let cut = write("cut", &bytes[..bytes.len() - 50]);
+    vpatch_fails(&[&a, &cut], dir, &out, 3, "cut short");
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let flipped = write("flipped", &flipped);
+    vpatch_fails(&[&a, &flipped], dir, &out, 3, "checksum");
+    let notdelta = write("notdelta", b"hello, this is not a delta stream at all, not even close.....................................................................");
+    vpatch_fails(&[&a, &notdelta], dir, &out, 3, "bad magic");
+    // Wrong base, same size: refused up front by the digest; other size: by the size.
+    let mut other = fs::read(&a).unwrap();
+    other[12345] ^= 1;
+    let other = write("other.raw", &other);
+    vpatch_fails(&[&other, &good], dir, &out, 3, "another base");
+    vpatch_fails(&[&b, &good], dir, &out, 3, "base of");
+    // --trust-base skips the digest; the target digest check at the end still refuses.
+    let o = Command::new(bin("vpatch"))
+        .arg("--trust-base")
+        .args([&other, &good])
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    // The flipped byte of `other` lies in an unchanged block the delta copies.
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("target digest"));
+    assert!(!out.exists());
+    no_temp_files(dir);
+    // Missing delta: exit 4.
+    vpatch_fails(&[&a, &dir.join("nope")], dir, &out, 4, "nope");
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Stat {
+    schema: String,
+    block_size: u32,
+    source_size: u64,
+    target_size: u64,
+    identical: bool,
+    changed_bytes: u64,
+    unchanged_bytes: u64,
+    copy_source_bytes: u64,
+    copy_target_bytes: u64,
+    zero_bytes: u64,
+    unallocated_bytes: u64,
+    literal_bytes: u64,
+    compressed_bytes: u64,
+    records: u64,
+    delta_bytes: u64,
+    source_digest: String,
+    target_digest: String,
+}
+
+#[test]
+fn stat_schema_and_quiet_answers() {
+    let t = tempfile::tempdir().unwrap();
+    let a = raw_old(t.path());
+    let b = raw_new(t.path(), &a);
+    let o = Command::new(bin("vdiff"))
+        .arg("--stat")
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let s: Stat = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s.schema, "vdiff-stat/1");
+    assert_eq!(s.target_size, 10 << 20);
+    assert!(!s.identical);
+    assert_eq!(
+        s.literal_bytes
+            + s.copy_source_bytes
+            + s.copy_target_bytes
+            + s.zero_bytes
+            + s.unallocated_bytes,
+        s.target_size
+    );
+    assert_eq!(s.copy_target_bytes, 4096, "{s:?}");
+    assert!(s.literal_bytes <= 11 * 4096, "{s:?}");
+    // The delta written for real has the size --stat announced.
+    let d = t.path().join("d");
+    assert!(Command::new(bin("vdiff"))
+        .args([&a, &b])
+        .arg("-o")
+        .arg(&d)
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(fs::metadata(&d).unwrap().len(), s.delta_bytes);
+    let q = |x: &Path, y: &Path| {
+        Command::new(bin("vdiff"))
+            .arg("-q")
+            .args([x, y])
+            .output()
+            .unwrap()
+    };
+    let same = q(&a, &a);
+    assert_eq!(same.status.code(), Some(0));
+    assert!(same.stdout.is_empty());
+    assert_eq!(q(&a, &b).status.code(), Some(1));
+    assert_eq!(q(&a, &t.path().join("missing")).status.code(), Some(4));
+}
