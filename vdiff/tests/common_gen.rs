@@ -1,5 +1,6 @@
 // Shared by vdiff's and vpatch's property tests (included with `#[path]`): images made of
 // 4 KiB blocks with moves, duplicates, zeros and holes, plus an odd tail.
+#![allow(dead_code)] // each test file uses a part
 
 use proptest::prelude::*;
 use vdiff::{Kind, MemImage};

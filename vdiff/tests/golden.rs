@@ -40,7 +40,7 @@ fn every_kind() -> Vector {
     target.extend_from_slice(&[0u8; 4096]);
     target.extend_from_slice(&[0u8; 8192]);
     target.extend_from_slice(&source[4096..12288]);
-    target.extend_from_slice(&target[0..lit].to_vec());
+    target.extend_from_within(0..lit);
     let header = Header {
         flags: 0,
         block_size: 4096,
