@@ -22,6 +22,9 @@
 //!   ([`Disk::read_at`]), the allocation map ([`Disk::map`]), `cat` and `check` are built on it.
 //! - Nothing is sized by an unchecked field: tables are bounded by the file that holds them,
 //!   grain tables are read lazily and cached, and the map is produced window by window.
+//! - [`write`] writes disks (monolithicSparse, streamOptimized, monolithicFlat and the
+//!   twoGbMaxExtent formats) through a sequential API, with temporary files renamed into place
+//!   only when the whole disk is written.
 //! - The library never prints and never exits; errors are typed ([`Error`], [`ErrorKind`]).
 //!
 //! The formats, the decisions where readers disagree, and the path policy are documented in

@@ -68,7 +68,7 @@ enum Command {
         /// after it: NAME-flat.vmdk, NAME-s001.vmdk, NAME-f001.vmdk).
         #[arg(short, long)]
         output: PathBuf,
-        /// ddb.adapterType of the new descriptor (default: lsilogic).
+        /// ddb.adapterType of the new descriptor.
         #[arg(long, value_enum, default_value = "lsilogic")]
         adapter_type: Adapter,
     },
