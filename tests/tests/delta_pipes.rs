@@ -377,3 +377,63 @@ fn stat_schema_and_quiet_answers() {
     assert_eq!(q(&a, &b).status.code(), Some(1));
     assert_eq!(q(&a, &t.path().join("missing")).status.code(), Some(4));
 }
+
+#[test]
+fn vmdk_output_in_every_subformat() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = vmdk_pair(t.path(), "monolithicSparse");
+    let d = t.path().join("d");
+    assert!(Command::new(bin("vdiff"))
+        .args([&a, &b])
+        .arg("-o")
+        .arg(&d)
+        .status()
+        .unwrap()
+        .success());
+    for sub in [
+        "monolithicSparse",
+        "streamOptimized",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+    ] {
+        let out = t.path().join(format!("out-{sub}.vmdk"));
+        let o = Command::new(bin("vpatch"))
+            .args([&a, &d])
+            .arg("-o")
+            .arg(&out)
+            .args(["--format", sub])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{sub}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (o_s, b_s) = (out.to_str().unwrap(), b.to_str().unwrap());
+        if !sub.ends_with("Flat") {
+            qemu_img(&["check", "-q", "-f", "vmdk", o_s]);
+        }
+        qemu_img(&["compare", "-q", "-f", "vmdk", "-F", "vmdk", b_s, o_s]);
+    }
+    // A failed apply leaves no VMDK and no temporary file behind.
+    let mut other = fs::read(&d).unwrap();
+    let n = other.len();
+    other.truncate(n - 10);
+    let cut = t.path().join("cut");
+    fs::write(&cut, &other).unwrap();
+    let out = t.path().join("bad.vmdk");
+    let o = Command::new(bin("vpatch"))
+        .args([&a, &cut])
+        .arg("-o")
+        .arg(&out)
+        .args(["--format", "monolithicSparse"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(!out.exists());
+    for e in fs::read_dir(t.path()).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!n.contains("bad"), "left over: {n}");
+    }
+}

@@ -26,7 +26,6 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
 use vdiff::digest;
 use vdiff::format::{self, Decoder, Digest, Header, Record, CHECKSUM_LEN, CHUNK_BYTES};
 use vdiff::Image;
@@ -57,28 +56,76 @@ pub struct DeltaInput {
     pub file: File,
 }
 
-/// Where the target goes: positioned writes from several threads.
-pub trait Sink: Sync {
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+/// Where the target goes, in target order: each range exactly once, ranges contiguous.
+/// The applier does the heavy work (reading the base, inflating literals, hashing) on every
+/// core and hands the results to the sink on one thread, so a sequential writer (a VMDK
+/// writer, a pipe) fits.
+pub trait Sink {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// Allocated zeros (zero grains in a VMDK).
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    fn unallocated(&mut self, offset: u64, len: u64) -> io::Result<()>;
 }
 
-impl Sink for File {
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        FileExt::write_all_at(self, buf, offset)
+/// A sparse raw file, already sized to the target: zero and unallocated ranges stay holes.
+pub struct RawSink<'a>(pub &'a File);
+
+impl Sink for RawSink<'_> {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all_at(bytes, offset)
+    }
+    fn zero(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn unallocated(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
     }
 }
 
-/// A sink in memory, for tests.
-pub struct MemSink(pub Mutex<Vec<u8>>);
+/// A VMDK being written by vmdk-parse's writer: zero ranges become zero grains, unallocated
+/// ranges stay unallocated. Call `finish` on the writer only after [`apply`] succeeded.
+pub struct VmdkSink<'a>(pub &'a mut vmdk_parse::write::VmdkWriter);
+
+fn werr(e: vmdk_parse::write::WriteError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl Sink for VmdkSink<'_> {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_data(offset, bytes).map_err(werr)
+    }
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.0.write_zero(offset, len).map_err(werr)
+    }
+    fn unallocated(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.0.write_unallocated(offset, len).map_err(werr)
+    }
+}
+
+/// The target in memory, with the kinds of its ranges (for tests).
+#[derive(Default)]
+pub struct MemSink {
+    pub data: Vec<u8>,
+    pub unallocated_bytes: u64,
+    pub zero_bytes: u64,
+}
 
 impl Sink for MemSink {
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut v = self.0.lock().map_err(|_| io::Error::other("poisoned"))?;
-        let end = offset as usize + buf.len();
-        if v.len() < end {
-            v.resize(end, 0);
-        }
-        v[offset as usize..end].copy_from_slice(buf);
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        assert_eq!(offset, self.data.len() as u64, "ranges in order");
+        self.data.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        assert_eq!(offset, self.data.len() as u64, "ranges in order");
+        self.zero_bytes += len;
+        self.data.resize(self.data.len() + len as usize, 0);
+        Ok(())
+    }
+    fn unallocated(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        assert_eq!(offset, self.data.len() as u64, "ranges in order");
+        self.unallocated_bytes += len;
+        self.data.resize(self.data.len() + len as usize, 0);
         Ok(())
     }
 }
@@ -113,7 +160,8 @@ struct Delta {
 /// Where a piece of a target window comes from, after resolving through the chain.
 #[derive(Clone, Copy, Debug)]
 enum Leaf {
-    Hole,
+    Zero,
+    Unallocated,
     Base(u64),
     Literal { delta: usize, rec: usize, skip: u64 },
 }
@@ -251,7 +299,8 @@ fn resolve(deltas: &[Delta], k: usize, off: u64, len: u64, out: &mut Vec<(u64, L
             stack.push((k, off + piece, len - piece));
         }
         match r.what {
-            What::Zero | What::Unallocated => push_leaf(out, piece, Leaf::Hole),
+            What::Zero => push_leaf(out, piece, Leaf::Zero),
+            What::Unallocated => push_leaf(out, piece, Leaf::Unallocated),
             What::Literal { .. } => push_leaf(
                 out,
                 piece,
@@ -271,7 +320,7 @@ fn resolve(deltas: &[Delta], k: usize, off: u64, len: u64, out: &mut Vec<(u64, L
 fn push_leaf(out: &mut Vec<(u64, Leaf)>, len: u64, leaf: Leaf) {
     if let Some((l, last)) = out.last_mut() {
         match (last, leaf) {
-            (Leaf::Hole, Leaf::Hole) => {
+            (Leaf::Zero, Leaf::Zero) | (Leaf::Unallocated, Leaf::Unallocated) => {
                 *l += len;
                 return;
             }
@@ -347,26 +396,58 @@ fn with_literal<T>(
     })
 }
 
-/// Produce one window; returns its chunk digest and the bytes written.
+/// One produced window: its chunk digest, its ranges, and the bytes of its data ranges.
+struct Window {
+    digest: Digest,
+    /// (offset in the window, length, leaf kind) with Base and Literal merged into `Data`.
+    ranges: Vec<(u64, u64, Out)>,
+    buf: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    Data,
+    Zero,
+    Unallocated,
+}
+
+/// Produce one window (resolve, read, inflate, hash); writing is left to the caller.
 fn window(
     run: u64,
     deltas: &[Delta],
     base: Option<&dyn Image>,
-    sink: &dyn Sink,
     start: u64,
     len: u64,
-) -> Result<(Digest, u64)> {
+) -> Result<Window> {
     let mut leaves = Vec::new();
     resolve(deltas, deltas.len() - 1, start, len, &mut leaves);
-    if leaves.iter().all(|(_, l)| matches!(l, Leaf::Hole)) {
-        return Ok((digest::zero_chunk_of(len), 0));
+    let mut ranges: Vec<(u64, u64, Out)> = Vec::new();
+    let mut pos = 0;
+    for &(l, leaf) in &leaves {
+        let kind = match leaf {
+            Leaf::Zero => Out::Zero,
+            Leaf::Unallocated => Out::Unallocated,
+            Leaf::Base(_) | Leaf::Literal { .. } => Out::Data,
+        };
+        match ranges.last_mut() {
+            Some(r) if r.2 == kind => r.1 += l,
+            _ => ranges.push((pos, l, kind)),
+        }
+        pos += l;
+    }
+    if ranges.iter().all(|r| r.2 != Out::Data) {
+        return Ok(Window {
+            digest: digest::zero_chunk_of(len),
+            ranges,
+            buf: Vec::new(),
+        });
     }
     let mut buf = vec![0u8; len as usize];
     let mut pos = 0usize;
     for &(l, leaf) in &leaves {
         let dst = &mut buf[pos..pos + l as usize];
         match leaf {
-            Leaf::Hole => {}
+            Leaf::Zero | Leaf::Unallocated => {}
             Leaf::Base(s) => base
                 .ok_or_else(|| Error::Usage("copy from a base that is not there".into()))?
                 .read_at(dst, s)?,
@@ -376,37 +457,13 @@ fn window(
         }
         pos += l as usize;
     }
-    // Write the non-hole leaves only, so holes stay holes in a sparse output.
-    let mut written = 0;
-    let mut pos = 0u64;
-    let mut run: Option<(u64, u64)> = None;
-    let io = |e| Error::Io {
-        what: "writing the output".into(),
-        source: e,
-    };
-    for &(l, leaf) in &leaves {
-        if matches!(leaf, Leaf::Hole) {
-            if let Some((a, b)) = run.take() {
-                sink.write_at(&buf[a as usize..b as usize], start + a)
-                    .map_err(io)?;
-                written += b - a;
-            }
-        } else {
-            run = Some(match run {
-                Some((a, _)) => (a, pos + l),
-                None => (pos, pos + l),
-            });
-        }
-        pos += l;
-    }
-    if let Some((a, b)) = run {
-        sink.write_at(&buf[a as usize..b as usize], start + a)
-            .map_err(io)?;
-        written += b - a;
-    }
     let mut lv = Vec::new();
     digest::leaves(&buf, &mut lv);
-    Ok((digest::chunk_from_leaves(&lv), written))
+    Ok(Window {
+        digest: digest::chunk_from_leaves(&lv),
+        ranges,
+        buf,
+    })
 }
 
 /// Decode `deltas` (already checked with [`read_headers`] and [`check_base`]) and write the
@@ -415,7 +472,7 @@ fn window(
 pub fn apply(
     base: Option<&dyn Image>,
     deltas: Vec<DeltaInput>,
-    sink: &dyn Sink,
+    sink: &mut dyn Sink,
 ) -> Result<Applied> {
     if deltas.is_empty() {
         return Err(Error::Usage("no delta to apply".into()));
@@ -449,24 +506,32 @@ pub fn apply(
     const BATCH: u64 = 32;
     while c < nchunks {
         let n = BATCH.min(nchunks - c);
-        let res: Vec<Result<(Digest, u64)>> = (c..c + n)
+        let res: Vec<Result<Window>> = (c..c + n)
             .into_par_iter()
             .map(|i| {
                 let start = i * CHUNK_BYTES;
-                window(
-                    run,
-                    &deltas,
-                    base,
-                    sink,
-                    start,
-                    CHUNK_BYTES.min(size - start),
-                )
+                window(run, &deltas, base, start, CHUNK_BYTES.min(size - start))
             })
             .collect();
-        for r in res {
-            let (d, w) = r?;
-            hasher.chunk(&d);
-            written += w;
+        for (i, r) in (c..c + n).zip(res) {
+            let w = r?;
+            hasher.chunk(&w.digest);
+            let start = i * CHUNK_BYTES;
+            let io = |e| Error::Io {
+                what: "writing the output".into(),
+                source: e,
+            };
+            for &(o, l, kind) in &w.ranges {
+                match kind {
+                    Out::Data => {
+                        sink.data(start + o, &w.buf[o as usize..(o + l) as usize])
+                            .map_err(io)?;
+                        written += l;
+                    }
+                    Out::Zero => sink.zero(start + o, l).map_err(io)?,
+                    Out::Unallocated => sink.unallocated(start + o, l).map_err(io)?,
+                }
+            }
         }
         c += n;
     }

@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use vdiff::Image;
+use vmdk_parse::write::{Subformat, VmdkWriter, WriteError, WriteOptions};
 use vmdk_parse::{Disk, ErrorKind, OpenOptions};
 use vml_cli::{Exit, Failure};
 use vpatch::{DeltaInput, Error};
@@ -32,8 +33,9 @@ struct Cli {
     /// The output file (a sparse raw image).
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
-    /// Output format. Only `raw` for now (a sparse file); VMDK output will come with
-    /// vmdk-parse's writer.
+    /// Output format (default raw): `raw` is a sparse file; the VMDK formats are written by
+    /// vmdk-parse's writer, zero ranges as zero grains and unallocated ranges unallocated
+    /// (separate extent files go next to OUT).
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     format: Format,
     /// Skip reading the whole base to check its digest up front (default: check it). The size
@@ -48,6 +50,38 @@ struct Cli {
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Raw,
+    #[value(name = "monolithicSparse")]
+    MonolithicSparse,
+    #[value(name = "streamOptimized")]
+    StreamOptimized,
+    #[value(name = "monolithicFlat")]
+    MonolithicFlat,
+    #[value(name = "twoGbMaxExtentSparse")]
+    TwoGbMaxExtentSparse,
+    #[value(name = "twoGbMaxExtentFlat")]
+    TwoGbMaxExtentFlat,
+}
+
+impl Format {
+    fn subformat(self) -> Option<Subformat> {
+        Some(match self {
+            Format::Raw => return None,
+            Format::MonolithicSparse => Subformat::MonolithicSparse,
+            Format::StreamOptimized => Subformat::StreamOptimized,
+            Format::MonolithicFlat => Subformat::MonolithicFlat,
+            Format::TwoGbMaxExtentSparse => Subformat::TwoGbMaxExtentSparse,
+            Format::TwoGbMaxExtentFlat => Subformat::TwoGbMaxExtentFlat,
+        })
+    }
+}
+
+fn write_fail(e: WriteError) -> Failure {
+    let exit = match e {
+        WriteError::Unsupported { .. } => Exit::Unsupported,
+        WriteError::Invalid { .. } => Exit::Usage,
+        _ => Exit::Io,
+    };
+    Failure::new(exit, e)
 }
 
 fn exit_for(e: &Error) -> Exit {
@@ -106,7 +140,6 @@ fn open_delta(path: &Path) -> Result<DeltaInput, Failure> {
 }
 
 fn run(cli: Cli) -> Result<Exit, Failure> {
-    let Format::Raw = cli.format;
     let (base_path, delta_paths) = if cli.full {
         (None, &cli.inputs[..])
     } else if cli.inputs.len() >= 2 {
@@ -146,6 +179,16 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     vpatch::check_base(base, &headers[0], &deltas[0].name, !cli.trust_base).map_err(fail)?;
 
     let out = &cli.output;
+    let size = headers.last().map_or(0, |h| h.target_size);
+    if let Some(sub) = cli.format.subformat() {
+        // The writer keeps its files under temporary names until `finish`, which comes only
+        // after the target digest checked out; dropped on error, it removes them.
+        let mut w =
+            VmdkWriter::create(out, sub, size, &WriteOptions::default()).map_err(write_fail)?;
+        vpatch::apply(base, deltas, &mut vpatch::VmdkSink(&mut w)).map_err(fail)?;
+        w.finish().map_err(write_fail)?;
+        return Ok(Exit::Ok);
+    }
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -155,10 +198,9 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         .prefix(".vpatch-")
         .tempfile_in(dir)
         .map_err(io_fail)?;
-    let size = headers.last().map_or(0, |h| h.target_size);
     tmp.as_file().set_len(size).map_err(io_fail)?;
     // On any error `tmp` is dropped and removed: no output.
-    vpatch::apply(base, deltas, tmp.as_file()).map_err(fail)?;
+    vpatch::apply(base, deltas, &mut vpatch::RawSink(tmp.as_file())).map_err(fail)?;
     tmp.persist(out).map_err(|e| io_fail(e.error))?;
     Ok(Exit::Ok)
 }

@@ -7,7 +7,6 @@ mod common_gen;
 use common_gen::*;
 use proptest::prelude::*;
 use std::io::{Seek, Write};
-use std::sync::Mutex;
 use vdiff::{diff, DiffOptions, Image, MemImage};
 use vpatch::{apply, check_base, read_headers, DeltaInput, Error, MemSink};
 
@@ -42,13 +41,10 @@ fn bytes_file(b: &[u8]) -> DeltaInput {
 fn run(base: Option<&MemImage>, mut deltas: Vec<DeltaInput>) -> Result<Vec<u8>, Error> {
     let headers = read_headers(&mut deltas)?;
     check_base(base.map(|b| b as &dyn Image), &headers[0], "d0", true)?;
-    let sink = MemSink(Mutex::new(Vec::new()));
-    let size = headers.last().unwrap().target_size as usize;
-    apply(base.map(|b| b as &dyn Image), deltas, &sink)?;
-    let mut out = sink.0.into_inner().unwrap();
-    // Holes are never written: the sink may be short of the end.
-    out.resize(size, 0);
-    Ok(out)
+    let mut sink = MemSink::default();
+    apply(base.map(|b| b as &dyn Image), deltas, &mut sink)?;
+    assert_eq!(sink.data.len() as u64, headers.last().unwrap().target_size);
+    Ok(sink.data)
 }
 
 proptest! {
@@ -109,8 +105,7 @@ fn wrong_base_without_the_digest_check_fails_the_target_digest() {
     let mut ds = vec![delta_file(Some(&a), &ab)];
     let h = read_headers(&mut ds).unwrap();
     check_base(Some(&c), &h[0], "d", false).unwrap();
-    let sink = MemSink(Mutex::new(Vec::new()));
-    let r = apply(Some(&c), ds, &sink);
+    let r = apply(Some(&c), ds, &mut MemSink::default());
     assert!(matches!(r, Err(Error::TargetDigest)), "{r:?}");
 }
 
@@ -140,4 +135,24 @@ fn hostile_streams_are_errors() {
         let r = run(Some(&a), vec![bytes_file(&bad)]);
         assert!(r.is_err(), "flip at {i}");
     }
+}
+
+#[test]
+fn zero_and_unallocated_ranges_reach_the_sink_as_such() {
+    let a = build(&(vec![Block::Fresh(1), Block::Fresh(2)], 0, 0), None);
+    let b = build(
+        &(
+            vec![Block::Hole, Block::From(0), Block::Zero, Block::Hole],
+            0,
+            0,
+        ),
+        Some(&a),
+    );
+    let mut ds = vec![delta_file(Some(&a), &b)];
+    read_headers(&mut ds).unwrap();
+    let mut sink = MemSink::default();
+    apply(Some(&a), ds, &mut sink).unwrap();
+    assert_eq!(sink.data, b.data);
+    assert_eq!(sink.unallocated_bytes, 2 * 4096);
+    assert_eq!(sink.zero_bytes, 4096);
 }
