@@ -18,3 +18,4 @@ fi
 echo "== fuzz targets build (run them with: cd vmdk-parse/fuzz && cargo fuzz run open_disk)"
 cargo build --quiet --manifest-path vmdk-parse/fuzz/Cargo.toml
 cargo build --quiet --manifest-path vmx-parse/fuzz/Cargo.toml
+cargo build --quiet --manifest-path vdiff/fuzz/Cargo.toml
