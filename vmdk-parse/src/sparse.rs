@@ -446,16 +446,26 @@ pub fn inflate_record(
     scratch.resize(size as usize, 0);
     f.read_exact_at(scratch, record + hdr_len as u64, "compressed grain")?;
     let want = out.len().min(grain_bytes as usize);
-    DECOMPRESSOR.with(|d| {
-        d.borrow_mut()
-            .zlib_decompress(scratch, &mut out[..want])
-            .map_err(|e| {
+    let inflate = |into: &mut [u8]| {
+        DECOMPRESSOR.with(|d| {
+            d.borrow_mut().zlib_decompress(scratch, into).map_err(|e| {
                 Error::corrupt(
                     &f.path,
                     format!("compressed grain at byte {record} does not inflate: {e:?}"),
                 )
             })
-    })
+        })
+    };
+    if want < grain_bytes as usize {
+        // The last grain of a disk that ends inside it: VMware's StreamVmdkWriter
+        // (com.vmware.transfer.streamVmdk) compresses it whole, qemu only up to the capacity.
+        // Take either.
+        let mut whole = vec![0u8; grain_bytes as usize];
+        let n = inflate(&mut whole)?.min(want);
+        out[..n].copy_from_slice(&whole[..n]);
+        return Ok(n);
+    }
+    inflate(&mut out[..want])
 }
 
 thread_local! {
@@ -591,5 +601,38 @@ impl ExtentMap for SparseExtent {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_last_grain_inflates_into_the_part_inside_the_disk() {
+        // A record holding a whole 64 KiB grain, read for a disk that ends 2560 bytes into it.
+        let grain: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::default());
+        let mut z = vec![0u8; c.zlib_compress_bound(grain.len())];
+        let n = c.zlib_compress(&grain, &mut z).unwrap();
+        let mut rec = 128u64.to_le_bytes().to_vec();
+        rec.extend_from_slice(&(n as u32).to_le_bytes());
+        rec.extend_from_slice(&z[..n]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rec");
+        std::fs::write(&p, &rec).unwrap();
+        let f = DiskFile::open(&p).unwrap();
+        let mut h = SparseHeader::parse(&{
+            let mut b = vec![0u8; HEADER_LEN];
+            b[0..4].copy_from_slice(MAGIC);
+            b
+        })
+        .unwrap();
+        h.grain_size = 128;
+        h.flags = FLAG_COMPRESSED | FLAG_MARKERS;
+        let mut out = vec![0u8; 2560];
+        let got = inflate_record(&f, &h, 0, 1, &mut out, &mut Vec::new()).unwrap();
+        assert_eq!(got, 2560);
+        assert_eq!(out, grain[..2560]);
     }
 }

@@ -1,5 +1,5 @@
-//! streamOptimized extents, in the layout of VMware's stream converter and OVF Tool, which ESXi
-//! imports (reference notes §1.3), all in one forward pass:
+//! streamOptimized extents, in the layout of VMware's own stream writer (`StreamVmdkWriter`,
+//! package `com.vmware.transfer.streamVmdk`) and the reference notes §1.3, in one forward pass:
 //!
 //! | at (sectors) | what |
 //! |---|---|
