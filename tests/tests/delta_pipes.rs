@@ -437,3 +437,78 @@ fn vmdk_output_in_every_subformat() {
         assert!(!n.contains("bad"), "left over: {n}");
     }
 }
+
+#[test]
+fn signature_then_against_gives_the_same_delta() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = vmdk_pair(t.path(), "streamOptimized");
+    let sig = t.path().join("a.sig");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new(bin("vdiff")).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "--signature".as_ref(),
+        a.as_os_str(),
+        "-o".as_ref(),
+        sig.as_os_str(),
+    ]);
+    // 16 MiB at 4 KiB blocks: 4096 entries of 17 bytes plus framing.
+    let n = fs::metadata(&sig).unwrap().len();
+    assert!((4096 * 17..4096 * 17 + 256).contains(&n), "{n}");
+    let (d1, d2) = (t.path().join("d1"), t.path().join("d2"));
+    run(&[
+        "--against".as_ref(),
+        sig.as_os_str(),
+        b.as_os_str(),
+        "-o".as_ref(),
+        d1.as_os_str(),
+    ]);
+    run(&[a.as_os_str(), b.as_os_str(), "-o".as_ref(), d2.as_os_str()]);
+    assert!(
+        fs::read(&d1).unwrap() == fs::read(&d2).unwrap(),
+        "deltas differ"
+    );
+    // Signature from stdin, through the pipes.
+    let mut s = Command::new(bin("vdiff"))
+        .args(["--signature".as_ref(), a.as_os_str()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut d = Command::new(bin("vdiff"))
+        .args(["--against", "-"])
+        .arg(&b)
+        .stdin(Stdio::from(s.stdout.take().unwrap()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = t.path().join("c.raw");
+    let o = Command::new(bin("vpatch"))
+        .arg(&a)
+        .args(["-", "-o"])
+        .arg(&c)
+        .stdin(Stdio::from(d.stdout.take().unwrap()))
+        .output()
+        .unwrap();
+    assert!(s.wait().unwrap().success() && d.wait().unwrap().success());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    compare("vmdk", &b, &c);
+    // A damaged signature is one line and exit 3.
+    let mut bad = fs::read(&sig).unwrap();
+    bad[100] ^= 1;
+    fs::write(&sig, &bad).unwrap();
+    let o = Command::new(bin("vdiff"))
+        .arg("--against")
+        .arg(&sig)
+        .arg(&b)
+        .arg("-o")
+        .arg(&d1)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("checksum"));
+}

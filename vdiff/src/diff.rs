@@ -53,6 +53,28 @@ pub struct Scan {
 }
 
 impl Scan {
+    /// A scan rebuilt from a signature file.
+    pub(crate) fn from_parts(
+        size: u64,
+        block_size: u32,
+        digest: Digest,
+        blocks: Vec<BlockDigest>,
+        kinds: Vec<u8>,
+    ) -> Scan {
+        Scan {
+            size,
+            block_size,
+            digest,
+            blocks,
+            kinds,
+        }
+    }
+
+    /// Block `i`'s kind: 0 data, 1 zero, 2 unallocated.
+    pub fn kind(&self, i: usize) -> u8 {
+        self.kinds[i]
+    }
+
     fn block_len(&self, i: usize) -> u64 {
         let b = self.block_size as u64;
         b.min(self.size - i as u64 * b)
@@ -271,15 +293,32 @@ pub fn diff<W: Write>(
         }
         None => (None, scan(new, bs, true)?),
     };
+    diff_scanned(old_scan, new_scan, new, opts.level, out)
+}
+
+/// Write the delta from the image a signature describes (on another host) to `new`.
+pub fn diff_against<W: Write>(old: Scan, new: &dyn Image, level: i32, out: W) -> Result<Summary> {
+    let new_scan = scan(new, old.block_size, true)?;
+    diff_scanned(Some(old), new_scan, new, level, out)
+}
+
+fn diff_scanned<W: Write>(
+    old_scan: Option<Scan>,
+    new_scan: Scan,
+    new: &dyn Image,
+    level: i32,
+    out: W,
+) -> Result<Summary> {
+    let bs = new_scan.block_size;
     let header = Header {
-        flags: if old.is_none() { FLAG_FULL } else { 0 },
+        flags: if old_scan.is_none() { FLAG_FULL } else { 0 },
         block_size: bs,
         source_size: old_scan.as_ref().map_or(0, |s| s.size),
         target_size: new_scan.size,
         source_digest: old_scan.as_ref().map_or([0; 32], |s| s.digest),
         target_digest: new_scan.digest,
     };
-    let mut enc = Encoder::new(out, header.clone(), opts.level)?;
+    let mut enc = Encoder::new(out, header.clone(), level)?;
     let mut summary = Summary {
         source_size: header.source_size,
         target_size: header.target_size,
@@ -404,11 +443,11 @@ pub fn diff<W: Write>(
         }
         push_op(&mut pending, op);
         if pending_literal >= BATCH_LITERAL_BYTES {
-            flush(&mut enc, new, &new_scan, &mut pending, opts.level)?;
+            flush(&mut enc, new, &new_scan, &mut pending, level)?;
             pending_literal = 0;
         }
     }
-    flush(&mut enc, new, &new_scan, &mut pending, opts.level)?;
+    flush(&mut enc, new, &new_scan, &mut pending, level)?;
     let (totals, _) = enc.finish()?;
     summary.totals = totals;
     Ok(summary)

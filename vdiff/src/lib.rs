@@ -7,6 +7,7 @@
 //! - [`digest`]: the image digest that names a delta's source and target.
 //! - [`image`]: what is diffed: any disk vmdk-parse opens, or bytes in memory.
 //! - [`diff`]: the two-pass differ and its memory cost per block.
+//! - [`signature`]: block digests of an image, for diffing against an image on another host.
 //!
 //! The library never prints; the `vdiff` binary is a thin layer over [`diff::diff`].
 //! Applying deltas (one or a chain, to files) is the `vpatch` crate's job; it decodes with
@@ -16,6 +17,7 @@ pub mod diff;
 pub mod digest;
 pub mod format;
 pub mod image;
+pub mod signature;
 
 pub use diff::{diff, DiffOptions, Summary};
 pub use image::{Image, Kind, MemImage};

@@ -20,9 +20,17 @@ use vml_cli::{Exit, Failure};
 #[derive(Parser)]
 #[command(name = "vdiff", version)]
 struct Cli {
-    /// OLD then NEW; with --full, NEW alone.
+    /// OLD then NEW; with --full or --against, NEW alone; with --signature, OLD alone.
     #[arg(required = true, num_args = 1..=2, value_name = "OLD NEW")]
     disks: Vec<PathBuf>,
+    /// Write the signature of OLD (block digests, 17 bytes per block) instead of a delta, for
+    /// diffing against OLD from another host with --against.
+    #[arg(long, conflicts_with_all = ["full", "quiet", "stat", "against"])]
+    signature: bool,
+    /// Diff NEW against the image a signature file describes (`-` for stdin); the delta
+    /// applies to that image. The block size is the signature's.
+    #[arg(long, value_name = "SIG", conflicts_with_all = ["full", "quiet"])]
+    against: Option<PathBuf>,
     /// A delta from nothing: the whole of NEW, with zero and unallocated ranges kept.
     #[arg(long)]
     full: bool,
@@ -87,6 +95,9 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         tolerate_chain_problems: false,
         ..OpenOptions::default()
     };
+    if cli.signature || cli.against.is_some() {
+        return signatures(&cli, &opts);
+    }
     let (old, new) = match (cli.full, cli.disks.as_slice()) {
         (true, [new]) => (None, open(new, &opts)?),
         (false, [old, new]) => (Some(open(old, &opts)?), open(new, &opts)?),
@@ -120,7 +131,18 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             .map(|_| Exit::Ok)
             .or_else(|e| vml_cli::output_error(e, "stdout"));
     }
-    match cli.output.as_ref().filter(|o| o.as_os_str() != "-") {
+    write_output(cli.output.as_ref(), "a delta", |w| {
+        diff(old, &new, dopts, w).map(|_| ())
+    })
+}
+
+/// Where a stream goes: `-o FILE` (temporary name, renamed when complete) or stdout.
+fn write_output(
+    output: Option<&PathBuf>,
+    what: &str,
+    produce: impl FnOnce(&mut dyn Write) -> Result<(), Error>,
+) -> Result<Exit, Failure> {
+    match output.filter(|o| o.as_os_str() != "-") {
         Some(path) => {
             let dir = match path.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
@@ -131,19 +153,21 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 .prefix(".vdiff-")
                 .tempfile_in(dir)
                 .map_err(io_fail)?;
-            let w = BufWriter::with_capacity(1 << 20, tmp.as_file());
-            diff(old, &new, dopts, w).map_err(|e| match e {
-                Error::Io(e) => io_fail(e),
+            let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+            produce(&mut w).map_err(|e| match e {
+                Error::Io(e) | Error::Format(vdiff::format::Error::Io(e)) => io_fail(e),
                 e => fail(e),
             })?;
+            w.flush().map_err(io_fail)?;
+            drop(w);
             tmp.persist(path).map_err(|e| io_fail(e.error))?;
             Ok(Exit::Ok)
         }
         None => {
-            vml_cli::refuse_terminal_stdout("a delta")?;
-            let out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            match diff(old, &new, dopts, out) {
-                Ok(_) => Ok(Exit::Ok),
+            vml_cli::refuse_terminal_stdout(what)?;
+            let mut out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            match produce(&mut out).and_then(|_| out.flush().map_err(Error::Io)) {
+                Ok(()) => Ok(Exit::Ok),
                 Err(Error::Io(e)) | Err(Error::Format(vdiff::format::Error::Io(e))) => {
                     vml_cli::output_error(e, "stdout")
                 }
@@ -151,4 +175,61 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
         }
     }
+}
+
+fn signatures(cli: &Cli, opts: &OpenOptions) -> Result<Exit, Failure> {
+    let [disk] = cli.disks.as_slice() else {
+        return Err(Failure::new(
+            Exit::Usage,
+            "--signature takes OLD alone, --against SIG takes NEW alone",
+        ));
+    };
+    let d = open(disk, opts)?;
+    if cli.signature {
+        let bs = cli.block_size;
+        return write_output(cli.output.as_ref(), "a signature", |w| {
+            let s = vdiff::diff::scan(&d, bs, true)?;
+            vdiff::signature::write(&s, w)?;
+            Ok(())
+        });
+    }
+    let sig_path = cli.against.as_ref().expect("--against given");
+    let sig_name = sig_path.display().to_string();
+    let sig = if sig_path.as_os_str() == "-" {
+        vdiff::signature::read(io::BufReader::new(io::stdin().lock()))
+    } else {
+        let f = std::fs::File::open(sig_path).map_err(|e| {
+            let exit = if e.kind() == io::ErrorKind::NotFound {
+                Exit::Missing
+            } else {
+                Exit::Io
+            };
+            Failure::new(exit, format!("{sig_name}: {e}"))
+        })?;
+        vdiff::signature::read(io::BufReader::new(f))
+    }
+    .map_err(|e| {
+        let exit = match e {
+            vdiff::format::Error::Io(_) => Exit::Io,
+            _ => Exit::Corrupt,
+        };
+        Failure::new(exit, format!("{sig_name}: {e}"))
+    })?;
+    let level = cli.level;
+    if cli.stat {
+        let bs = sig.block_size;
+        let mut count = CountingSink::default();
+        let s = vdiff::diff::diff_against(sig, &d, level, &mut count).map_err(fail)?;
+        let stat = Stat::new(bs, &s, count.0);
+        let mut out = io::stdout().lock();
+        return serde_json::to_writer_pretty(&mut out, &stat)
+            .map_err(io::Error::from)
+            .and_then(|_| writeln!(out))
+            .and_then(|_| out.flush())
+            .map(|_| Exit::Ok)
+            .or_else(|e| vml_cli::output_error(e, "stdout"));
+    }
+    write_output(cli.output.as_ref(), "a delta", |w| {
+        vdiff::diff::diff_against(sig, &d, level, w).map(|_| ())
+    })
 }
