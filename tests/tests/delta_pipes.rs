@@ -317,6 +317,7 @@ struct Stat {
     identical: bool,
     changed_bytes: u64,
     unchanged_bytes: u64,
+    snapshot_link: Option<u32>,
     copy_source_bytes: u64,
     copy_target_bytes: u64,
     zero_bytes: u64,
@@ -511,4 +512,60 @@ fn signature_then_against_gives_the_same_delta() {
         .unwrap();
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("checksum"));
+}
+
+#[test]
+fn snapshot_child_is_diffed_from_its_grain_tables() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base.vmdk");
+    let child = t.path().join("child.vmdk");
+    let (bs, cs) = (base.to_str().unwrap(), child.to_str().unwrap());
+    qemu_img(&["create", "-q", "-f", "vmdk", bs, "32M"]);
+    qemu_io(
+        &base,
+        "vmdk",
+        &["write -P 0x11 0 8M", "write -P 0x22 20M 2M"],
+    );
+    qemu_img(&["create", "-q", "-f", "vmdk", "-b", bs, "-F", "vmdk", cs]);
+    qemu_io(
+        &child,
+        "vmdk",
+        &[
+            "write -P 0x33 1M 64k",
+            "write -P 0x11 24M 1M",
+            "write -z 20M 64k",
+        ],
+    );
+    let o = Command::new(bin("vdiff"))
+        .arg("--stat")
+        .args([&base, &child])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: Stat = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s.snapshot_link, Some(1), "{s:?}");
+    // The new 64 KiB is one pattern block and 15 copies of it.
+    assert_eq!(s.literal_bytes, 4096, "{s:?}");
+    assert_eq!(s.copy_target_bytes, 60 << 10, "{s:?}");
+    assert!(s.copy_source_bytes >= (8 << 20) + (1 << 20), "{s:?}");
+    let out = t.path().join("out.raw");
+    let (ok, o) = pipe(&[&base, &child], &[&base, p("-"), p("-o"), &out]);
+    assert!(
+        ok && o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    compare("vmdk", &child, &out);
+    // Not a link of the chain: an unrelated copy of the base gets the ordinary two-image diff.
+    let copy = t.path().join("copy.vmdk");
+    qemu_img(&["convert", "-q", "-O", "vmdk", bs, copy.to_str().unwrap()]);
+    let o = Command::new(bin("vdiff"))
+        .arg("--stat")
+        .args([&copy, &child])
+        .output()
+        .unwrap();
+    let s2: Stat = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s2.snapshot_link, None);
+    assert_eq!(s2.target_digest, s.target_digest);
+    assert_eq!(s2.literal_bytes, s.literal_bytes);
 }

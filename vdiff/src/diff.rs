@@ -166,6 +166,33 @@ fn scan_chunk(
 
 /// Read an image once: its digest and, with `keep_blocks`, its per-block digests and kinds.
 pub fn scan(img: &dyn Image, block_size: u32, keep_blocks: bool) -> Result<Scan> {
+    scan_reusing(img, block_size, keep_blocks, None)
+}
+
+/// Chunks a scan may take from an earlier scan instead of reading: the earlier scan, its chunk
+/// digests, and which chunks of the image are known to equal it.
+pub struct Reuse<'a> {
+    pub from: &'a Scan,
+    pub chunk_digests: &'a [Digest],
+    pub same: &'a (dyn Fn(u64, u64) -> Result<bool> + Sync),
+}
+
+fn scan_reusing(
+    img: &dyn Image,
+    block_size: u32,
+    keep_blocks: bool,
+    reuse: Option<&Reuse>,
+) -> Result<Scan> {
+    Ok(scan_with_chunks(img, block_size, keep_blocks, reuse)?.0)
+}
+
+/// [`scan`], also returning every chunk digest (32 bytes per MiB).
+pub fn scan_with_chunks(
+    img: &dyn Image,
+    block_size: u32,
+    keep_blocks: bool,
+    reuse: Option<&Reuse>,
+) -> Result<(Scan, Vec<Digest>)> {
     let size = img.size();
     let nchunks = size.div_ceil(CHUNK_BYTES);
     let mut hasher = digest::ImageHasher::new(size);
@@ -177,22 +204,84 @@ pub fn scan(img: &dyn Image, block_size: u32, keep_blocks: bool) -> Result<Scan>
         blocks: Vec::with_capacity(if keep_blocks { nblocks } else { 0 }),
         kinds: Vec::with_capacity(if keep_blocks { nblocks } else { 0 }),
     };
+    let mut chunks = Vec::with_capacity(nchunks as usize);
+    let per_chunk = (CHUNK_BYTES / block_size as u64) as usize;
     let mut c = 0;
     while c < nchunks {
         let n = BATCH_CHUNKS.min(nchunks - c);
         let batch: Vec<Result<ChunkScan>> = (c..c + n)
             .into_par_iter()
-            .map(|i| scan_chunk(img, i * CHUNK_BYTES, block_size as u64, keep_blocks))
+            .map(|i| {
+                let start = i * CHUNK_BYTES;
+                if let Some(r) = reuse {
+                    let len = CHUNK_BYTES.min(size - start);
+                    if r.from.size == size && (r.same)(start, len)? {
+                        let b0 = i as usize * per_chunk;
+                        let b1 = (b0 + per_chunk).min(r.from.blocks.len());
+                        return Ok(ChunkScan {
+                            digest: r.chunk_digests[i as usize],
+                            blocks: r.from.blocks[b0..b1].to_vec(),
+                            kinds: r.from.kinds[b0..b1].to_vec(),
+                        });
+                    }
+                }
+                scan_chunk(img, start, block_size as u64, keep_blocks)
+            })
             .collect();
         for r in batch {
             let r = r?;
             hasher.chunk(&r.digest);
+            chunks.push(r.digest);
             s.blocks.extend_from_slice(&r.blocks);
             s.kinds.extend_from_slice(&r.kinds);
         }
         c += n;
     }
     s.digest = hasher.finish();
+    Ok((s, chunks))
+}
+
+/// If `old` is a link of `new`'s snapshot chain (the same file, and the child above it still
+/// names its CID as parentCID), the index of that link in `new`'s chain.
+pub fn snapshot_link(old: &vmdk_parse::Disk, new: &vmdk_parse::Disk) -> Option<usize> {
+    let top = old.links.first()?;
+    let cid = top.cid?;
+    let path = top.path.canonicalize().ok()?;
+    (1..new.links.len()).find(|&k| {
+        new.links[k].path.canonicalize().ok().as_ref() == Some(&path)
+            && new.links[k].cid == Some(cid)
+            && new.links[k - 1].parent_cid == Some(cid)
+            && new.links.len() - k == old.links.len()
+    })
+}
+
+/// [`diff`] for two disks, taking VMware's own change tracking when `old` is a link of `new`'s
+/// chain: OLD is read once (its digest is the delta's source identity), and of NEW only the
+/// 1 MiB chunks holding grains allocated above OLD are read; every other chunk equals OLD's.
+pub fn diff_disks<W: Write>(
+    old: &vmdk_parse::Disk,
+    new: &vmdk_parse::Disk,
+    opts: DiffOptions,
+    out: W,
+) -> Result<Summary> {
+    let Some(k) = snapshot_link(old, new) else {
+        return diff(Some(old), new, opts, out);
+    };
+    check_block_size(opts.block_size)?;
+    let (old_scan, chunks) = scan_with_chunks(old, opts.block_size, true, None)?;
+    let same = |start: u64, len: u64| -> Result<bool> {
+        let mut pieces = Vec::new();
+        new.resolve(start, len, false, &mut pieces)?;
+        Ok(pieces.iter().all(|p| p.depth as usize >= k))
+    };
+    let reuse = Reuse {
+        from: &old_scan,
+        chunk_digests: &chunks,
+        same: &same,
+    };
+    let new_scan = scan_reusing(new, opts.block_size, true, Some(&reuse))?;
+    let mut s = diff_scanned(Some(old_scan), new_scan, new, opts.level, out)?;
+    s.snapshot_link = Some(k as u32);
     Ok(s)
 }
 
@@ -224,6 +313,8 @@ pub struct Summary {
     pub changed_bytes: u64,
     /// Copy-source bytes taken from the same offset (unchanged data).
     pub unchanged_bytes: u64,
+    /// When OLD was found in NEW's snapshot chain: its link index (only grains above it read).
+    pub snapshot_link: Option<u32>,
     #[serde(skip)]
     pub totals: Totals,
     #[serde(skip)]

@@ -109,19 +109,24 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             ))
         }
     };
-    let old = old.as_ref().map(|d| d as &dyn Image);
     let dopts = DiffOptions {
         block_size: cli.block_size,
         level: cli.level,
     };
+    // A snapshot child of OLD is diffed from its own grain tables (diff_disks decides).
+    let run_diff = |w: &mut dyn Write| match &old {
+        Some(o) => vdiff::diff::diff_disks(o, &new, dopts, w),
+        None => diff(None, &new, dopts, w),
+    };
     if cli.quiet {
+        let old = old.as_ref().map(|d| d as &dyn Image);
         let old = old.ok_or_else(|| Failure::new(Exit::Usage, "-q needs OLD and NEW"))?;
         let same = vdiff::diff::same(old, &new).map_err(fail)?;
         return Ok(if same { Exit::Ok } else { Exit::No });
     }
     if cli.stat {
         let mut count = CountingSink::default();
-        let s = diff(old, &new, dopts, &mut count).map_err(fail)?;
+        let s = run_diff(&mut count).map_err(fail)?;
         let stat = Stat::new(cli.block_size, &s, count.0);
         let mut out = io::stdout().lock();
         return serde_json::to_writer_pretty(&mut out, &stat)
@@ -131,9 +136,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             .map(|_| Exit::Ok)
             .or_else(|e| vml_cli::output_error(e, "stdout"));
     }
-    write_output(cli.output.as_ref(), "a delta", |w| {
-        diff(old, &new, dopts, w).map(|_| ())
-    })
+    write_output(cli.output.as_ref(), "a delta", |w| run_diff(w).map(|_| ()))
 }
 
 /// Where a stream goes: `-o FILE` (temporary name, renamed when complete) or stdout.
