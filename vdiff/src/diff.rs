@@ -10,10 +10,11 @@
 //!    checked against the first pass (an image changing under us is an error, not a bad delta).
 //!    Literals are read and compressed in parallel batches, written in order.
 //!
-//! Memory, per block (4 KiB by default): NEW 17 bytes (digest + kind) plus a hash-map entry
-//! (about 32 bytes) for each literal block; OLD 17 bytes plus a hash-map entry for each data
-//! block. About 100 bytes per block of the pair at worst: 25 MiB per GiB of image at 4 KiB,
-//! 100 MiB for a 4 GiB pair; `--block-size 16384` divides it by 4. The identity of NEW is
+//! Memory, per block (4 KiB by default): NEW 21 bytes (digest, rolling checksum, kind) plus a
+//! hash-map entry (about 32 bytes) for each literal block; OLD 21 bytes plus two hash-map
+//! entries (by digest, by rolling checksum: about 50 bytes) for each data block. About 125
+//! bytes per block of the pair at worst: 31 MiB per GiB of image at 4 KiB, 125 MiB for a
+//! 4 GiB pair; `--block-size 16384` divides it by 4. The identity of NEW is
 //! always its full digest, whatever its size: the first pass reads NEW once, the second reads
 //! only its literal blocks.
 //!
@@ -50,6 +51,8 @@ pub struct Scan {
     /// Per block: its digest (meaningful for data blocks only) and kind.
     pub blocks: Vec<BlockDigest>,
     kinds: Vec<u8>,
+    /// Per block: the rolling checksum ([`weak`]) of a full data block, else 0.
+    weaks: Vec<u32>,
 }
 
 impl Scan {
@@ -60,6 +63,7 @@ impl Scan {
         digest: Digest,
         blocks: Vec<BlockDigest>,
         kinds: Vec<u8>,
+        weaks: Vec<u32>,
     ) -> Scan {
         Scan {
             size,
@@ -67,7 +71,13 @@ impl Scan {
             digest,
             blocks,
             kinds,
+            weaks,
         }
+    }
+
+    /// Block `i`'s rolling checksum (0 unless a full data block).
+    pub fn weak(&self, i: usize) -> u32 {
+        self.weaks[i]
     }
 
     /// Block `i`'s kind: 0 data, 1 zero, 2 unallocated.
@@ -85,6 +95,30 @@ struct ChunkScan {
     digest: Digest,
     blocks: Vec<BlockDigest>,
     kinds: Vec<u8>,
+    weaks: Vec<u32>,
+}
+
+/// The rolling checksum of rsync (two 16-bit sums), over a whole block: it finds blocks of
+/// OLD at any byte offset of NEW's literal runs. Candidates are confirmed by the block digest.
+pub fn weak(bytes: &[u8]) -> u32 {
+    let (mut a, mut b) = (0u32, 0u32);
+    let n = bytes.len() as u32;
+    for (i, &x) in bytes.iter().enumerate() {
+        a = a.wrapping_add(x as u32);
+        b = b.wrapping_add((n - i as u32).wrapping_mul(x as u32));
+    }
+    (a & 0xffff) | (b << 16)
+}
+
+/// Roll the checksum of `len` bytes one byte on: `out` leaves, `inn` enters.
+fn roll(w: u32, out: u8, inn: u8, len: u32) -> u32 {
+    let (a, b) = (w & 0xffff, w >> 16);
+    let a2 = a.wrapping_sub(out as u32).wrapping_add(inn as u32) & 0xffff;
+    let b2 = b
+        .wrapping_sub(len.wrapping_mul(out as u32))
+        .wrapping_add(a2)
+        & 0xffff;
+    a2 | (b2 << 16)
 }
 
 /// Per-thread buffers of the scan: chunk bytes, its layout, its leaf digests.
@@ -115,6 +149,7 @@ fn scan_chunk(
             digest: [0; 32],
             blocks: Vec::new(),
             kinds: Vec::new(),
+            weaks: Vec::new(),
         };
         let any_data = layout.iter().any(|l| l.2 == Kind::Data);
         if !any_data {
@@ -128,6 +163,7 @@ fn scan_chunk(
         }
         out.blocks.resize(nblocks, [0; 16]);
         out.kinds.resize(nblocks, K_DATA);
+        out.weaks.resize(nblocks, 0);
         let per_block = (block_size / LEAF_BYTES) as usize;
         let mut li = 0;
         for i in 0..nblocks {
@@ -153,6 +189,9 @@ fn scan_chunk(
                 let l0 = i * per_block;
                 let l1 = (l0 + per_block).min(leaves.len());
                 out.blocks[i] = block_digest(&leaves[l0..l1]);
+                if bytes.len() as u64 == block_size {
+                    out.weaks[i] = weak(bytes);
+                }
                 K_DATA
             } else if !has_data && all_unalloc {
                 K_UNALLOCATED
@@ -203,6 +242,7 @@ pub fn scan_with_chunks(
         digest: [0; 32],
         blocks: Vec::with_capacity(if keep_blocks { nblocks } else { 0 }),
         kinds: Vec::with_capacity(if keep_blocks { nblocks } else { 0 }),
+        weaks: Vec::with_capacity(if keep_blocks { nblocks } else { 0 }),
     };
     let mut chunks = Vec::with_capacity(nchunks as usize);
     let per_chunk = (CHUNK_BYTES / block_size as u64) as usize;
@@ -222,6 +262,7 @@ pub fn scan_with_chunks(
                             digest: r.chunk_digests[i as usize],
                             blocks: r.from.blocks[b0..b1].to_vec(),
                             kinds: r.from.kinds[b0..b1].to_vec(),
+                            weaks: r.from.weaks[b0..b1].to_vec(),
                         });
                     }
                 }
@@ -234,6 +275,7 @@ pub fn scan_with_chunks(
             chunks.push(r.digest);
             s.blocks.extend_from_slice(&r.blocks);
             s.kinds.extend_from_slice(&r.kinds);
+            s.weaks.extend_from_slice(&r.weaks);
         }
         c += n;
     }
@@ -442,6 +484,7 @@ fn diff_scanned<W: Write>(
         Some((o.kinds[i], &o.blocks[i]))
     };
 
+    let weak_index = WeakIndex::new(old_scan.as_ref());
     let mut pending: Vec<Op> = Vec::new();
     let mut pending_literal = 0u64;
     for i in 0..new_scan.kinds.len() {
@@ -534,11 +577,27 @@ fn diff_scanned<W: Write>(
         }
         push_op(&mut pending, op);
         if pending_literal >= BATCH_LITERAL_BYTES {
-            flush(&mut enc, new, &new_scan, &mut pending, level)?;
+            flush(
+                &mut enc,
+                new,
+                &new_scan,
+                old_scan.as_ref(),
+                &weak_index,
+                &mut pending,
+                level,
+            )?;
             pending_literal = 0;
         }
     }
-    flush(&mut enc, new, &new_scan, &mut pending, level)?;
+    flush(
+        &mut enc,
+        new,
+        &new_scan,
+        old_scan.as_ref(),
+        &weak_index,
+        &mut pending,
+        level,
+    )?;
     let (totals, _) = enc.finish()?;
     summary.totals = totals;
     Ok(summary)
@@ -584,16 +643,146 @@ fn push_op(ops: &mut Vec<Op>, op: Op) {
     ops.push(op);
 }
 
-/// Read and compress the pending literals in parallel, then write every pending op in order.
+/// OLD's full data blocks by rolling checksum, with a bit filter in front of the map so that
+/// the byte-by-byte scan of literal runs rarely touches the map.
+struct WeakIndex {
+    map: HashMap<u32, u32>,
+    filter: Vec<u64>,
+    mask: u32,
+}
+
+impl WeakIndex {
+    fn new(old: Option<&Scan>) -> WeakIndex {
+        let Some(o) = old else {
+            return WeakIndex {
+                map: HashMap::new(),
+                filter: Vec::new(),
+                mask: 0,
+            };
+        };
+        let n = o.weaks.iter().filter(|&&w| w != 0).count();
+        let bits = (n.max(1) * 16).next_power_of_two().clamp(1 << 16, 1 << 30);
+        let mut idx = WeakIndex {
+            map: HashMap::with_capacity(n),
+            filter: vec![0; bits / 64],
+            mask: (bits - 1) as u32,
+        };
+        for (i, &w) in o.weaks.iter().enumerate() {
+            if w != 0 && o.kinds[i] == K_DATA {
+                idx.map.entry(w).or_insert(i as u32);
+                let h = idx.slot(w);
+                idx.filter[h / 64] |= 1 << (h % 64);
+            }
+        }
+        idx
+    }
+
+    fn slot(&self, w: u32) -> usize {
+        (w.wrapping_mul(0x9E37_79B1) & self.mask) as usize
+    }
+
+    fn get(&self, w: u32) -> Option<u32> {
+        if self.filter.is_empty() {
+            return None;
+        }
+        let h = self.slot(w);
+        if self.filter[h / 64] & (1 << (h % 64)) == 0 {
+            return None;
+        }
+        self.map.get(&w).copied()
+    }
+}
+
+/// A literal run split by unaligned matches: bytes to send, or a copy from the source.
+enum Part {
+    Literal {
+        length: u64,
+        stored: bool,
+        payload: Vec<u8>,
+    },
+    Copy {
+        from: u64,
+        length: u64,
+    },
+}
+
+/// Find blocks of OLD at any byte offset of a literal run (`buf`), rsync style: roll the weak
+/// checksum byte by byte, confirm a candidate with the block digest, extend a match block by
+/// block. Returns the run as literal pieces and copies.
+fn split_unaligned(
+    buf: &[u8],
+    old: Option<&Scan>,
+    idx: &WeakIndex,
+) -> Vec<(usize, usize, Option<u64>)> {
+    let mut parts = Vec::new();
+    let Some(old) = old else {
+        parts.push((0, buf.len(), None));
+        return parts;
+    };
+    let bs = old.block_size as usize;
+    if idx.map.is_empty() || buf.len() < bs {
+        parts.push((0, buf.len(), None));
+        return parts;
+    }
+    let strong = |bytes: &[u8]| {
+        let mut leaves = Vec::new();
+        digest::leaves(bytes, &mut leaves);
+        block_digest(&leaves)
+    };
+    let mut lit_start = 0;
+    let mut i = 0;
+    let mut w = weak(&buf[..bs]);
+    while i + bs <= buf.len() {
+        let hit = idx
+            .get(w)
+            .filter(|&j| strong(&buf[i..i + bs]) == old.blocks[j as usize]);
+        if let Some(j) = hit {
+            if lit_start < i {
+                parts.push((lit_start, i - lit_start, None));
+            }
+            let mut end = i + bs;
+            let mut next = j as usize + 1;
+            while end + bs <= buf.len()
+                && next < old.blocks.len()
+                && old.kinds[next] == K_DATA
+                && old.weaks[next] != 0
+                && strong(&buf[end..end + bs]) == old.blocks[next]
+            {
+                end += bs;
+                next += 1;
+            }
+            parts.push((i, end - i, Some(j as u64 * bs as u64)));
+            i = end;
+            lit_start = end;
+            if i + bs <= buf.len() {
+                w = weak(&buf[i..i + bs]);
+            }
+            continue;
+        }
+        if i + bs < buf.len() {
+            w = roll(w, buf[i], buf[i + bs], bs as u32);
+        }
+        i += 1;
+    }
+    if lit_start < buf.len() {
+        parts.push((lit_start, buf.len() - lit_start, None));
+    }
+    parts
+}
+
+/// Read and compress the pending literals in parallel (after looking for OLD's blocks at
+/// unaligned offsets in them), then write every pending op in order.
 fn flush<W: Write>(
     enc: &mut Encoder<W>,
     new: &dyn Image,
     scan: &Scan,
+    old: Option<&Scan>,
+    idx: &WeakIndex,
     ops: &mut Vec<Op>,
     level: i32,
 ) -> Result<()> {
     let b = scan.block_size as u64;
-    let payloads: Vec<Result<(bool, Vec<u8>)>> = ops
+    let payloads: Vec<Result<Vec<Part>>> = ops
         .par_iter()
         .map(|op| match *op {
             Op::Literal { offset, length } => {
@@ -608,15 +797,43 @@ fn flush<W: Write>(
                         return Err(Error::Changed(offset + k as u64 * b));
                     }
                 }
-                Ok(Encoder::<W>::compress(&buf, level)?)
+                split_unaligned(&buf, old, idx)
+                    .into_iter()
+                    .map(|(at, len, copy)| match copy {
+                        Some(from) => Ok(Part::Copy {
+                            from,
+                            length: len as u64,
+                        }),
+                        None => {
+                            let (stored, payload) =
+                                Encoder::<W>::compress(&buf[at..at + len], level)?;
+                            Ok(Part::Literal {
+                                length: len as u64,
+                                stored,
+                                payload,
+                            })
+                        }
+                    })
+                    .collect()
             }
-            _ => Ok((false, Vec::new())),
+            _ => Ok(Vec::new()),
         })
         .collect();
     for (op, p) in ops.iter().zip(payloads) {
-        let (stored, payload) = p?;
+        let parts = p?;
         match *op {
-            Op::Literal { length, .. } => enc.literal_payload(length, stored, &payload)?,
+            Op::Literal { .. } => {
+                for part in parts {
+                    match part {
+                        Part::Literal {
+                            length,
+                            stored,
+                            payload,
+                        } => enc.literal_payload(length, stored, &payload)?,
+                        Part::Copy { from, length } => enc.copy_source(from, length)?,
+                    }
+                }
+            }
             Op::Zero(l) => enc.zero(l)?,
             Op::Unallocated(l) => enc.unallocated(l)?,
             Op::CopySource { from, length } => enc.copy_source(from, length)?,

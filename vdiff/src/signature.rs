@@ -2,8 +2,8 @@
 //! is on another host (`vdiff --signature OLD > old.sig`, then `vdiff --against old.sig NEW`).
 //!
 //! A signature holds what the differ's first pass learns about OLD: its size, its image digest
-//! and, per block, a 16-byte digest and a kind. It is 17 bytes per block (17 MiB for 4 GiB at
-//! 4 KiB blocks), written and read sequentially. All integers are little-endian; every
+//! and, per block, a 16-byte digest, a rolling checksum and a kind. It is 21 bytes per block
+//! (21 MiB for 4 GiB at 4 KiB blocks), written and read sequentially. All integers are little-endian; every
 //! checksum is XXH3-64 (seed 0).
 //!
 //! Signature header (`SIG_HEADER_LEN` = 64 bytes):
@@ -18,9 +18,10 @@
 //! | 56 | 8 | `checksum` | XXH3-64 of bytes 0..56 |
 //!
 //! Then frames, each an 8-byte frame header (`count` u32, `reserved` u32 = 0), `count` entries
-//! of 17 bytes (the block digest: the first 16 bytes of BLAKE3 over the block's leaf digests;
-//! then the kind: 0 data, 1 zero, 2 unallocated; the digest is all zero unless the kind is
-//! data), and an XXH3-64 of the frame header and entries. `count` is 1 ..= `SIG_FRAME_BLOCKS`
+//! of 21 bytes (the block digest: the first 16 bytes of BLAKE3 over the block's leaf digests;
+//! the u32 rolling checksum of a full data block as rsync computes it, two 16-bit sums, else 0;
+//! then the kind: 0 data, 1 zero, 2 unallocated; digest and checksum are all zero unless the
+//! kind is data), and an XXH3-64 of the frame header and entries. `count` is 1 ..= `SIG_FRAME_BLOCKS`
 //! (65536). The blocks of all frames, in order, are the image's blocks, `ceil(source_size /
 //! block_size)` of them exactly.
 //!
@@ -36,7 +37,7 @@ pub const SIG_MAGIC: [u8; 8] = *b"VMLDSIG\0";
 pub const SIG_VERSION: u32 = 1;
 pub const SIG_HEADER_LEN: usize = 64;
 pub const SIG_FRAME_BLOCKS: u32 = 65536;
-const ENTRY: usize = 17;
+const ENTRY: usize = 21;
 
 /// Write the signature of a scanned image.
 pub fn write<W: Write>(scan: &Scan, mut out: W) -> Result<W> {
@@ -59,6 +60,7 @@ pub fn write<W: Write>(scan: &Scan, mut out: W) -> Result<W> {
         frame.extend_from_slice(&0u32.to_le_bytes());
         for j in i..i + count {
             frame.extend_from_slice(&scan.blocks[j]);
+            frame.extend_from_slice(&scan.weak(j).to_le_bytes());
             frame.push(scan.kind(j));
         }
         out.write_all(&frame)?;
@@ -118,6 +120,7 @@ pub fn read<R: Read>(mut input: R) -> Result<Scan> {
     let nblocks = size.div_ceil(block_size as u64);
     let mut blocks: Vec<BlockDigest> = Vec::new();
     let mut kinds: Vec<u8> = Vec::new();
+    let mut weaks: Vec<u32> = Vec::new();
     let mut at = SIG_HEADER_LEN as u64;
     let mut entries = vec![0u8; SIG_FRAME_BLOCKS as usize * ENTRY];
     loop {
@@ -168,16 +171,19 @@ pub fn read<R: Read>(mut input: R) -> Result<Scan> {
             return Err(corrupt(at, "reserved frame bytes are not zero"));
         }
         for c in e.chunks_exact(ENTRY) {
-            let kind = c[16];
-            if kind > 2 || (kind != 0 && c[..16] != [0; 16]) {
+            let kind = c[20];
+            if kind > 2 || (kind != 0 && c[..20] != [0; 20]) {
                 return Err(corrupt(at, format!("bad block entry (kind {kind})")));
             }
             blocks.push(c[..16].try_into().expect("16 bytes"));
+            weaks.push(u32::from_le_bytes(c[16..20].try_into().expect("4 bytes")));
             kinds.push(kind);
         }
         at += 16 + e.len() as u64;
     }
-    Ok(Scan::from_parts(size, block_size, digest, blocks, kinds))
+    Ok(Scan::from_parts(
+        size, block_size, digest, blocks, kinds, weaks,
+    ))
 }
 
 #[cfg(test)]

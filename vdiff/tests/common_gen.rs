@@ -19,6 +19,9 @@ pub enum Block {
     Hole,
     /// Block `i` (mod length) of the previous image: a move.
     From(usize),
+    /// The previous image's bytes at this block's offset plus a shift: content moved by a few
+    /// bytes, found only by unaligned matching.
+    Shift(usize),
 }
 
 pub fn block() -> impl Strategy<Value = Block> {
@@ -28,6 +31,7 @@ pub fn block() -> impl Strategy<Value = Block> {
         Just(Block::Zero),
         Just(Block::Hole),
         any::<usize>().prop_map(Block::From),
+        prop_oneof![Just(100usize), Just(1000)].prop_map(Block::Shift),
     ]
 }
 
@@ -70,6 +74,15 @@ pub fn build(spec: &(Vec<Block>, usize, u64), prev: Option<&MemImage>) -> MemIma
                 }
                 _ => fill(*j as u64, &mut buf),
             },
+            Block::Shift(s) => {
+                let from = i * B + s;
+                match prev {
+                    Some(p) if from + B <= p.data.len() => {
+                        buf.copy_from_slice(&p.data[from..from + B])
+                    }
+                    _ => fill(from as u64, &mut buf),
+                }
+            }
         }
         img.data.extend_from_slice(&buf);
     }

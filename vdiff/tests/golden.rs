@@ -113,11 +113,28 @@ fn differ(name: &'static str, full: bool) -> Vector {
     }
 }
 
+/// Content moved by 37 bytes: copies at unaligned target offsets.
+fn shifted() -> Vector {
+    let a = build(&((0..6).map(|i| Block::Fresh(i + 1)).collect(), 0, 0), None);
+    let mut b = MemImage::new(vec![0x42; 37]);
+    b.data.extend_from_slice(&a.data[..5 * 4096]);
+    b.data.resize(6 * 4096, 0x42);
+    let mut delta = Vec::new();
+    diff(Some(&a), &b, DiffOptions::default(), &mut delta).unwrap();
+    Vector {
+        name: "shifted",
+        source: Some(a.data),
+        target: b.data,
+        delta,
+    }
+}
+
 fn vectors() -> Vec<Vector> {
     vec![
         every_kind(),
         differ("moves_holes", false),
         differ("full", true),
+        shifted(),
     ]
 }
 

@@ -93,3 +93,20 @@ fn identical_images_are_one_copy() {
     assert_eq!(s.totals.records, 1);
     assert_eq!(s.totals.copy_source_bytes, a.data.len() as u64);
 }
+
+#[test]
+fn content_shifted_by_a_few_bytes_is_found() {
+    let a = build(
+        &((0..32).map(|i| Block::Fresh(i + 1)).collect(), 0, 0),
+        None,
+    );
+    // b: 37 new bytes, then a's first 30 blocks: nothing block-aligned matches.
+    let mut b = MemImage::new(vec![0x42; 37]);
+    b.data.extend_from_slice(&a.data[..30 * 4096]);
+    b.data.resize(31 * 4096, 0x42);
+    let mut out = Vec::new();
+    let s = diff(Some(&a), &b, DiffOptions::default(), &mut out).unwrap();
+    assert!(s.totals.copy_source_bytes >= 29 * 4096, "{:?}", s.totals);
+    assert!(s.totals.literal_bytes <= 2 * 4096, "{:?}", s.totals);
+    assert_eq!(apply_bytes(&a.data, &out).unwrap(), b.data);
+}
