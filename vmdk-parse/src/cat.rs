@@ -195,10 +195,16 @@ pub(crate) struct WindowFill {
     pub skip_hole_windows: bool,
 }
 
+/// Hole pieces carried over to the next window at most (they merge, so this is rarely reached).
+const MAX_CARRIED_PIECES: usize = 4096;
+
 /// Walk the disk window by window in order: a reader thread resolves each window and reads or
 /// inflates its pieces (compressed grains on every core) while `consume` handles the previous
 /// window on the calling thread. `consume(pos, pieces, bytes)` gets the window's pieces and its
-/// bytes (`bytes[0]` is disk offset `pos`). Stops at the first error of either side.
+/// bytes (`bytes[0]` is disk offset `pos`); pieces come in disk order, and without
+/// `fill_holes` the zero and unallocated pieces of windows holding nothing else are merged into
+/// the next call (they may start before `pos`, and have no bytes). Stops at the first error of
+/// either side.
 pub(crate) fn for_each_window<E: From<Error>>(
     disk: &Disk,
     how: WindowFill,
@@ -219,6 +225,7 @@ pub(crate) fn for_each_window<E: From<Error>>(
         s.spawn(move || {
             let mut pos = 0u64;
             let mut free = None;
+            let mut carried: Vec<Piece> = Vec::new();
             while pos < cap {
                 let mut w = match free.take() {
                     Some(w) => w,
@@ -245,6 +252,31 @@ pub(crate) fn for_each_window<E: From<Error>>(
                     free = Some(w);
                     continue;
                 }
+                if !how.fill_holes && holes_only {
+                    // A consumer that wants the holes but not their bytes gets them merged into
+                    // the next window it is handed.
+                    for p in w.pieces.drain(..) {
+                        match carried.last_mut() {
+                            Some(last)
+                                if last.loc == p.loc
+                                    && last.depth == p.depth
+                                    && last.offset + last.len == p.offset =>
+                            {
+                                last.len += p.len
+                            }
+                            _ => carried.push(p),
+                        }
+                    }
+                    if carried.len() < MAX_CARRIED_PIECES && pos < cap {
+                        free = Some(w);
+                        continue;
+                    }
+                    std::mem::swap(&mut w.pieces, &mut carried);
+                    if full_tx.send(Ok(w)).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let filled = fill_window(
                     disk,
                     w.pos,
@@ -252,6 +284,10 @@ pub(crate) fn for_each_window<E: From<Error>>(
                     w.buf.get_mut(len as usize),
                     !how.fill_holes,
                 );
+                if !carried.is_empty() {
+                    carried.append(&mut w.pieces);
+                    std::mem::swap(&mut w.pieces, &mut carried);
+                }
                 let failed = filled.is_err();
                 if full_tx.send(filled.map(|()| w)).is_err() || failed {
                     return;
