@@ -569,3 +569,114 @@ fn snapshot_child_is_diffed_from_its_grain_tables() {
     assert_eq!(s2.target_digest, s.target_digest);
     assert_eq!(s2.literal_bytes, s.literal_bytes);
 }
+
+#[test]
+fn in_place_updates_raw_images_and_puts_them_back_on_failure() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let a = raw_old(dir);
+    let b = raw_new(dir, &a);
+    let (ab, ba) = (dir.join("ab"), dir.join("ba"));
+    for (x, y, d) in [(&a, &b, &ab), (&b, &a, &ba)] {
+        assert!(Command::new(bin("vdiff"))
+            .args([x, y])
+            .arg("-o")
+            .arg(d)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let undo_left = || {
+        fs::read_dir(dir)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains("undo"))
+    };
+    // Growing (8 -> 10 MiB) and shrinking (10 -> 8 MiB) in place.
+    let x = dir.join("x.raw");
+    fs::copy(&a, &x).unwrap();
+    let o = Command::new(bin("vpatch"))
+        .args([&x, &ab])
+        .arg("--in-place")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        fs::read(&x).unwrap() == fs::read(&b).unwrap(),
+        "grown in place"
+    );
+    let o = Command::new(bin("vpatch"))
+        .args([&x, &ba])
+        .arg("--in-place")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        fs::read(&x).unwrap() == fs::read(&a).unwrap(),
+        "shrunk in place"
+    );
+    assert!(!undo_left());
+    // A cut delta: refused before the base is touched.
+    let bytes = fs::read(&ab).unwrap();
+    let cut = dir.join("cut");
+    fs::write(&cut, &bytes[..bytes.len() - 20]).unwrap();
+    let o = Command::new(bin("vpatch"))
+        .args([&x, &cut])
+        .arg("--in-place")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(fs::read(&x).unwrap() == fs::read(&a).unwrap());
+    assert!(!undo_left());
+    // A wrong base let through with --trust-base: written, found wrong by the target digest,
+    // and put back from the undo file.
+    let mut other = fs::read(&a).unwrap();
+    other[12345] ^= 1;
+    fs::write(&x, &other).unwrap();
+    let o = Command::new(bin("vpatch"))
+        .args([&x, &ab])
+        .args(["--in-place", "--trust-base"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("target digest"));
+    assert!(fs::read(&x).unwrap() == other, "base put back");
+    assert!(!undo_left());
+    // --restore refuses a damaged undo file; a VMDK base is not updated in place.
+    let junk = dir.join("junk.undo");
+    fs::write(&junk, b"VMLUNDO\0 not really").unwrap();
+    let o = Command::new(bin("vpatch"))
+        .arg("--restore")
+        .arg(&junk)
+        .arg(&x)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(fs::read(&x).unwrap() == other);
+    let vm = dir.join("v.vmdk");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        a.to_str().unwrap(),
+        vm.to_str().unwrap(),
+    ]);
+    let o = Command::new(bin("vpatch"))
+        .args([&vm, &ab])
+        .arg("--in-place")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -30,6 +30,8 @@ use vdiff::digest;
 use vdiff::format::{self, Decoder, Digest, Header, Record, CHECKSUM_LEN, CHUNK_BYTES};
 use vdiff::Image;
 
+pub mod inplace;
+
 /// Errors of the applier. `Delta` and `WrongBase` are about the inputs' content (exit code
 /// corrupt); `Io` is about reading or writing files.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,8 @@ pub enum Error {
     Io { what: String, source: io::Error },
     #[error("the output does not match the delta's target digest (a wrong base, or corrupt data)")]
     TargetDigest,
+    #[error("{0}")]
+    Undo(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -407,6 +411,8 @@ struct Window {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Out {
     Data,
+    /// In place: bytes the base already holds at this offset.
+    Keep,
     Zero,
     Unallocated,
 }
@@ -418,6 +424,7 @@ fn window(
     base: Option<&dyn Image>,
     start: u64,
     len: u64,
+    keep: bool,
 ) -> Result<Window> {
     let mut leaves = Vec::new();
     resolve(deltas, deltas.len() - 1, start, len, &mut leaves);
@@ -427,6 +434,7 @@ fn window(
         let kind = match leaf {
             Leaf::Zero => Out::Zero,
             Leaf::Unallocated => Out::Unallocated,
+            Leaf::Base(s) if keep && s == start + pos => Out::Keep,
             Leaf::Base(_) | Leaf::Literal { .. } => Out::Data,
         };
         match ranges.last_mut() {
@@ -435,7 +443,7 @@ fn window(
         }
         pos += l;
     }
-    if ranges.iter().all(|r| r.2 != Out::Data) {
+    if ranges.iter().all(|r| r.2 != Out::Data && r.2 != Out::Keep) {
         return Ok(Window {
             digest: digest::zero_chunk_of(len),
             ranges,
@@ -474,6 +482,12 @@ pub fn apply(
     deltas: Vec<DeltaInput>,
     sink: &mut dyn Sink,
 ) -> Result<Applied> {
+    let deltas = prepare(base, deltas)?;
+    produce(base, &deltas, sink, false)
+}
+
+/// Decode every delta into its record index, and check that each applies to what precedes it.
+fn prepare(base: Option<&dyn Image>, deltas: Vec<DeltaInput>) -> Result<Vec<Delta>> {
     if deltas.is_empty() {
         return Err(Error::Usage("no delta to apply".into()));
     }
@@ -495,6 +509,18 @@ pub fn apply(
             )));
         }
     }
+    Ok(deltas)
+}
+
+/// Produce the target window by window into `sink`. With `keep`, ranges copied from the base at
+/// their own offset are read (for the digest) but not handed to the sink: the base is the
+/// output.
+fn produce(
+    base: Option<&dyn Image>,
+    deltas: &[Delta],
+    sink: &mut dyn Sink,
+    keep: bool,
+) -> Result<Applied> {
     let last = &deltas[deltas.len() - 1].header;
     let size = last.target_size;
     let expect = last.target_digest;
@@ -510,7 +536,14 @@ pub fn apply(
             .into_par_iter()
             .map(|i| {
                 let start = i * CHUNK_BYTES;
-                window(run, &deltas, base, start, CHUNK_BYTES.min(size - start))
+                window(
+                    run,
+                    deltas,
+                    base,
+                    start,
+                    CHUNK_BYTES.min(size - start),
+                    keep,
+                )
             })
             .collect();
         for (i, r) in (c..c + n).zip(res) {
@@ -528,6 +561,7 @@ pub fn apply(
                             .map_err(io)?;
                         written += l;
                     }
+                    Out::Keep => {}
                     Out::Zero => sink.zero(start + o, l).map_err(io)?,
                     Out::Unallocated => sink.unallocated(start + o, l).map_err(io)?,
                 }

@@ -30,9 +30,19 @@ struct Cli {
     /// There is no base: the first delta is a full delta.
     #[arg(long)]
     full: bool,
-    /// The output file (a sparse raw image).
-    #[arg(short, long, value_name = "OUT")]
-    output: PathBuf,
+    /// The output file (a sparse raw image, or a VMDK with --format).
+    #[arg(short, long, value_name = "OUT", required_unless_present_any = ["in_place", "restore"])]
+    output: Option<PathBuf>,
+    /// Update BASE, a raw image, directly: only changed ranges are written, after their old
+    /// contents were saved to an undo file; on any failure BASE is put back.
+    #[arg(long, conflicts_with_all = ["output", "full", "format"])]
+    in_place: bool,
+    /// The undo file of --in-place (default: BASE.vpatch-undo); it must not exist.
+    #[arg(long, value_name = "UNDO", requires = "in_place")]
+    undo: Option<PathBuf>,
+    /// Put back the old contents an interrupted --in-place saved: `vpatch --restore UNDO BASE`.
+    #[arg(long, value_name = "UNDO", conflicts_with_all = ["output", "full", "in_place"])]
+    restore: Option<PathBuf>,
     /// Output format (default raw): `raw` is a sparse file; the VMDK formats are written by
     /// vmdk-parse's writer, zero ranges as zero grains and unallocated ranges unallocated
     /// (separate extent files go next to OUT).
@@ -91,7 +101,9 @@ fn exit_for(e: &Error) -> Exit {
             ..
         }
         | Error::Io { .. } => Exit::Io,
-        Error::Delta { .. } | Error::WrongBase(_) | Error::TargetDigest => Exit::Corrupt,
+        Error::Delta { .. } | Error::WrongBase(_) | Error::TargetDigest | Error::Undo(_) => {
+            Exit::Corrupt
+        }
         Error::Usage(_) => Exit::Usage,
         Error::Base(vdiff::Error::Disk(d)) => match d.kind() {
             ErrorKind::Corrupt => Exit::Corrupt,
@@ -140,6 +152,13 @@ fn open_delta(path: &Path) -> Result<DeltaInput, Failure> {
 }
 
 fn run(cli: Cli) -> Result<Exit, Failure> {
+    if let Some(undo) = &cli.restore {
+        let [base] = cli.inputs.as_slice() else {
+            return Err(Failure::new(Exit::Usage, "--restore UNDO takes BASE alone"));
+        };
+        vpatch::inplace::restore(undo, base).map_err(fail)?;
+        return Ok(Exit::Ok);
+    }
     let (base_path, delta_paths) = if cli.full {
         (None, &cli.inputs[..])
     } else if cli.inputs.len() >= 2 {
@@ -156,7 +175,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             "at most one delta can come from stdin",
         ));
     }
-    let base = match base_path {
+    let base_disk = match base_path {
         Some(p) => Some(
             Disk::open_with(
                 p,
@@ -170,7 +189,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         ),
         None => None,
     };
-    let base = base.as_ref().map(|d| d as &dyn Image);
+    let base = base_disk.as_ref().map(|d| d as &dyn Image);
     let mut deltas = delta_paths
         .iter()
         .map(|p| open_delta(p))
@@ -178,7 +197,25 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     let headers = vpatch::read_headers(&mut deltas).map_err(fail)?;
     vpatch::check_base(base, &headers[0], &deltas[0].name, !cli.trust_base).map_err(fail)?;
 
-    let out = &cli.output;
+    if cli.in_place {
+        let (Some(path), Some(disk)) = (base_path, base_disk.as_ref()) else {
+            return Err(Failure::new(Exit::Usage, "--in-place needs BASE"));
+        };
+        if disk.links.len() != 1 || disk.links[0].format != vmdk_parse::LinkFormat::Raw {
+            return Err(Failure::new(
+                Exit::Unsupported,
+                format!("{}: --in-place updates raw images only", path.display()),
+            ));
+        }
+        let undo = cli.undo.clone().unwrap_or_else(|| {
+            let mut u = path.clone().into_os_string();
+            u.push(".vpatch-undo");
+            PathBuf::from(u)
+        });
+        vpatch::inplace::apply_in_place(disk, path, deltas, &undo).map_err(fail)?;
+        return Ok(Exit::Ok);
+    }
+    let out = cli.output.as_ref().expect("clap requires -o");
     let size = headers.last().map_or(0, |h| h.target_size);
     if let Some(sub) = cli.format.subformat() {
         // The writer keeps its files under temporary names until `finish`, which comes only
