@@ -625,3 +625,74 @@ fn three_tib_disk_holding_little() {
     assert_eq!(res.status.code(), Some(5));
     assert!(files_named(work.path(), "x-mono").is_empty());
 }
+
+#[test]
+fn cli_adapter_type_odd_raw_sizes_and_exit_codes() {
+    let lab = Lab::new();
+    // A raw image whose size is not a whole number of sectors is padded to one, as qemu-img
+    // pads it; the data survives.
+    let raw = lab.path("odd.img");
+    let mut bytes = vec![0u8; (5 * MIB + 1000) as usize];
+    bytes[(5 * MIB) as usize..].fill(0x5c);
+    bytes[..4096].fill(0x17);
+    std::fs::write(&raw, &bytes).unwrap();
+    let out = lab.path("odd.vmdk");
+    run(Command::new(bin("vmdk-parse"))
+        .args([
+            "convert",
+            "-O",
+            "monolithicSparse",
+            "--adapter-type",
+            "ide",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&raw));
+    qemu_img(&["check", out.to_str().unwrap()]);
+    let back = qemu_raw(&out, lab.dir.path());
+    assert_eq!(back.len() as u64, 5 * MIB + 1024);
+    assert!(back[..bytes.len()] == bytes[..] && back[bytes.len()..].iter().all(|&b| b == 0));
+    let info = vp_info(&out);
+    let ddb = |key: &str| {
+        info["descriptor"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|kv| kv["key"] == key)
+            .map(|kv| kv["value"].as_str().unwrap().to_string())
+    };
+    assert_eq!(ddb("ddb.adapterType").as_deref(), Some("ide"));
+    assert_eq!(ddb("ddb.geometry.heads").as_deref(), Some("16"));
+
+    let code = |args: &[&str]| {
+        Command::new(bin("vmdk-parse"))
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let o = lab.path("x.vmdk");
+    let o = o.to_str().unwrap();
+    let r = raw.to_str().unwrap();
+    assert_eq!(
+        code(&["convert", "-O", "qcow2", "-o", o, r]),
+        Some(2),
+        "unknown format"
+    );
+    assert_eq!(code(&["convert", "-O", "raw", r]), Some(2), "no -o");
+    let missing = lab.path("missing.vmdk");
+    assert_eq!(
+        code(&[
+            "convert",
+            "-O",
+            "streamOptimized",
+            "-o",
+            o,
+            missing.to_str().unwrap()
+        ]),
+        Some(4),
+        "missing source"
+    );
+    assert!(!lab.path("x.vmdk").exists());
+}
