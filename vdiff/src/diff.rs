@@ -101,11 +101,11 @@ struct ChunkScan {
 /// The rolling checksum of rsync (two 16-bit sums), over a whole block: it finds blocks of
 /// OLD at any byte offset of NEW's literal runs. Candidates are confirmed by the block digest.
 pub fn weak(bytes: &[u8]) -> u32 {
+    // b = sum of (n - i) * x_i, computed as the sum of the running sums of a.
     let (mut a, mut b) = (0u32, 0u32);
-    let n = bytes.len() as u32;
-    for (i, &x) in bytes.iter().enumerate() {
+    for &x in bytes {
         a = a.wrapping_add(x as u32);
-        b = b.wrapping_add((n - i as u32).wrapping_mul(x as u32));
+        b = b.wrapping_add(a);
     }
     (a & 0xffff) | (b << 16)
 }
@@ -138,6 +138,7 @@ fn scan_chunk(
     start: u64,
     block_size: u64,
     keep_blocks: bool,
+    want_weak: bool,
 ) -> Result<ChunkScan> {
     let len = CHUNK_BYTES.min(img.size() - start);
     BUF.with(|b| {
@@ -189,7 +190,7 @@ fn scan_chunk(
                 let l0 = i * per_block;
                 let l1 = (l0 + per_block).min(leaves.len());
                 out.blocks[i] = block_digest(&leaves[l0..l1]);
-                if bytes.len() as u64 == block_size {
+                if want_weak && bytes.len() as u64 == block_size {
                     out.weaks[i] = weak(bytes);
                 }
                 K_DATA
@@ -204,8 +205,15 @@ fn scan_chunk(
 }
 
 /// Read an image once: its digest and, with `keep_blocks`, its per-block digests and kinds.
+/// Blocks kept also get their rolling checksums (OLD's side of a diff, signatures).
 pub fn scan(img: &dyn Image, block_size: u32, keep_blocks: bool) -> Result<Scan> {
-    scan_reusing(img, block_size, keep_blocks, None)
+    scan_reusing(img, block_size, keep_blocks, keep_blocks, None)
+}
+
+/// NEW's side of a diff: per-block digests and kinds, no rolling checksums (only OLD's are
+/// looked up), which saves a pass of arithmetic over every data byte.
+pub fn scan_new(img: &dyn Image, block_size: u32) -> Result<Scan> {
+    scan_reusing(img, block_size, true, false, None)
 }
 
 /// Chunks a scan may take from an earlier scan instead of reading: the earlier scan, its chunk
@@ -220,9 +228,10 @@ fn scan_reusing(
     img: &dyn Image,
     block_size: u32,
     keep_blocks: bool,
+    want_weak: bool,
     reuse: Option<&Reuse>,
 ) -> Result<Scan> {
-    Ok(scan_with_chunks(img, block_size, keep_blocks, reuse)?.0)
+    Ok(scan_with_chunks(img, block_size, keep_blocks, want_weak, reuse)?.0)
 }
 
 /// [`scan`], also returning every chunk digest (32 bytes per MiB).
@@ -230,6 +239,7 @@ pub fn scan_with_chunks(
     img: &dyn Image,
     block_size: u32,
     keep_blocks: bool,
+    want_weak: bool,
     reuse: Option<&Reuse>,
 ) -> Result<(Scan, Vec<Digest>)> {
     let size = img.size();
@@ -266,7 +276,7 @@ pub fn scan_with_chunks(
                         });
                     }
                 }
-                scan_chunk(img, start, block_size as u64, keep_blocks)
+                scan_chunk(img, start, block_size as u64, keep_blocks, want_weak)
             })
             .collect();
         for r in batch {
@@ -310,7 +320,7 @@ pub fn diff_disks<W: Write>(
         return diff(Some(old), new, opts, out);
     };
     check_block_size(opts.block_size)?;
-    let (old_scan, chunks) = scan_with_chunks(old, opts.block_size, true, None)?;
+    let (old_scan, chunks) = scan_with_chunks(old, opts.block_size, true, true, None)?;
     let same = |start: u64, len: u64| -> Result<bool> {
         let mut pieces = Vec::new();
         new.resolve(start, len, false, &mut pieces)?;
@@ -321,7 +331,7 @@ pub fn diff_disks<W: Write>(
         chunk_digests: &chunks,
         same: &same,
     };
-    let new_scan = scan_reusing(new, opts.block_size, true, Some(&reuse))?;
+    let new_scan = scan_reusing(new, opts.block_size, true, false, Some(&reuse))?;
     let mut s = diff_scanned(Some(old_scan), new_scan, new, opts.level, out)?;
     s.snapshot_link = Some(k as u32);
     Ok(s)
@@ -421,17 +431,17 @@ pub fn diff<W: Write>(
     let bs = opts.block_size;
     let (old_scan, new_scan) = match old {
         Some(o) => {
-            let (a, b) = rayon::join(|| scan(o, bs, true), || scan(new, bs, true));
+            let (a, b) = rayon::join(|| scan(o, bs, true), || scan_new(new, bs));
             (Some(a?), b?)
         }
-        None => (None, scan(new, bs, true)?),
+        None => (None, scan_new(new, bs)?),
     };
     diff_scanned(old_scan, new_scan, new, opts.level, out)
 }
 
 /// Write the delta from the image a signature describes (on another host) to `new`.
 pub fn diff_against<W: Write>(old: Scan, new: &dyn Image, level: i32, out: W) -> Result<Summary> {
-    let new_scan = scan(new, old.block_size, true)?;
+    let new_scan = scan_new(new, old.block_size)?;
     diff_scanned(Some(old), new_scan, new, level, out)
 }
 
@@ -842,4 +852,25 @@ fn flush<W: Write>(
     }
     ops.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_checksum_rolls_like_it_recomputes() {
+        let data: Vec<u8> = (0..20000u32).map(|i| (i * 7919 % 256) as u8).collect();
+        let n = 4096;
+        let mut w = weak(&data[..n]);
+        for i in 0..data.len() - n {
+            assert_eq!(w, weak(&data[i..i + n]), "at {i}");
+            w = roll(w, data[i], data[i + n], n as u32);
+        }
+        // The definition: a = sum of bytes, b = sum of (n - i) * byte_i, both mod 2^16.
+        let (a, b) = data[..n].iter().enumerate().fold((0u64, 0u64), |(a, b), (i, &x)| {
+            (a + x as u64, b + (n - i) as u64 * x as u64)
+        });
+        assert_eq!(weak(&data[..n]), (a & 0xffff) as u32 | (((b & 0xffff) as u32) << 16));
+    }
 }

@@ -129,6 +129,7 @@ impl Sink for InPlace<'_> {
 /// outcome, unless restoring itself failed (then it is what `restore` needs).
 pub fn apply_in_place(
     base: &dyn Image,
+    base_chunks: Option<&[vdiff::format::Digest]>,
     base_path: &Path,
     deltas: Vec<DeltaInput>,
     undo_path: &Path,
@@ -195,7 +196,7 @@ pub fn apply_in_place(
             file: &file,
             base_size,
         };
-        let applied = produce(Some(&original), &deltas, &mut sink, true)?;
+        let applied = produce(Some(&original), base_chunks, &deltas, &mut sink, true)?;
         if target_size < base_size {
             file.set_len(target_size).map_err(&berr)?;
         }

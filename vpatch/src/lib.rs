@@ -214,17 +214,21 @@ pub fn read_headers(deltas: &mut [DeltaInput]) -> Result<Vec<Header>> {
 /// Check that `base` (or no base) is what the first delta applies to. With `verify_digest`,
 /// the base is read once in full (in parallel, holes free) and its image digest compared;
 /// otherwise only its size, and a wrong base is caught by the target digest at the end.
+///
+/// Returns the verified base's chunk digests (32 bytes per MiB): given to
+/// [`apply_verified`], a target chunk copied whole from the same place of the base takes the
+/// base's chunk digest instead of being hashed again.
 pub fn check_base(
     base: Option<&dyn Image>,
     first: &Header,
     name: &str,
     verify_digest: bool,
-) -> Result<()> {
+) -> Result<Option<Vec<Digest>>> {
     match base {
         None if !first.is_full() => Err(Error::Usage(format!(
             "{name}: not a full delta; it needs its base image"
         ))),
-        None => Ok(()),
+        None => Ok(None),
         Some(_) if first.is_full() => Err(Error::Usage(format!(
             "{name}: a full delta takes no base (use --full)"
         ))),
@@ -236,12 +240,16 @@ pub fn check_base(
                     b.size()
                 )));
             }
-            if verify_digest && vdiff::diff::image_digest(b)? != first.source_digest {
+            if !verify_digest {
+                return Ok(None);
+            }
+            let (scan, chunks) = vdiff::diff::scan_with_chunks(b, 4096, false, false, None)?;
+            if scan.digest != first.source_digest {
                 return Err(Error::WrongBase(format!(
                     "{name}: made for another base (image digest differs)"
                 )));
             }
-            Ok(())
+            Ok(Some(chunks))
         }
     }
 }
@@ -425,6 +433,7 @@ fn window(
     start: u64,
     len: u64,
     keep: bool,
+    known: Option<Digest>,
 ) -> Result<Window> {
     let mut leaves = Vec::new();
     resolve(deltas, deltas.len() - 1, start, len, &mut leaves);
@@ -442,6 +451,18 @@ fn window(
             _ => ranges.push((pos, l, kind)),
         }
         pos += l;
+    }
+    // Copied whole from the same place of a verified base: the base's chunk digest holds.
+    let unchanged =
+        ranges.len() == 1 && matches!(leaves.as_slice(), [(_, Leaf::Base(s))] if *s == start);
+    if let (true, Some(d)) = (unchanged, known) {
+        if keep {
+            return Ok(Window {
+                digest: d,
+                ranges,
+                buf: Vec::new(),
+            });
+        }
     }
     if ranges.iter().all(|r| r.2 != Out::Data && r.2 != Out::Keep) {
         return Ok(Window {
@@ -465,10 +486,16 @@ fn window(
         }
         pos += l as usize;
     }
-    let mut lv = Vec::new();
-    digest::leaves(&buf, &mut lv);
+    let digest = match (unchanged, known) {
+        (true, Some(d)) => d,
+        _ => {
+            let mut lv = Vec::new();
+            digest::leaves(&buf, &mut lv);
+            digest::chunk_from_leaves(&lv)
+        }
+    };
     Ok(Window {
-        digest: digest::chunk_from_leaves(&lv),
+        digest,
         ranges,
         buf,
     })
@@ -482,8 +509,18 @@ pub fn apply(
     deltas: Vec<DeltaInput>,
     sink: &mut dyn Sink,
 ) -> Result<Applied> {
+    apply_verified(base, None, deltas, sink)
+}
+
+/// [`apply`] with the chunk digests [`check_base`] returned for `base`.
+pub fn apply_verified(
+    base: Option<&dyn Image>,
+    base_chunks: Option<&[Digest]>,
+    deltas: Vec<DeltaInput>,
+    sink: &mut dyn Sink,
+) -> Result<Applied> {
     let deltas = prepare(base, deltas)?;
-    produce(base, &deltas, sink, false)
+    produce(base, base_chunks, &deltas, sink, false)
 }
 
 /// Decode every delta into its record index, and check that each applies to what precedes it.
@@ -517,6 +554,7 @@ fn prepare(base: Option<&dyn Image>, deltas: Vec<DeltaInput>) -> Result<Vec<Delt
 /// output.
 fn produce(
     base: Option<&dyn Image>,
+    base_chunks: Option<&[Digest]>,
     deltas: &[Delta],
     sink: &mut dyn Sink,
     keep: bool,
@@ -536,14 +574,17 @@ fn produce(
             .into_par_iter()
             .map(|i| {
                 let start = i * CHUNK_BYTES;
-                window(
-                    run,
-                    deltas,
-                    base,
-                    start,
-                    CHUNK_BYTES.min(size - start),
-                    keep,
-                )
+                let len = CHUNK_BYTES.min(size - start);
+                // The base's digest of this chunk, if the target chunk is the same range.
+                let known = base_chunks.and_then(|c| {
+                    let base_len = base.map_or(0, |b| b.size()).saturating_sub(start);
+                    if base_len.min(CHUNK_BYTES) == len {
+                        c.get(i as usize).copied()
+                    } else {
+                        None
+                    }
+                });
+                window(run, deltas, base, start, len, keep, known)
             })
             .collect();
         for (i, r) in (c..c + n).zip(res) {

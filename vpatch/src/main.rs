@@ -195,7 +195,9 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         .map(|p| open_delta(p))
         .collect::<Result<Vec<_>, _>>()?;
     let headers = vpatch::read_headers(&mut deltas).map_err(fail)?;
-    vpatch::check_base(base, &headers[0], &deltas[0].name, !cli.trust_base).map_err(fail)?;
+    let base_chunks =
+        vpatch::check_base(base, &headers[0], &deltas[0].name, !cli.trust_base).map_err(fail)?;
+    let base_chunks = base_chunks.as_deref();
 
     if cli.in_place {
         let (Some(path), Some(disk)) = (base_path, base_disk.as_ref()) else {
@@ -212,7 +214,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             u.push(".vpatch-undo");
             PathBuf::from(u)
         });
-        vpatch::inplace::apply_in_place(disk, path, deltas, &undo).map_err(fail)?;
+        vpatch::inplace::apply_in_place(disk, base_chunks, path, deltas, &undo).map_err(fail)?;
         return Ok(Exit::Ok);
     }
     let out = cli.output.as_ref().expect("clap requires -o");
@@ -222,7 +224,8 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         // after the target digest checked out; dropped on error, it removes them.
         let mut w =
             VmdkWriter::create(out, sub, size, &WriteOptions::default()).map_err(write_fail)?;
-        vpatch::apply(base, deltas, &mut vpatch::VmdkSink(&mut w)).map_err(fail)?;
+        vpatch::apply_verified(base, base_chunks, deltas, &mut vpatch::VmdkSink(&mut w))
+            .map_err(fail)?;
         w.finish().map_err(write_fail)?;
         return Ok(Exit::Ok);
     }
@@ -237,7 +240,13 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         .map_err(io_fail)?;
     tmp.as_file().set_len(size).map_err(io_fail)?;
     // On any error `tmp` is dropped and removed: no output.
-    vpatch::apply(base, deltas, &mut vpatch::RawSink(tmp.as_file())).map_err(fail)?;
+    vpatch::apply_verified(
+        base,
+        base_chunks,
+        deltas,
+        &mut vpatch::RawSink(tmp.as_file()),
+    )
+    .map_err(fail)?;
     tmp.persist(out).map_err(|e| io_fail(e.error))?;
     Ok(Exit::Ok)
 }

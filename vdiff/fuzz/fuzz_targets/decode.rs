@@ -1,12 +1,16 @@
 //! The delta stream decoder on arbitrary bytes: every record, every literal inflated, and for
-//! small targets the whole reference apply (which checks the target digest). Nothing may panic
-//! or allocate past the format's caps. Seeds: `../tests/golden/*.delta`.
+//! small targets the whole reference apply (which checks the target digest); and the same
+//! bytes as a signature file. Nothing may panic or allocate past the format's caps.
+//! Seeds: `../tests/golden/*.delta`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vdiff::format::{apply_bytes, literal_bytes, Decoder, Record};
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = vdiff::signature::read(data) {
+        let _ = (s.size, s.blocks.len());
+    }
     let Ok(mut d) = Decoder::new(data) else {
         return;
     };
