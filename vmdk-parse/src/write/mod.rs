@@ -120,9 +120,11 @@ pub struct WriteOptions {
     /// `ddb.virtualHWVersion` (default 4, as qemu writes; every VMware product opens it).
     pub hw_version: u32,
     /// Store zero ranges of hosted sparse extents as zero grains (GTE 1, header version 2 with
-    /// the zero-grain flag) rather than as unallocated grains. Default: yes, so a zero range
-    /// stays distinct from an unallocated one. streamOptimized has no zero grains; flat
-    /// extents store both as holes.
+    /// the zero-grain flag) rather than as unallocated grains (GTE 0). Default: no. Both read
+    /// as zeros in the disks we write (they have no parent), and libvmdk (20200926, Debian's
+    /// libvmdk-utils) reads a zero grain as the sector it names, sector 1 (the descriptor),
+    /// even with the flag set; qemu-img does not write zero grains by default either.
+    /// streamOptimized has no zero grains; flat extents store both as holes.
     pub zero_grains: bool,
 }
 
@@ -131,7 +133,7 @@ impl Default for WriteOptions {
         WriteOptions {
             adapter_type: AdapterType::default(),
             hw_version: 4,
-            zero_grains: true,
+            zero_grains: false,
         }
     }
 }
@@ -759,9 +761,14 @@ mod tests {
             // Per byte: 0 unallocated, 1 zero, 2 data.
             let mut kind = vec![0u8; cap as usize];
             let dir = tempfile::tempdir().unwrap();
-            for sub in Subformat::ALL {
-                let p = dir.path().join(format!("{}.vmdk", sub.create_type()));
-                let mut w = VmdkWriter::create(&p, sub, cap, &WriteOptions::default()).unwrap();
+            let zg = WriteOptions { zero_grains: true, ..WriteOptions::default() };
+            let runs = Subformat::ALL
+                .iter()
+                .map(|&s| (s, WriteOptions::default()))
+                .chain([(Subformat::MonolithicSparse, zg)]);
+            for (n, (sub, opts)) in runs.enumerate() {
+                let p = dir.path().join(format!("{n}-{}.vmdk", sub.create_type()));
+                let mut w = VmdkWriter::create(&p, sub, cap, &opts).unwrap();
                 let mut pos = 0u64;
                 for (i, r) in ranges.iter().enumerate() {
                     let (len, end) = match r {
