@@ -55,10 +55,10 @@ enum Command {
     Check { disk: PathBuf },
     /// Print the descriptor text (embedded or separate) of the disk.
     Descriptor { disk: PathBuf },
-    /// Write the disk in another format: raw (as `cat -o`) or a VMDK subformat. Data stays data,
-    /// zero ranges stay zero (zero grains, or holes), unallocated ranges stay unallocated.
-    /// Every file is written under a temporary name and renamed when complete; a failed run
-    /// leaves nothing under OUT's name (nor its extents' names).
+    /// Write the disk in another format: raw (as `cat -o`) or a VMDK subformat. Data stays
+    /// data, zero ranges read as zeros (left unallocated, or holes), unallocated ranges stay
+    /// unallocated. Every file is written under a temporary name and renamed when complete; a
+    /// failed run leaves nothing under OUT's name (nor its extents' names).
     Convert {
         disk: PathBuf,
         /// Output format.

@@ -527,7 +527,8 @@ impl VmdkWriter {
         self.put(offset, Range::Data(data))
     }
 
-    /// `len` bytes at `offset` read as zeros (zero grains, or holes in flat extents).
+    /// `len` bytes at `offset` read as zeros: unallocated grains (zero grains with
+    /// [`WriteOptions::zero_grains`]), holes in flat extents.
     pub fn write_zero(&mut self, offset: u64, len: u64) -> Result<(), WriteError> {
         self.put(offset, Range::Zero(len))
     }
