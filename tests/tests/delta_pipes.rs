@@ -208,7 +208,8 @@ fn chain_and_full_deltas() {
         t.path().join("bc"),
         t.path().join("full"),
     );
-    d(&[&a, &b], &ab);
+    // The first delta carries a trailing index: vpatch reads it like any other.
+    d(&[p("--index"), &a, &b], &ab);
     d(&[&b, &c], &bc);
     d(&[p("--full"), &a], &full);
     let out = t.path().join("out.raw");

@@ -23,7 +23,9 @@
 //! digest check in vpatch. It can make a delta useless, never make vpatch write wrong data.
 
 use crate::digest;
-use crate::format::{Digest, Encoder, Header, Totals, CHUNK_BYTES, FLAG_FULL, LEAF_BYTES};
+use crate::format::{
+    Digest, Encoder, Header, Totals, CHUNK_BYTES, FLAG_FULL, FLAG_INDEX, LEAF_BYTES,
+};
 use crate::image::{Image, Kind};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -332,7 +334,7 @@ pub fn diff_disks<W: Write>(
         same: &same,
     };
     let new_scan = scan_reusing(new, opts.block_size, true, false, Some(&reuse))?;
-    let mut s = diff_scanned(Some(old_scan), new_scan, new, opts.level, out)?;
+    let mut s = diff_scanned(Some(old_scan), new_scan, new, opts, out)?;
     s.snapshot_link = Some(k as u32);
     Ok(s)
 }
@@ -344,6 +346,8 @@ pub struct DiffOptions {
     pub block_size: u32,
     /// zstd level for literals. Default 3.
     pub level: i32,
+    /// Append the trailing index (random access for a delta stored as a file). Default no.
+    pub index: bool,
 }
 
 impl Default for DiffOptions {
@@ -351,6 +355,7 @@ impl Default for DiffOptions {
         DiffOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             level: 3,
+            index: false,
         }
     }
 }
@@ -436,25 +441,33 @@ pub fn diff<W: Write>(
         }
         None => (None, scan_new(new, bs)?),
     };
-    diff_scanned(old_scan, new_scan, new, opts.level, out)
+    diff_scanned(old_scan, new_scan, new, opts, out)
 }
 
-/// Write the delta from the image a signature describes (on another host) to `new`.
-pub fn diff_against<W: Write>(old: Scan, new: &dyn Image, level: i32, out: W) -> Result<Summary> {
+/// Write the delta from the image a signature describes (on another host) to `new`. The
+/// block size is the signature's; `opts.block_size` is not used.
+pub fn diff_against<W: Write>(
+    old: Scan,
+    new: &dyn Image,
+    opts: DiffOptions,
+    out: W,
+) -> Result<Summary> {
     let new_scan = scan_new(new, old.block_size)?;
-    diff_scanned(Some(old), new_scan, new, level, out)
+    diff_scanned(Some(old), new_scan, new, opts, out)
 }
 
 fn diff_scanned<W: Write>(
     old_scan: Option<Scan>,
     new_scan: Scan,
     new: &dyn Image,
-    level: i32,
+    opts: DiffOptions,
     out: W,
 ) -> Result<Summary> {
+    let level = opts.level;
     let bs = new_scan.block_size;
     let header = Header {
-        flags: if old_scan.is_none() { FLAG_FULL } else { 0 },
+        flags: if old_scan.is_none() { FLAG_FULL } else { 0 }
+            | if opts.index { FLAG_INDEX } else { 0 },
         block_size: bs,
         source_size: old_scan.as_ref().map_or(0, |s| s.size),
         target_size: new_scan.size,
@@ -868,9 +881,15 @@ mod tests {
             w = roll(w, data[i], data[i + n], n as u32);
         }
         // The definition: a = sum of bytes, b = sum of (n - i) * byte_i, both mod 2^16.
-        let (a, b) = data[..n].iter().enumerate().fold((0u64, 0u64), |(a, b), (i, &x)| {
-            (a + x as u64, b + (n - i) as u64 * x as u64)
-        });
-        assert_eq!(weak(&data[..n]), (a & 0xffff) as u32 | (((b & 0xffff) as u32) << 16));
+        let (a, b) = data[..n]
+            .iter()
+            .enumerate()
+            .fold((0u64, 0u64), |(a, b), (i, &x)| {
+                (a + x as u64, b + (n - i) as u64 * x as u64)
+            });
+        assert_eq!(
+            weak(&data[..n]),
+            (a & 0xffff) as u32 | (((b & 0xffff) as u32) << 16)
+        );
     }
 }

@@ -20,7 +20,7 @@
 //! |---|---|---|---|
 //! | 0 | 8 | `magic` | `MAGIC` = `"VMLDELTA"` |
 //! | 8 | 4 | `version` | `VERSION` = 1; other values are rejected |
-//! | 12 | 4 | `flags` | bit 0 `FLAG_FULL`: no source (full delta). Other bits must be 0 (bit 1 is reserved for a trailing index) |
+//! | 12 | 4 | `flags` | bit 0 `FLAG_FULL`: no source (full delta); bit 1 `FLAG_INDEX`: a trailing index follows the end record. Other bits must be 0 |
 //! | 16 | 4 | `block_size` | power of two, `MIN_BLOCK_SIZE` (4096) ..= `MAX_BLOCK_SIZE` (1 MiB); the granularity the differ matched at |
 //! | 20 | 4 | `reserved` | 0 |
 //! | 24 | 8 | `source_size` | bytes; 0 when `FLAG_FULL`; at most `MAX_IMAGE_BYTES` (2^48) |
@@ -61,7 +61,19 @@
 //!   bytes by kind: literal, zero, unallocated, copy-source, copy-target, then literal payload
 //!   bytes, then the whole stream length up to the end record) followed by the 32-byte target
 //!   digest, equal to the header's. The decoder recomputes every total and compares. Nothing
-//!   may follow the end record in version 1.
+//!   may follow the end record, except the index when `FLAG_INDEX` is set.
+//!
+//! ## Trailing index (optional)
+//!
+//! With `FLAG_INDEX`, the end record is followed by one 16-byte entry per record before it, in
+//! order (`target_offset` u64, then `stream_offset` u64: where the record's header starts in
+//! the stream), then a 32-byte trailer: `count` u64 (the number of entries, equal to the end
+//! record's record total), `index_offset` u64 (where the first entry starts: the end of the
+//! end record), an XXH3-64 of the entries, `count` and `index_offset`, and `INDEX_MAGIC`
+//! (`"VMLDIDX\0"`). Nothing follows the trailer. A reader with random access reads the last
+//! 32 bytes, then the entries, and reaches any record without reading the others
+//! ([`read_index`], [`read_record_at`]); a sequential decoder checks the index against the
+//! records it saw.
 //!
 //! ## Image digest
 //!
@@ -92,6 +104,12 @@ pub const RECORD_HEADER_LEN: usize = 32;
 pub const CHECKSUM_LEN: usize = 8;
 /// Header flag: the delta has no source.
 pub const FLAG_FULL: u32 = 1;
+/// Header flag: a trailing index follows the end record.
+pub const FLAG_INDEX: u32 = 2;
+/// The last 8 bytes of an indexed stream.
+pub const INDEX_MAGIC: [u8; 8] = *b"VMLDIDX\0";
+pub const INDEX_ENTRY_LEN: usize = 16;
+pub const INDEX_TRAILER_LEN: usize = 32;
 /// Literal flag: the payload holds the bytes uncompressed.
 pub const LITERAL_STORED: u8 = 1;
 pub const MIN_BLOCK_SIZE: u32 = 4096;
@@ -201,7 +219,7 @@ impl Header {
 
     /// The rules every header obeys, for the encoder and the decoder alike.
     pub fn validate(&self) -> Result<()> {
-        if self.flags & !FLAG_FULL != 0 {
+        if self.flags & !(FLAG_FULL | FLAG_INDEX) != 0 {
             return Err(Error::corrupt(
                 12,
                 format!("unknown flags {:#x}", self.flags),
@@ -382,6 +400,8 @@ pub struct Encoder<W: Write> {
     pos: u64,
     totals: Totals,
     level: i32,
+    /// With `FLAG_INDEX`: (target offset, stream offset) of every record written.
+    index: Vec<(u64, u64)>,
 }
 
 impl<W: Write> Encoder<W> {
@@ -398,6 +418,7 @@ impl<W: Write> Encoder<W> {
                 ..Totals::default()
             },
             level,
+            index: Vec::new(),
         })
     }
 
@@ -424,6 +445,9 @@ impl<W: Write> Encoder<W> {
     }
 
     fn emit(&mut self, kind: u8, flags: u8, length: u64, arg: u64, payload: &[u8]) -> Result<()> {
+        if kind != KIND_END && self.header.flags & FLAG_INDEX != 0 {
+            self.index.push((self.pos, self.totals.stream_bytes));
+        }
         let h = record_header(kind, flags, payload.len() as u32, self.pos, length, arg);
         let mut sum = Xxh3::new();
         sum.update(&h);
@@ -525,6 +549,25 @@ impl<W: Write> Encoder<W> {
         self.out.write_all(&h)?;
         self.out.write_all(&payload)?;
         self.out.write_all(&sum.digest().to_le_bytes())?;
+        if self.header.flags & FLAG_INDEX != 0 {
+            let index_offset = self.totals.stream_bytes
+                + (RECORD_HEADER_LEN + END_PAYLOAD_LEN as usize + CHECKSUM_LEN) as u64;
+            let mut x = Xxh3::new();
+            for &(t, o) in &self.index {
+                let mut e = [0u8; INDEX_ENTRY_LEN];
+                e[..8].copy_from_slice(&t.to_le_bytes());
+                e[8..].copy_from_slice(&o.to_le_bytes());
+                x.update(&e);
+                self.out.write_all(&e)?;
+            }
+            let count = self.index.len() as u64;
+            x.update(&count.to_le_bytes());
+            x.update(&index_offset.to_le_bytes());
+            self.out.write_all(&count.to_le_bytes())?;
+            self.out.write_all(&index_offset.to_le_bytes())?;
+            self.out.write_all(&x.digest().to_le_bytes())?;
+            self.out.write_all(&INDEX_MAGIC)?;
+        }
         self.out.flush()?;
         Ok((self.totals, self.out))
     }
@@ -539,6 +582,8 @@ pub struct Decoder<R: Read> {
     read: u64,
     totals: Totals,
     done: bool,
+    /// XXH3 of the index entries the records seen so far call for (with `FLAG_INDEX`).
+    expect_index: Xxh3,
 }
 
 impl<R: Read> Decoder<R> {
@@ -557,6 +602,7 @@ impl<R: Read> Decoder<R> {
                 ..Totals::default()
             },
             done: false,
+            expect_index: Xxh3::new(),
         })
     }
 
@@ -687,7 +733,10 @@ impl<R: Read> Decoder<R> {
             if payload[..] != expect[..] {
                 return bad("end record totals or target digest disagree with the stream".into());
             }
-            // Version 1: nothing after the end record.
+            if self.header.flags & FLAG_INDEX != 0 {
+                self.check_index()?;
+            }
+            // Nothing after the end record (and the index, if any).
             let mut one = [0u8; 1];
             loop {
                 match self.input.read(&mut one) {
@@ -702,6 +751,10 @@ impl<R: Read> Decoder<R> {
             self.done = true;
             return Ok(None);
         }
+        let mut e = [0u8; INDEX_ENTRY_LEN];
+        e[..8].copy_from_slice(&offset.to_le_bytes());
+        e[8..].copy_from_slice(&at.to_le_bytes());
+        self.expect_index.update(&e);
         self.totals.add(kind, length, payload_len as u64);
         self.totals.stream_bytes = self.read;
         self.pos += length;
@@ -725,6 +778,139 @@ impl<R: Read> Decoder<R> {
                 target_offset: arg,
             },
         }))
+    }
+}
+
+impl<R: Read> Decoder<R> {
+    /// Read the trailing index and check it names exactly the records seen.
+    fn check_index(&mut self) -> Result<()> {
+        let index_offset = self.read;
+        let mut x = Xxh3::new();
+        let mut e = [0u8; INDEX_ENTRY_LEN];
+        for i in 0..self.totals.records {
+            read_full(
+                &mut self.input,
+                &mut e,
+                index_offset + i * INDEX_ENTRY_LEN as u64,
+            )?;
+            x.update(&e);
+        }
+        let entries = x.digest();
+        let mut t = [0u8; INDEX_TRAILER_LEN];
+        let at = index_offset + self.totals.records * INDEX_ENTRY_LEN as u64;
+        read_full(&mut self.input, &mut t, at)?;
+        let count = u64_at(&t, 0);
+        let stated_offset = u64_at(&t, 8);
+        x.update(&t[..16]);
+        if t[24..32] != INDEX_MAGIC
+            || x.digest() != u64_at(&t, 16)
+            || count != self.totals.records
+            || stated_offset != index_offset
+            || entries != self.expect_index.digest()
+        {
+            return Err(Error::corrupt(
+                at,
+                "trailing index does not match the records",
+            ));
+        }
+        self.read = at + INDEX_TRAILER_LEN as u64;
+        Ok(())
+    }
+}
+
+/// The trailing index of a delta stored as a file: (target offset, stream offset) of every
+/// record, in order. Read from the end of the file, without reading the records.
+pub fn read_index(
+    file: &impl std::os::unix::fs::FileExt,
+    len: u64,
+) -> Result<(Header, Vec<(u64, u64)>)> {
+    let mut hb = [0u8; HEADER_LEN];
+    pread(file, &mut hb, 0, len)?;
+    let header = Header::decode(&hb)?;
+    if header.flags & FLAG_INDEX == 0 {
+        return Err(Error::corrupt(12, "the delta has no trailing index"));
+    }
+    if len < (HEADER_LEN + INDEX_TRAILER_LEN) as u64 {
+        return Err(Error::Truncated { offset: len });
+    }
+    let at = len - INDEX_TRAILER_LEN as u64;
+    let mut t = [0u8; INDEX_TRAILER_LEN];
+    pread(file, &mut t, at, len)?;
+    let count = u64_at(&t, 0);
+    let index_offset = u64_at(&t, 8);
+    // Every record takes at least 40 stream bytes: the count is bounded by the file.
+    if t[24..32] != INDEX_MAGIC
+        || count > len / (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64
+        || index_offset.checked_add(count * INDEX_ENTRY_LEN as u64) != Some(at)
+    {
+        return Err(Error::corrupt(at, "bad index trailer"));
+    }
+    let mut raw = vec![0u8; count as usize * INDEX_ENTRY_LEN];
+    pread(file, &mut raw, index_offset, len)?;
+    let mut x = Xxh3::new();
+    x.update(&raw);
+    x.update(&t[..16]);
+    if x.digest() != u64_at(&t, 16) {
+        return Err(Error::corrupt(at, "index checksum mismatch"));
+    }
+    let entries = raw
+        .chunks_exact(INDEX_ENTRY_LEN)
+        .map(|e| (u64_at(e, 0), u64_at(e, 8)))
+        .collect();
+    Ok((header, entries))
+}
+
+fn pread(file: &impl std::os::unix::fs::FileExt, buf: &mut [u8], at: u64, len: u64) -> Result<()> {
+    if at + buf.len() as u64 > len {
+        return Err(Error::Truncated { offset: len });
+    }
+    file.read_exact_at(buf, at).map_err(Error::Io)
+}
+
+/// Read the one record starting at `stream_offset` (from the index), checking its checksum and
+/// its own fields against the header (not its place among the other records).
+pub fn read_record_at(
+    file: &impl std::os::unix::fs::FileExt,
+    len: u64,
+    header: &Header,
+    stream_offset: u64,
+) -> Result<Record> {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    pread(file, &mut h, stream_offset, len)?;
+    let payload_len = u32_at(&h, 4) as u64;
+    if payload_len > MAX_LITERAL_BYTES as u64 {
+        return Err(Error::corrupt(stream_offset, "payload above the cap"));
+    }
+    let mut rest = vec![0u8; payload_len as usize + CHECKSUM_LEN];
+    pread(
+        file,
+        &mut rest,
+        stream_offset + RECORD_HEADER_LEN as u64,
+        len,
+    )?;
+    let mut one = Vec::with_capacity(RECORD_HEADER_LEN + rest.len());
+    one.extend_from_slice(&h);
+    one.extend_from_slice(&rest);
+    // Decode it as a stream of one record placed at its own target offset.
+    let offset = u64_at(&h, 8);
+    let mut d = Decoder {
+        input: &one[..],
+        header: Header {
+            flags: header.flags & !FLAG_INDEX,
+            ..header.clone()
+        },
+        pos: offset,
+        read: stream_offset,
+        totals: Totals::default(),
+        done: false,
+        expect_index: Xxh3::new(),
+    };
+    match d.next_record()? {
+        Some(r) => Ok(r),
+        None => Err(Error::corrupt(
+            stream_offset,
+            "the end record is not a data record",
+        )),
     }
 }
 
@@ -935,6 +1121,50 @@ mod tests {
         let target = vec![1u8; 10];
         let mut e = Encoder::new(Vec::new(), header(true, &[], &target), 3).unwrap();
         assert!(e.copy_source(0, 10).is_err());
+    }
+
+    #[test]
+    fn trailing_index_reaches_every_record() {
+        use std::io::Write as _;
+        let (source, target, _) = every_kind();
+        let mut h = header(false, &source, &target);
+        h.flags |= FLAG_INDEX;
+        let mut e = Encoder::new(Vec::new(), h, 3).unwrap();
+        e.literal(&[7u8; 100]).unwrap();
+        e.zero(50).unwrap();
+        e.unallocated(30).unwrap();
+        e.copy_source(1000, 500).unwrap();
+        e.copy_target(0, 60).unwrap();
+        let (_, delta) = e.finish().unwrap();
+        // The sequential decoder checks the index against the records.
+        assert_eq!(apply_bytes(&source, &delta).unwrap(), target);
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&delta).unwrap();
+        let (hd, index) = read_index(&f, delta.len() as u64).unwrap();
+        assert_eq!(index.len(), 5);
+        let mut seq = Decoder::new(&delta[..]).unwrap();
+        for &(t, o) in &index {
+            let r = seq.next_record().unwrap().unwrap();
+            assert_eq!(r.offset(), t);
+            assert_eq!(read_record_at(&f, delta.len() as u64, &hd, o).unwrap(), r);
+        }
+        // Any damaged byte of the index or trailer is caught both ways.
+        let index_start = delta.len() - INDEX_TRAILER_LEN - 5 * INDEX_ENTRY_LEN;
+        for i in index_start..delta.len() {
+            let mut bad = delta.clone();
+            bad[i] ^= 0x20;
+            assert!(apply_bytes(&source, &bad).is_err(), "sequential, byte {i}");
+            let mut g = tempfile::tempfile().unwrap();
+            g.write_all(&bad).unwrap();
+            assert!(
+                read_index(&g, bad.len() as u64).is_err(),
+                "random access, byte {i}"
+            );
+        }
+        // Cut anywhere: still detected.
+        for cut in index_start..delta.len() {
+            assert!(apply_bytes(&source, &delta[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

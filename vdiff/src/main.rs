@@ -23,7 +23,7 @@ struct Cli {
     /// OLD then NEW; with --full or --against, NEW alone; with --signature, OLD alone.
     #[arg(required = true, num_args = 1..=2, value_name = "OLD NEW")]
     disks: Vec<PathBuf>,
-    /// Write the signature of OLD (block digests, 17 bytes per block) instead of a delta, for
+    /// Write the signature of OLD (block digests, 21 bytes per block) instead of a delta, for
     /// diffing against OLD from another host with --against.
     #[arg(long, conflicts_with_all = ["full", "quiet", "stat", "against"])]
     signature: bool,
@@ -39,9 +39,13 @@ struct Cli {
     #[arg(short, long, value_name = "DELTA")]
     output: Option<PathBuf>,
     /// Matching granularity in bytes: a power of two from 4096 to 1048576 (default 4096).
-    /// Memory is about 100 bytes per block of the pair.
+    /// Memory is about 125 bytes per block of the pair at worst.
     #[arg(long, default_value_t = vdiff::diff::DEFAULT_BLOCK_SIZE, value_name = "N")]
     block_size: u32,
+    /// Append a trailing index to the delta, so that a delta stored as a file can be read at
+    /// random (default: no index).
+    #[arg(long, conflicts_with_all = ["quiet", "signature"])]
+    index: bool,
     /// zstd level for literal data (default 3).
     #[arg(
         long,
@@ -112,6 +116,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     let dopts = DiffOptions {
         block_size: cli.block_size,
         level: cli.level,
+        index: cli.index,
     };
     // A snapshot child of OLD is diffed from its own grain tables (diff_disks decides).
     let run_diff = |w: &mut dyn Write| match &old {
@@ -218,11 +223,15 @@ fn signatures(cli: &Cli, opts: &OpenOptions) -> Result<Exit, Failure> {
         };
         Failure::new(exit, format!("{sig_name}: {e}"))
     })?;
-    let level = cli.level;
+    let dopts = DiffOptions {
+        block_size: sig.block_size,
+        level: cli.level,
+        index: cli.index,
+    };
     if cli.stat {
         let bs = sig.block_size;
         let mut count = CountingSink::default();
-        let s = vdiff::diff::diff_against(sig, &d, level, &mut count).map_err(fail)?;
+        let s = vdiff::diff::diff_against(sig, &d, dopts, &mut count).map_err(fail)?;
         let stat = Stat::new(bs, &s, count.0);
         let mut out = io::stdout().lock();
         return serde_json::to_writer_pretty(&mut out, &stat)
@@ -233,6 +242,6 @@ fn signatures(cli: &Cli, opts: &OpenOptions) -> Result<Exit, Failure> {
             .or_else(|e| vml_cli::output_error(e, "stdout"));
     }
     write_output(cli.output.as_ref(), "a delta", |w| {
-        vdiff::diff::diff_against(sig, &d, level, w).map(|_| ())
+        vdiff::diff::diff_against(sig, &d, dopts, w).map(|_| ())
     })
 }

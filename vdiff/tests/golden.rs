@@ -115,14 +115,22 @@ fn differ(name: &'static str, full: bool) -> Vector {
 
 /// Content moved by 37 bytes: copies at unaligned target offsets.
 fn shifted() -> Vector {
+    shifted_as("shifted", false)
+}
+
+fn shifted_as(name: &'static str, index: bool) -> Vector {
     let a = build(&((0..6).map(|i| Block::Fresh(i + 1)).collect(), 0, 0), None);
     let mut b = MemImage::new(vec![0x42; 37]);
     b.data.extend_from_slice(&a.data[..5 * 4096]);
     b.data.resize(6 * 4096, 0x42);
     let mut delta = Vec::new();
-    diff(Some(&a), &b, DiffOptions::default(), &mut delta).unwrap();
+    let opts = DiffOptions {
+        index,
+        ..DiffOptions::default()
+    };
+    diff(Some(&a), &b, opts, &mut delta).unwrap();
     Vector {
-        name: "shifted",
+        name,
         source: Some(a.data),
         target: b.data,
         delta,
@@ -135,6 +143,8 @@ fn vectors() -> Vec<Vector> {
         differ("moves_holes", false),
         differ("full", true),
         shifted(),
+        // The same delta with a trailing index.
+        shifted_as("indexed", true),
     ]
 }
 

@@ -17,6 +17,7 @@ fn delta(a: Option<&MemImage>, b: &MemImage, block_size: u32) -> Vec<u8> {
         DiffOptions {
             block_size,
             level: 1,
+            index: false,
         },
         &mut out,
     )

@@ -18,6 +18,7 @@ fn delta_file(a: Option<&MemImage>, b: &MemImage) -> DeltaInput {
         DiffOptions {
             block_size: 4096,
             level: 1,
+            index: false,
         },
         &mut f,
     )
