@@ -558,6 +558,51 @@ fn lab_write(off: u64) -> String {
     format!("write -P 0x42 {off} 64k")
 }
 
+/// Makes a folder unwritable for as long as it lives: mode 0555, and for root (whom modes do
+/// not stop) the ext4 immutable attribute.
+struct ReadOnly {
+    dir: PathBuf,
+    immutable: bool,
+}
+
+impl ReadOnly {
+    fn new(dir: &Path) -> Option<ReadOnly> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let mut ro = ReadOnly {
+            dir: dir.to_path_buf(),
+            immutable: false,
+        };
+        let writable = || {
+            let probe = dir.join("probe");
+            let ok = std::fs::File::create(&probe).is_ok();
+            let _ = std::fs::remove_file(probe);
+            ok
+        };
+        if writable() {
+            ro.immutable = Command::new("chattr")
+                .arg("+i")
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ro.immutable || writable() {
+                return None;
+            }
+        }
+        Some(ro)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if self.immutable {
+            let _ = Command::new("chattr").arg("-i").arg(&self.dir).status();
+        }
+        let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
 #[test]
 fn read_only_output_folder_leaves_nothing() {
     let mut lab = Lab::new();
@@ -565,14 +610,11 @@ fn read_only_output_folder_leaves_nothing() {
     let work = tempfile::tempdir().unwrap();
     let ro = work.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-    // Root writes anyway: then the folder is not read-only to us and there is nothing to test.
-    if std::fs::File::create(ro.join("probe")).is_ok() {
-        eprintln!("SKIPPED: running as root, a 0555 folder is writable");
+    let Some(_guard) = ReadOnly::new(&ro) else {
+        eprintln!("SKIPPED: cannot make a folder read-only here (root without chattr +i)");
         return;
-    }
-    for format in FORMATS {
+    };
+    for format in FORMATS.iter().chain(&["raw"]) {
         let res = Command::new(bin("vmdk-parse"))
             .args(["convert", "-O", format, "-o"])
             .arg(ro.join("o.vmdk"))
