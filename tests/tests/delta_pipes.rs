@@ -681,3 +681,100 @@ fn in_place_updates_raw_images_and_puts_them_back_on_failure() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn deltas_and_signatures_are_refused_on_a_terminal() {
+    // `script` gives the command a pseudo-terminal as stdout.
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "util-linux `script` is needed in CI"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let a = raw_old(t.path());
+    for (args, what) in [
+        (format!("'{}' '{}'", a.display(), a.display()), "a delta"),
+        (format!("--signature '{}'", a.display()), "a signature"),
+    ] {
+        let cmd = format!("'{}' {args}; echo \"rc=$?\"", bin("vdiff").display());
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("refusing to write {what} to a terminal")),
+            "{text}"
+        );
+        assert!(text.contains("rc=2"), "{text}");
+        assert!(text.len() < 500, "no binary reached the terminal");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let t = tempfile::tempdir().unwrap();
+    let a = raw_old(t.path());
+    let d = t.path().join("d");
+    let code = |bin_name: &str, args: &[&std::ffi::OsStr]| {
+        let o = Command::new(bin(bin_name)).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.code(), err)
+    };
+    let (c, err) = code("vdiff", &[a.as_os_str(), "-o".as_ref(), d.as_os_str()]);
+    assert_eq!(c, Some(2), "{err}");
+    let (c, err) = code(
+        "vdiff",
+        &[
+            "--block-size".as_ref(),
+            "1000".as_ref(),
+            a.as_os_str(),
+            a.as_os_str(),
+            "-o".as_ref(),
+            d.as_os_str(),
+        ],
+    );
+    assert_eq!(c, Some(2), "{err}");
+    assert!(
+        err.starts_with("vdiff: ") && err.contains("block size 1000"),
+        "{err}"
+    );
+    assert!(!d.exists());
+    // vpatch without a delta, and two deltas from stdin.
+    let (c, _) = code("vpatch", &[a.as_os_str(), "-o".as_ref(), d.as_os_str()]);
+    assert_eq!(c, Some(2));
+    let (c, _) = code(
+        "vpatch",
+        &[
+            a.as_os_str(),
+            "-".as_ref(),
+            "-".as_ref(),
+            "-o".as_ref(),
+            d.as_os_str(),
+        ],
+    );
+    assert_eq!(c, Some(2));
+    // A plain delta given as --full, and a full delta given a base.
+    let full = t.path().join("full");
+    assert!(Command::new(bin("vdiff"))
+        .arg("--full")
+        .arg(&a)
+        .arg("-o")
+        .arg(&full)
+        .status()
+        .unwrap()
+        .success());
+    let (c, err) = code(
+        "vpatch",
+        &[
+            a.as_os_str(),
+            full.as_os_str(),
+            "-o".as_ref(),
+            d.as_os_str(),
+        ],
+    );
+    assert_eq!(c, Some(2), "{err}");
+    assert!(!d.exists());
+}
