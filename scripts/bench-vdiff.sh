@@ -12,7 +12,8 @@
 #   rdiff signature RAW0 S; rdiff delta S RAW1 D
 #   qemu-img compare RAW1 VMDK1          (the read-speed reference: the same disk twice, so it
 #                                         reads both to the end; RAW0 vs RAW1 stops early)
-#   vpatch RAW0 D -o OUT, xdelta3 -d -s RAW0 D OUT, rdiff patch RAW0 D OUT
+#   vpatch RAW0 D -o OUT (and with --trust-base: no up-front read of the base),
+#   xdelta3 -d -s RAW0 D OUT, rdiff patch RAW0 D OUT
 # Every patched output is compared with state 1 byte for byte: a fast wrong answer fails.
 # Prints sizes, times, peak memory and the ratios the issue sets as goals.
 #
@@ -232,6 +233,10 @@ say "vpatch"
 timed vpatch "$p" "$raw0" "$out/d.vdiff" -o "$out/o.raw"
 ((t_status == 0)) || die "vpatch failed: $(cat "$work/vpatch.err")"
 check_out vpatch "$out/o.raw"
+say "vpatch --trust-base"
+timed vpatch_trust "$p" --trust-base "$raw0" "$out/d.vdiff" -o "$out/o.raw"
+((t_status == 0)) || die "vpatch --trust-base failed: $(cat "$work/vpatch_trust.err")"
+check_out "vpatch --trust-base" "$out/o.raw"
 say "xdelta3 -d"
 timed xdelta_d xdelta3 -d -f -s "$raw0" "$out/d.xd" "$out/o.raw"
 check_out "xdelta3 -d" "$out/o.raw"
@@ -262,6 +267,7 @@ row "rdiff signature" rdiff_sig ""
 row "rdiff delta" rdiff_delta "$(mib "$s_r")"
 row "qemu-img compare" qemu_compare ""
 row "vpatch" vpatch ""
+row "vpatch --trust-base" vpatch_trust ""
 row "xdelta3 -d" xdelta_d ""
 row "rdiff patch" rdiff_patch ""
 printf '\n--stat: %s\n' "$(tr -d '\n ' <"$work/stat.json")"
@@ -281,6 +287,7 @@ goal "delta $(ratio "$s_v" "$x_best")x xdelta3's best (goal <= 2)" "$(ge 2 "$(ra
 goal "delta $(ratio "$s_v" "$s_r")x rdiff's (goal <= 0.2)" "$(ge 0.2 "$(ratio "$s_v" "$s_r")")"
 goal "vpatch $(ratio "${wall[xdelta_d]}" "${wall[vpatch]}")x faster than xdelta3 -d (goal 5x)" "$(ge "$(ratio "${wall[xdelta_d]}" "${wall[vpatch]}")" 5)"
 goal "vdiff peak RSS $(mib $((${rss[vdiff]} * 1024))) MiB (goal < 256 for a 4 GiB pair)" "$(ge 262144 "${rss[vdiff]}")"
+printf '  info  vpatch --trust-base %sx faster than xdelta3 -d\n' "$(ratio "${wall[xdelta_d]}" "${wall[vpatch_trust]}")"
 printf '  info  vdiff %s x qemu-img compare time; %s x rdiff signature+delta time\n' \
     "$(ratio "${wall[vdiff]}" "${wall[qemu_compare]}")" "$(ratio "$rdiff_t" "${wall[vdiff]}")"
 
