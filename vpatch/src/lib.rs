@@ -86,8 +86,10 @@ impl Sink for RawSink<'_> {
     }
 }
 
-/// A VMDK being written by vmdk-parse's writer: zero ranges become zero grains, unallocated
-/// ranges stay unallocated. Call `finish` on the writer only after [`apply`] succeeded.
+/// A VMDK being written by vmdk-parse's writer: zero and unallocated ranges are passed on as
+/// such, and the writer's options decide how zero ranges are stored (by default unallocated:
+/// some readers mishandle zero grains). Call `finish` on the writer only after [`apply`]
+/// succeeded.
 pub struct VmdkSink<'a>(pub &'a mut vmdk_parse::write::VmdkWriter);
 
 fn werr(e: vmdk_parse::write::WriteError) -> io::Error {

@@ -44,8 +44,8 @@ struct Cli {
     #[arg(long, value_name = "UNDO", conflicts_with_all = ["output", "full", "in_place"])]
     restore: Option<PathBuf>,
     /// Output format (default raw): `raw` is a sparse file; the VMDK formats are written by
-    /// vmdk-parse's writer, zero ranges as zero grains and unallocated ranges unallocated
-    /// (separate extent files go next to OUT).
+    /// vmdk-parse's writer with its defaults (zero and unallocated ranges both left
+    /// unallocated; separate extent files go next to OUT).
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     format: Format,
     /// Skip reading the whole base to check its digest up front (default: check it). The size
