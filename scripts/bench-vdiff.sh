@@ -38,23 +38,9 @@ data_mib=${BENCH_DATA_MIB:-1024}
 disk_gib=${BENCH_DISK_GIB:-4}
 churn=${BENCH_CHURN_PCT:-10}
 skip_big=${BENCH_SKIP_XDELTA_BIG:-0}
-strict=0
-
-say() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-    printf 'bench: error: %s\n' "$*" >&2
-    exit 2
-}
-for arg in "$@"; do
-    case $arg in
-    --strict) strict=1 ;;
-    -h | --help)
-        sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-        exit 0
-        ;;
-    *) die "unknown argument '$arg' (try --help)" ;;
-    esac
-done
+# shellcheck source=scripts/bench-lib.sh
+source "$repo/scripts/bench-lib.sh"
+bench_args "$@"
 for n in "$data_mib" "$disk_gib" "$churn"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
 done
@@ -182,7 +168,7 @@ timed() {
     local name=$1 tv=$work/time.txt status=0
     shift
     /usr/bin/time -v -o "$tv" -- "$@" >/dev/null 2>"$work/$name.err" || status=$?
-    read -r wall[$name] rss[$name] cpu[$name] < <(awk -F': ' '
+    read -r "wall[$name]" "rss[$name]" "cpu[$name]" < <(awk -F': ' '
         /Elapsed \(wall clock\)/ { n = split($2, a, ":"); s = 0
                                    for (i = 1; i <= n; i++) s = s * 60 + a[i]; wall = s }
         /User time/ { c += $2 } /System time/ { c += $2 }
@@ -190,7 +176,6 @@ timed() {
         END { printf "%.2f %d %.2f\n", wall, r, c }' "$tv")
     t_status=$status
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 wrong=0
 check_out() { # check_out NAME FILE: the patched output must equal state 1
@@ -286,7 +271,7 @@ goal "delta $(ratio "$s_v" "$s_x")x xdelta3's default output (goal <= 1)" "$(ge 
 goal "delta $(ratio "$s_v" "$x_best")x xdelta3's best (goal <= 2)" "$(ge 2 "$(ratio "$s_v" "$x_best")")"
 goal "delta $(ratio "$s_v" "$s_r")x rdiff's (goal <= 0.2)" "$(ge 0.2 "$(ratio "$s_v" "$s_r")")"
 goal "vpatch $(ratio "${wall[xdelta_d]}" "${wall[vpatch]}")x faster than xdelta3 -d (goal 5x)" "$(ge "$(ratio "${wall[xdelta_d]}" "${wall[vpatch]}")" 5)"
-goal "vdiff peak RSS $(mib $((${rss[vdiff]} * 1024))) MiB (goal < 256 for a 4 GiB pair)" "$(ge 262144 "${rss[vdiff]}")"
+goal "vdiff peak RSS $(mib $((rss[vdiff] * 1024))) MiB (goal < 256 for a 4 GiB pair)" "$(ge 262144 "${rss[vdiff]}")"
 printf '  info  vpatch --trust-base %sx faster than xdelta3 -d\n' "$(ratio "${wall[xdelta_d]}" "${wall[vpatch_trust]}")"
 printf '  info  vdiff %s x qemu-img compare time; %s x rdiff signature+delta time\n' \
     "$(ratio "${wall[vdiff]}" "${wall[qemu_compare]}")" "$(ratio "$rdiff_t" "${wall[vdiff]}")"

@@ -49,24 +49,9 @@ disk_gib=${BENCH_DISK_GIB:-4}
 big_timeout=${BENCH_BIG_TIMEOUT:-300}
 big_goal_s=${BENCH_BIG_GOAL_S:-10}
 skip_big=${BENCH_SKIP_BIG:-0}
-strict=0
-
-say() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-    printf 'bench: error: %s\n' "$*" >&2
-    exit 2
-}
-
-for arg in "$@"; do
-    case $arg in
-    --strict) strict=1 ;;
-    -h | --help)
-        sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-        exit 0
-        ;;
-    *) die "unknown argument '$arg' (try --help)" ;;
-    esac
-done
+# shellcheck source=scripts/bench-lib.sh
+source "$repo/scripts/bench-lib.sh"
+bench_args "$@"
 for n in "$runs" "$data_mib" "$disk_gib" "$big_timeout"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
 done
@@ -178,11 +163,6 @@ timed() {
         END { printf "%.2f %d %.2f\n", wall, rss, cpu }' "$tv")
 }
 
-median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 }
-    END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-best() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | head -n1; }
-maxof() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | tail -n1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }'; }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
 
 declare -A times rss cpu alloc label

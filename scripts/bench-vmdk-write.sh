@@ -36,8 +36,8 @@ timed() { # timed KEY CMD...: append wall s, cpu s, peak KiB
     cpu[$key]+="$(echo "$u + $s" | bc) "
     rss[$key]+="$m "
 }
-median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-maxof() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | tail -1; }
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 for ((i = 1; i <= runs; i++)); do
     echo "run $i/$runs" >&2
