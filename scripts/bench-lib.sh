@@ -8,6 +8,23 @@ die() {
     exit 2
 }
 
+# need COMMAND PACKAGE: install PACKAGE from Debian when COMMAND is missing (as root).
+apt_updated=0
+need() { # need COMMAND PACKAGE: install PACKAGE when COMMAND is missing
+    if [[ $1 == /* && -x $1 ]] || { [[ $1 != /* ]] && command -v "$1" >/dev/null; }; then
+        return
+    fi
+    command -v apt-get >/dev/null || die "$1 is missing and there is no apt-get to install $2"
+    [[ $(id -u) == 0 ]] || die "$1 is missing; install $2 (as root: apt-get install -y $2)"
+    if ((apt_updated == 0)); then
+        say "apt-get update"
+        apt-get update -qq >&2
+        apt_updated=1
+    fi
+    say "installing $2 (for $1)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2
+}
+
 # bench_args "$@": sets `strict` (0 or 1); --help prints the calling script's header comment.
 # shellcheck disable=SC2034 # strict is read by the sourcing script
 bench_args() {

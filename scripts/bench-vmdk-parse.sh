@@ -58,21 +58,6 @@ done
 
 # --- Tools -------------------------------------------------------------------------------------
 
-apt_updated=0
-need() { # need COMMAND PACKAGE: install PACKAGE when COMMAND is missing
-    if [[ $1 == /* && -x $1 ]] || { [[ $1 != /* ]] && command -v "$1" >/dev/null; }; then
-        return
-    fi
-    command -v apt-get >/dev/null || die "$1 is missing and there is no apt-get to install $2"
-    [[ $(id -u) == 0 ]] || die "$1 is missing; install $2 (as root: apt-get install -y $2)"
-    if ((apt_updated == 0)); then
-        say "apt-get update"
-        apt-get update -qq >&2
-        apt_updated=1
-    fi
-    say "installing $2 (for $1)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2
-}
 need mke2fs e2fsprogs
 need /usr/bin/time time
 need qemu-img qemu-utils
