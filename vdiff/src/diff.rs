@@ -58,8 +58,9 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// A scan rebuilt from a signature file.
-    pub(crate) fn from_parts(
+    /// A scan rebuilt from its parts (a signature file, a repository's stored scan). The
+    /// vectors must all hold `ceil(size / block_size)` entries.
+    pub fn from_parts(
         size: u64,
         block_size: u32,
         digest: Digest,
@@ -87,17 +88,33 @@ impl Scan {
         self.kinds[i]
     }
 
+    /// The rows of 1 MiB chunk `c` (whose digest the caller knows), to be placed in another
+    /// scan through [`scan_composed`].
+    pub fn chunk_rows(&self, c: u64, digest: Digest) -> ChunkScan {
+        let per_chunk = (CHUNK_BYTES / self.block_size as u64) as usize;
+        let b0 = (c as usize * per_chunk).min(self.blocks.len());
+        let b1 = (b0 + per_chunk).min(self.blocks.len());
+        ChunkScan {
+            digest,
+            blocks: self.blocks[b0..b1].to_vec(),
+            kinds: self.kinds[b0..b1].to_vec(),
+            weaks: self.weaks[b0..b1].to_vec(),
+        }
+    }
+
     fn block_len(&self, i: usize) -> u64 {
         let b = self.block_size as u64;
         b.min(self.size - i as u64 * b)
     }
 }
 
-struct ChunkScan {
-    digest: Digest,
-    blocks: Vec<BlockDigest>,
-    kinds: Vec<u8>,
-    weaks: Vec<u32>,
+/// What the first pass learns about one 1 MiB chunk: its digest and its blocks' rows.
+#[derive(Clone, Debug)]
+pub struct ChunkScan {
+    pub digest: Digest,
+    pub blocks: Vec<BlockDigest>,
+    pub kinds: Vec<u8>,
+    pub weaks: Vec<u32>,
 }
 
 /// The rolling checksum of rsync (two 16-bit sums), over a whole block: it finds blocks of
@@ -135,7 +152,7 @@ fn block_digest(leaves: &[Digest]) -> BlockDigest {
     d[..16].try_into().expect("16 bytes")
 }
 
-fn scan_chunk(
+pub fn scan_chunk(
     img: &dyn Image,
     start: u64,
     block_size: u64,
@@ -245,6 +262,31 @@ pub fn scan_with_chunks(
     reuse: Option<&Reuse>,
 ) -> Result<(Scan, Vec<Digest>)> {
     let size = img.size();
+    let known = |i: u64| -> Result<Option<ChunkScan>> {
+        let Some(r) = reuse else { return Ok(None) };
+        let start = i * CHUNK_BYTES;
+        let len = CHUNK_BYTES.min(size - start);
+        if r.from.size == size && (r.same)(start, len)? {
+            return Ok(Some(r.from.chunk_rows(i, r.chunk_digests[i as usize])));
+        }
+        Ok(None)
+    };
+    scan_composed(img, block_size, keep_blocks, want_weak, &known)
+}
+
+/// The general first pass: chunk `i` (1 MiB) is taken from `known(i)` when it answers, and
+/// read and hashed otherwise (in parallel batches). What `known` supplies must be exactly what
+/// reading would give: block rows with the scan's block size, and the chunk's digest; the
+/// image digest is computed from the chunk digests either way.
+pub fn scan_composed(
+    img: &dyn Image,
+    block_size: u32,
+    keep_blocks: bool,
+    want_weak: bool,
+    known: &(dyn Fn(u64) -> Result<Option<ChunkScan>> + Sync),
+) -> Result<(Scan, Vec<Digest>)> {
+    check_block_size(block_size)?;
+    let size = img.size();
     let nchunks = size.div_ceil(CHUNK_BYTES);
     let mut hasher = digest::ImageHasher::new(size);
     let nblocks = size.div_ceil(block_size as u64) as usize;
@@ -265,18 +307,25 @@ pub fn scan_with_chunks(
             .into_par_iter()
             .map(|i| {
                 let start = i * CHUNK_BYTES;
-                if let Some(r) = reuse {
+                if let Some(k) = known(i)? {
                     let len = CHUNK_BYTES.min(size - start);
-                    if r.from.size == size && (r.same)(start, len)? {
-                        let b0 = i as usize * per_chunk;
-                        let b1 = (b0 + per_chunk).min(r.from.blocks.len());
-                        return Ok(ChunkScan {
-                            digest: r.chunk_digests[i as usize],
-                            blocks: r.from.blocks[b0..b1].to_vec(),
-                            kinds: r.from.kinds[b0..b1].to_vec(),
-                            weaks: r.from.weaks[b0..b1].to_vec(),
-                        });
+                    let want = if keep_blocks {
+                        len.div_ceil(block_size as u64) as usize
+                    } else {
+                        0
+                    };
+                    if keep_blocks
+                        && (k.blocks.len() != want
+                            || k.kinds.len() != want
+                            || k.weaks.len() != want
+                            || want > per_chunk)
+                    {
+                        return Err(Error::Input(format!(
+                            "a known chunk at byte {start} has {} block rows, expected {want}",
+                            k.blocks.len()
+                        )));
                     }
+                    return Ok(k);
                 }
                 scan_chunk(img, start, block_size as u64, keep_blocks, want_weak)
             })
@@ -285,9 +334,11 @@ pub fn scan_with_chunks(
             let r = r?;
             hasher.chunk(&r.digest);
             chunks.push(r.digest);
-            s.blocks.extend_from_slice(&r.blocks);
-            s.kinds.extend_from_slice(&r.kinds);
-            s.weaks.extend_from_slice(&r.weaks);
+            if keep_blocks {
+                s.blocks.extend_from_slice(&r.blocks);
+                s.kinds.extend_from_slice(&r.kinds);
+                s.weaks.extend_from_slice(&r.weaks);
+            }
         }
         c += n;
     }
@@ -456,7 +507,10 @@ pub fn diff_against<W: Write>(
     diff_scanned(Some(old), new_scan, new, opts, out)
 }
 
-fn diff_scanned<W: Write>(
+/// The second pass on its own: write the delta from `old_scan` (or nothing) to `new`, given
+/// NEW's first-pass scan (from [`scan_new`] or [`scan_composed`]). Only literal blocks of
+/// `new` are read, and checked against `new_scan`.
+pub fn diff_scanned<W: Write>(
     old_scan: Option<Scan>,
     new_scan: Scan,
     new: &dyn Image,

@@ -1,0 +1,435 @@
+//! `vrepo`: the VML repository tool. A thin binary: arguments, one library call, printing.
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use vml_cli::{Exit, Failure};
+use vrepo::build::BuildOptions;
+use vrepo::manifest::Entry;
+use vrepo::save::SaveOptions;
+use vrepo::{query, Error, ErrorKind, Mode, Repo};
+
+/// Save VMware VMs into a repository as full, incremental or differential entries, and build
+/// any entry back into a working area, byte for byte.
+///
+/// A working area is a folder holding one VM (.vmx, disks, snapshot chain, nvram...). Entries
+/// are named E1, E2, ... in the order they are made, by a tag, or `latest`. Layout of the
+/// repository: docs/vrepo.md. Exit codes: 0 ok, 1 no (diff found changes with -q), 2 usage,
+/// 3 corrupt input or repository, 4 missing (entry, file, repository), 5 unsupported, 6 I/O
+/// error, 7 refused (running VM, non-empty working area, unsafe path), 8 locked
+/// (docs/exit-codes.md).
+#[derive(Parser)]
+#[command(name = "vrepo", version)]
+struct Cli {
+    /// The repository folder (default: $VREPO_REPOSITORY).
+    #[arg(
+        short = 'r',
+        long = "repo",
+        env = "VREPO_REPOSITORY",
+        value_name = "REPO"
+    )]
+    repo: Option<PathBuf>,
+    /// Print JSON on stdout (one object; JSON Lines for list and diff).
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars (they are drawn only when stderr is a terminal anyway).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a new, empty repository (the folder must be new or empty).
+    Init {
+        /// Block size of every entry, a power of two from 4096 to 1048576.
+        #[arg(long, default_value_t = 4096, value_name = "N")]
+        block_size: u32,
+    },
+    /// Save the VM of a working area as a new entry. Default: incremental against the entry
+    /// this working area was last saved as or built from; full when there is none.
+    Save {
+        workarea: PathBuf,
+        /// A full entry: the whole VM.
+        #[arg(long, conflicts_with_all = ["incremental", "differential"])]
+        full: bool,
+        /// Only what differs from the previous entry.
+        #[arg(long, conflicts_with = "differential")]
+        incremental: bool,
+        /// Only what differs from the full entry at the base of the tree.
+        #[arg(long)]
+        differential: bool,
+        /// Save relative to this entry (E3, a tag, latest) instead of the working area's.
+        #[arg(long, value_name = "ENTRY", conflicts_with = "full")]
+        parent: Option<String>,
+        /// A message stored with the entry.
+        #[arg(short, long, default_value = "")]
+        message: String,
+        /// Name the entry by this tag too (unique in the repository); may be repeated.
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
+        /// Save the VM as of its current VMware snapshot (the frozen disk links, the snapshot's
+        /// files, the config with its disks at those links), so a running VM is saved
+        /// consistently.
+        #[arg(long)]
+        at_snapshot: bool,
+        /// zstd level for new data.
+        #[arg(
+            long,
+            default_value_t = 3,
+            allow_negative_numbers = true,
+            value_name = "L"
+        )]
+        level: i32,
+    },
+    /// Recreate an entry's VM in a working area (created if missing; must be empty unless
+    /// --force). Files are written under temporary names and renamed at the end.
+    Build {
+        entry: String,
+        workarea: PathBuf,
+        /// Build into a non-empty working area, replacing files of the same names.
+        #[arg(long)]
+        force: bool,
+        /// Flush every file to stable storage before renaming it into place.
+        #[arg(long)]
+        sync: bool,
+    },
+    /// The entries, oldest first.
+    List,
+    /// Draw the trees of entries: mode, stored size, time and message of each.
+    Tree,
+    /// Everything about one entry (its entry.json with --json).
+    Show { entry: String },
+    /// The entries needed to build ENTRY, its tree's full entry first.
+    Deps { entry: String },
+    /// Which files changed between two entries, and how many bytes (from stored digests).
+    Diff { entry1: String, entry2: String },
+    /// One stored file's bytes to stdout; with --guest, the guest-visible contents of a disk.
+    Cat {
+        entry: String,
+        file: String,
+        /// The disk's guest-visible contents (the FILE is a disk's top link).
+        #[arg(long)]
+        guest: bool,
+    },
+}
+
+fn exit_of(k: ErrorKind) -> Exit {
+    match k {
+        ErrorKind::Usage => Exit::Usage,
+        ErrorKind::Corrupt => Exit::Corrupt,
+        ErrorKind::Missing => Exit::Missing,
+        ErrorKind::Unsupported => Exit::Unsupported,
+        ErrorKind::Io => Exit::Io,
+        ErrorKind::Refused => Exit::Refused,
+        ErrorKind::Locked => Exit::Locked,
+    }
+}
+
+fn fail(e: Error) -> Failure {
+    Failure::new(exit_of(e.kind()), e)
+}
+
+fn out_err(e: io::Error) -> Failure {
+    Failure::new(Exit::Io, format!("writing to stdout: {e}"))
+}
+
+fn bar(quiet: bool, what: &'static str) -> Option<Box<dyn Fn(u64, u64) + Send + Sync>> {
+    if quiet || !io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what);
+    Some(Box::new(move |total, done| {
+        if pb.length() != Some(total) {
+            pb.set_length(total);
+        }
+        pb.set_position(done);
+        if done >= total {
+            pb.finish_and_clear();
+        }
+    }))
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, v).map_err(|e| out_err(io::Error::other(e)))?;
+    writeln!(out).map_err(out_err)
+}
+
+fn open(repo: &Option<PathBuf>) -> Result<Repo, Failure> {
+    let Some(r) = repo else {
+        return Err(Failure::new(
+            Exit::Usage,
+            "no repository: give -r REPO or set VREPO_REPOSITORY",
+        ));
+    };
+    Repo::open(r).map_err(fail)
+}
+
+fn show_text(e: &Entry) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("entry     {}\n", e.name));
+    s.push_str(&format!("time      {}\n", e.time));
+    s.push_str(&format!("mode      {}\n", e.mode.as_str()));
+    s.push_str(&format!(
+        "parent    {}\n",
+        e.parent.as_deref().unwrap_or("-")
+    ));
+    if !e.tags.is_empty() {
+        s.push_str(&format!("tags      {}\n", e.tags.join(", ")));
+    }
+    if !e.message.is_empty() {
+        s.push_str(&format!("message   {}\n", e.message));
+    }
+    s.push_str(&format!("source    {}\n", e.source));
+    if let Some(snap) = &e.at_snapshot {
+        s.push_str(&format!("snapshot  {snap}\n"));
+    }
+    s.push_str(&format!(
+        "vm        {} ({})\n",
+        e.vm.display_name.as_deref().unwrap_or("?"),
+        e.vm.vmx
+    ));
+    s.push_str(&format!(
+        "size      {} of files, {} stored\n",
+        query::human(e.vm_bytes()),
+        query::human(e.stored_bytes())
+    ));
+    s.push_str(&format!(
+        "save      read {}, {} unchanged files not read, {} new data\n",
+        query::human(e.stats.read_bytes),
+        query::human(e.stats.unchanged_file_bytes),
+        query::human(e.stats.literal_bytes)
+    ));
+    s.push_str("files\n");
+    for f in &e.files {
+        s.push_str(&format!(
+            "  {:>10}  {:<16} {}\n",
+            query::human(f.size),
+            f.role,
+            f.path
+        ));
+    }
+    for k in &e.skipped {
+        s.push_str(&format!("  skipped   {} ({})\n", k.path, k.reason));
+    }
+    s
+}
+
+fn run(cli: Cli) -> Result<Exit, Failure> {
+    let mut stdout = io::stdout().lock();
+    match cli.command {
+        Command::Init { block_size } => {
+            let Some(r) = &cli.repo else {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    "no repository: give -r REPO or set VREPO_REPOSITORY",
+                ));
+            };
+            if !block_size.is_power_of_two() || !(4096..=(1 << 20)).contains(&block_size) {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    format!("block size {block_size} is not a power of two from 4096 to 1048576"),
+                ));
+            }
+            let repo = Repo::init(r, block_size).map_err(fail)?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "repository": repo.root, "block_size": block_size
+                }))?;
+            } else {
+                eprintln!("vrepo: made an empty repository in {}", r.display());
+            }
+        }
+        Command::Save {
+            workarea,
+            full,
+            incremental,
+            differential,
+            parent,
+            message,
+            tags,
+            at_snapshot,
+            level,
+        } => {
+            let repo = open(&cli.repo)?;
+            let mode = match (full, incremental, differential) {
+                (true, _, _) => Some(Mode::Full),
+                (_, true, _) => Some(Mode::Incremental),
+                (_, _, true) => Some(Mode::Differential),
+                _ if parent.is_some() => Some(Mode::Incremental),
+                _ => None,
+            };
+            let opts = SaveOptions {
+                mode,
+                parent,
+                message,
+                tags,
+                at_snapshot,
+                level,
+            };
+            let saved =
+                vrepo::save::save(&repo, &workarea, &opts, bar(cli.quiet, "save")).map_err(fail)?;
+            if let Some(n) = &saved.note {
+                eprintln!("vrepo: {n}");
+            }
+            for s in &saved.entry.skipped {
+                eprintln!("vrepo: skipped {} ({})", s.path, s.reason);
+            }
+            if cli.json {
+                print_json(&saved.entry)?;
+            } else {
+                writeln!(stdout, "{}", query::line(&saved.entry)).map_err(out_err)?;
+            }
+        }
+        Command::Build {
+            entry,
+            workarea,
+            force,
+            sync,
+        } => {
+            let repo = open(&cli.repo)?;
+            let e = repo.resolve(&entry).map_err(fail)?;
+            let opts = BuildOptions { force, sync };
+            let progress = bar(cli.quiet, "build").map(|b| b as Box<dyn Fn(u64, u64)>);
+            let built = vrepo::build::build(&repo, &e, &workarea, &opts, progress).map_err(fail)?;
+            if cli.json {
+                print_json(&built)?;
+            } else {
+                writeln!(
+                    stdout,
+                    "built {} into {} ({} files, {}, from {})",
+                    built.entry,
+                    built.workarea,
+                    built.files,
+                    query::human(built.bytes),
+                    built.chain.join(" → ")
+                )
+                .map_err(out_err)?;
+            }
+        }
+        Command::List => {
+            let repo = open(&cli.repo)?;
+            for e in repo.entries().map_err(fail)? {
+                if cli.json {
+                    serde_json::to_writer(&mut stdout, &e)
+                        .map_err(|err| out_err(io::Error::other(err)))?;
+                    writeln!(stdout).map_err(out_err)?;
+                } else {
+                    writeln!(stdout, "{}", query::line(&e)).map_err(out_err)?;
+                }
+            }
+        }
+        Command::Tree => {
+            let repo = open(&cli.repo)?;
+            let entries = repo.entries().map_err(fail)?;
+            if cli.json {
+                let nodes: Vec<_> = entries
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "name": e.name, "parent": e.parent, "mode": e.mode,
+                            "stored_bytes": e.stored_bytes(), "time": e.time,
+                            "message": e.message, "tags": e.tags,
+                        })
+                    })
+                    .collect();
+                print_json(&nodes)?;
+            } else {
+                write!(stdout, "{}", query::tree(&entries)).map_err(out_err)?;
+            }
+        }
+        Command::Show { entry } => {
+            let repo = open(&cli.repo)?;
+            let e = repo.resolve(&entry).map_err(fail)?;
+            if cli.json {
+                print_json(&e)?;
+            } else {
+                write!(stdout, "{}", show_text(&e)).map_err(out_err)?;
+            }
+        }
+        Command::Deps { entry } => {
+            let repo = open(&cli.repo)?;
+            let e = repo.resolve(&entry).map_err(fail)?;
+            let chain = repo.chain(&e).map_err(fail)?;
+            if cli.json {
+                let v: Vec<_> = chain
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "name": c.name, "mode": c.mode, "parent": c.parent,
+                            "stored_bytes": c.stored_bytes(),
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::json!({
+                    "entry": e.name,
+                    "chain": v,
+                    "stored_bytes": chain.iter().map(|c| c.stored_bytes()).sum::<u64>(),
+                }))?;
+            } else {
+                for c in &chain {
+                    writeln!(stdout, "{}", query::line(c)).map_err(out_err)?;
+                }
+            }
+        }
+        Command::Diff { entry1, entry2 } => {
+            let repo = open(&cli.repo)?;
+            let a = repo.resolve(&entry1).map_err(fail)?;
+            let b = repo.resolve(&entry2).map_err(fail)?;
+            let rows = query::diff(&repo, &a, &b).map_err(fail)?;
+            for r in &rows {
+                if cli.json {
+                    serde_json::to_writer(&mut stdout, r)
+                        .map_err(|err| out_err(io::Error::other(err)))?;
+                    writeln!(stdout).map_err(out_err)?;
+                } else if r.status != "same" {
+                    writeln!(
+                        stdout,
+                        "{:<8} {:>10}  {}",
+                        r.status,
+                        query::human(r.changed_bytes),
+                        r.path
+                    )
+                    .map_err(out_err)?;
+                }
+            }
+        }
+        Command::Cat { entry, file, guest } => {
+            let repo = open(&cli.repo)?;
+            vml_cli::refuse_terminal_stdout(if guest {
+                "disk contents"
+            } else {
+                "file contents"
+            })?;
+            let e = repo.resolve(&entry).map_err(fail)?;
+            match query::cat(&repo, &e, &file, guest, &mut stdout) {
+                Ok(()) => {}
+                Err(Error::Io { source, .. }) if vml_cli::is_broken_pipe(&source) => {}
+                Err(err) if err.to_string().contains("Broken pipe") => {}
+                Err(err) => return Err(fail(err)),
+            }
+        }
+    }
+    match stdout.flush() {
+        Err(e) if !vml_cli::is_broken_pipe(&e) => Err(out_err(e)),
+        _ => Ok(Exit::Ok),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = Path::new("");
+    vml_cli::finish("vrepo", run(cli))
+}

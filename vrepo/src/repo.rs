@@ -1,0 +1,433 @@
+//! The repository folder: its marker file, its entries, the working-area records, and the
+//! temporary folder where saves are prepared (layout in `docs/vrepo.md`).
+
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{self, parse_entry_name, Entry, MAX_MANIFEST_BYTES};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const REPO_SCHEMA: &str = "vrepo.repository/1";
+pub const MARKER: &str = "vrepo.json";
+pub const ENTRIES: &str = "entries";
+pub const WORKAREAS: &str = "workareas";
+pub const TMP: &str = "tmp";
+pub const WORKAREA_SCHEMA: &str = "vrepo.workarea/1";
+
+/// `vrepo.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    pub schema: String,
+    /// Block size of every entry's volume, fixed at `init`.
+    pub block_size: u32,
+    pub created: String,
+}
+
+/// A working area's record: the entry it was last saved as or built from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkAreaRecord {
+    pub schema: String,
+    pub path: String,
+    pub entry: String,
+    /// `save` or `build`.
+    pub by: String,
+    pub time: String,
+}
+
+pub struct Repo {
+    pub root: PathBuf,
+    pub config: RepoConfig,
+}
+
+/// Now, RFC 3339 UTC with microseconds.
+pub fn now_rfc3339() -> String {
+    let us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    vmx_parse::vmsd::rfc3339_from_us(us)
+}
+
+/// The id of this boot, so a leftover of a process from before a reboot is known dead even if
+/// its pid is taken again.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().replace('-', "").chars().take(12).collect())
+        .unwrap_or_else(|_| "noboot".into())
+}
+
+/// Whether a process with this pid exists on this host.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).at(dir)
+}
+
+/// Write `bytes` to `path` so a crash leaves the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = File::create(&tmp).at(&tmp)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).at(&tmp)?;
+    fs::rename(&tmp, path).at(path)?;
+    fsync_dir(dir)
+}
+
+/// Read at most `cap` bytes of a small file; larger is corrupt.
+pub fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let f = File::open(path).at(path)?;
+    let mut buf = Vec::new();
+    f.take(cap + 1).read_to_end(&mut buf).at(path)?;
+    if buf.len() as u64 > cap {
+        return Err(Error::Corrupt(format!(
+            "{}: larger than {cap} bytes",
+            path.display()
+        )));
+    }
+    Ok(buf)
+}
+
+impl Repo {
+    /// Make a repository in `path` (created if missing; an existing folder must be empty).
+    pub fn init(path: &Path, block_size: u32) -> Result<Repo> {
+        if path.join(MARKER).exists() {
+            return Err(Error::Refused(format!(
+                "{}: already a VML repository",
+                path.display()
+            )));
+        }
+        if path.exists() {
+            let mut it = fs::read_dir(path).at(path)?;
+            if it.next().is_some() {
+                return Err(Error::Refused(format!(
+                    "{}: not empty; a repository is made in a new or empty folder",
+                    path.display()
+                )));
+            }
+        } else {
+            fs::create_dir_all(path).at(path)?;
+        }
+        for d in [ENTRIES, WORKAREAS, TMP] {
+            fs::create_dir(path.join(d)).at(&path.join(d))?;
+        }
+        let config = RepoConfig {
+            schema: REPO_SCHEMA.into(),
+            block_size,
+            created: now_rfc3339(),
+        };
+        let text = serde_json::to_string_pretty(&config).expect("serializable") + "\n";
+        // The marker goes last: a folder without it is not a repository yet.
+        write_atomic(&path.join(MARKER), text.as_bytes())?;
+        Ok(Repo {
+            root: path.to_path_buf(),
+            config,
+        })
+    }
+
+    /// Open an existing repository, and clear the leftovers of commands that died.
+    pub fn open(path: &Path) -> Result<Repo> {
+        let marker = path.join(MARKER);
+        if !path.is_dir() {
+            return Err(Error::Missing(format!(
+                "{}: no such repository (make one with `vrepo -r {} init`)",
+                path.display(),
+                path.display()
+            )));
+        }
+        if !marker.exists() {
+            return Err(Error::Missing(format!(
+                "{}: not a VML repository (no {MARKER})",
+                path.display()
+            )));
+        }
+        let bytes = read_small(&marker, 1 << 16)?;
+        let config: RepoConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", marker.display())))?;
+        if config.schema != REPO_SCHEMA {
+            return Err(Error::Unsupported(format!(
+                "{}: schema {:?}, this vrepo reads {REPO_SCHEMA:?}",
+                marker.display(),
+                config.schema
+            )));
+        }
+        let bs = config.block_size;
+        if !bs.is_power_of_two() || !(4096..=(1 << 20)).contains(&bs) {
+            return Err(Error::Corrupt(format!(
+                "{}: block size {bs}",
+                marker.display()
+            )));
+        }
+        for d in [ENTRIES, WORKAREAS, TMP] {
+            if !path.join(d).is_dir() {
+                return Err(Error::Corrupt(format!(
+                    "{}: the folder {d}/ is missing",
+                    path.display()
+                )));
+            }
+        }
+        let repo = Repo {
+            root: path.to_path_buf(),
+            config,
+        };
+        repo.clean_leftovers()?;
+        Ok(repo)
+    }
+
+    /// Remove the temporary folders of saves whose process is gone (killed, or from before a
+    /// reboot). Folders of live processes are left alone.
+    pub fn clean_leftovers(&self) -> Result<()> {
+        let tmp = self.root.join(TMP);
+        let boot = boot_id();
+        for e in fs::read_dir(&tmp).at(&tmp)? {
+            let e = e.at(&tmp)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.split('-');
+            let (_kind, pid, b) = (parts.next(), parts.next(), parts.next());
+            let dead = match (pid.and_then(|p| p.parse::<u32>().ok()), b) {
+                (Some(pid), Some(b)) => b != boot || !pid_alive(pid),
+                _ => true,
+            };
+            if dead {
+                let p = e.path();
+                let r = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                r.at(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A new temporary folder for a command of this process.
+    pub fn tmp_dir(&self, kind: &str) -> Result<PathBuf> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = self.root.join(TMP).join(format!(
+            "{kind}-{}-{}-{nanos}",
+            std::process::id(),
+            boot_id()
+        ));
+        fs::create_dir(&p).at(&p)?;
+        Ok(p)
+    }
+
+    pub fn entry_dir(&self, name: &str) -> PathBuf {
+        self.root.join(ENTRIES).join(name)
+    }
+
+    /// The numbers of the entries present, ascending. Other names in `entries/` are ignored.
+    pub fn numbers(&self) -> Result<Vec<u64>> {
+        let dir = self.root.join(ENTRIES);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            if let Some(n) = e.file_name().to_str().and_then(parse_entry_name) {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Read and check one entry's `entry.json`.
+    pub fn load(&self, name: &str) -> Result<Entry> {
+        if parse_entry_name(name).is_none() {
+            return Err(Error::Usage(format!("{name:?} is not an entry name")));
+        }
+        let path = self.entry_dir(name).join("entry.json");
+        if !self.entry_dir(name).is_dir() {
+            return Err(Error::Missing(format!(
+                "no entry {name} in this repository"
+            )));
+        }
+        let bytes = read_small(&path, MAX_MANIFEST_BYTES)?;
+        let e: Entry = serde_json::from_slice(&bytes)
+            .map_err(|err| Error::Corrupt(format!("entry {name}: entry.json: {err}")))?;
+        e.validate(name)?;
+        Ok(e)
+    }
+
+    /// Every entry, ascending.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        self.numbers()?
+            .into_iter()
+            .map(|n| self.load(&format!("E{n}")))
+            .collect()
+    }
+
+    /// `E<n>`, a tag, or `latest` (the newest entry).
+    pub fn resolve(&self, spec: &str) -> Result<Entry> {
+        if parse_entry_name(spec).is_some() {
+            return self.load(spec);
+        }
+        let numbers = self.numbers()?;
+        if spec == "latest" {
+            return match numbers.last() {
+                Some(n) => self.load(&format!("E{n}")),
+                None => Err(Error::Missing("the repository has no entries yet".into())),
+            };
+        }
+        for n in numbers.iter().rev() {
+            let e = self.load(&format!("E{n}"))?;
+            if e.tags.iter().any(|t| t == spec) {
+                return Ok(e);
+            }
+        }
+        Err(Error::Missing(format!(
+            "no entry named or tagged {spec:?} (names are E1, E2, ..., a tag, or latest)"
+        )))
+    }
+
+    /// The entries `e` needs to be built: its tree's full entry first, `e` last.
+    pub fn chain(&self, e: &Entry) -> Result<Vec<Entry>> {
+        let mut out = vec![e.clone()];
+        let mut cur = e.clone();
+        while let Some(p) = cur.parent.clone() {
+            let pe = self.load(&p).map_err(|err| match err {
+                Error::Missing(_) => Error::Corrupt(format!(
+                    "entry {} needs {p}, which is missing from the repository",
+                    cur.name
+                )),
+                other => other,
+            })?;
+            // Validation guarantees parents are earlier entries, so this ends.
+            out.push(pe.clone());
+            cur = pe;
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn record_path(&self, workarea: &Path) -> PathBuf {
+        let key = blake3::hash(workarea.as_os_str().as_encoded_bytes());
+        self.root
+            .join(WORKAREAS)
+            .join(format!("{}.json", &key.to_hex()[..32]))
+    }
+
+    /// The entry a working area (canonical path) was last saved as or built from, if that
+    /// entry still exists.
+    pub fn workarea_entry(&self, workarea: &Path) -> Result<Option<String>> {
+        let p = self.record_path(workarea);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let bytes = read_small(&p, 1 << 16)?;
+        let r: WorkAreaRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            // A damaged record only loses the default parent: save falls back to full.
+            Err(_) => return Ok(None),
+        };
+        if r.path != workarea.to_string_lossy() || parse_entry_name(&r.entry).is_none() {
+            return Ok(None);
+        }
+        Ok(self.entry_dir(&r.entry).is_dir().then_some(r.entry))
+    }
+
+    pub fn set_workarea_entry(&self, workarea: &Path, entry: &str, by: &str) -> Result<()> {
+        let r = WorkAreaRecord {
+            schema: WORKAREA_SCHEMA.into(),
+            path: workarea.to_string_lossy().into_owned(),
+            entry: entry.into(),
+            by: by.into(),
+            time: now_rfc3339(),
+        };
+        let text = serde_json::to_string_pretty(&r).expect("serializable") + "\n";
+        write_atomic(&self.record_path(workarea), text.as_bytes())
+    }
+
+    /// Publish a prepared entry folder as the next entry: its `entry.json` is written with the
+    /// chosen name, then the folder is renamed into `entries/` in one step. A concurrent save
+    /// that took the name first makes us take the next one.
+    pub fn publish(&self, tmp: &Path, entry: &mut Entry) -> Result<()> {
+        let entries = self.root.join(ENTRIES);
+        for _ in 0..1000 {
+            let n = self.numbers()?.last().copied().unwrap_or(0) + 1;
+            entry.number = n;
+            entry.name = format!("E{n}");
+            // Tags are unique: check against entries as they are now.
+            self.check_tags_free(&entry.tags)?;
+            let text = serde_json::to_string_pretty(&*entry).expect("serializable") + "\n";
+            let mf = tmp.join("entry.json");
+            let mut f = File::create(&mf).at(&mf)?;
+            f.write_all(text.as_bytes())
+                .and_then(|_| f.sync_all())
+                .at(&mf)?;
+            fsync_dir(tmp)?;
+            let dest = entries.join(&entry.name);
+            match fs::rename(tmp, &dest) {
+                Ok(()) => return fsync_dir(&entries),
+                Err(e)
+                    if dest.exists()
+                        || e.kind() == std::io::ErrorKind::AlreadyExists
+                        || e.raw_os_error() == Some(39) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(Error::io(&dest, e)),
+            }
+        }
+        Err(Error::Io {
+            what: "publishing the entry".into(),
+            source: std::io::Error::other("too many concurrent saves"),
+        })
+    }
+
+    pub fn check_tags_free(&self, tags: &[String]) -> Result<()> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        for e in self.entries()? {
+            if let Some(t) = e.tags.iter().find(|t| tags.contains(t)) {
+                return Err(Error::Usage(format!(
+                    "tag {t:?} is already on {} (tags name one entry each)",
+                    e.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Children of every entry, by name.
+    pub fn children(entries: &[Entry]) -> HashMap<String, Vec<String>> {
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for e in entries {
+            if let Some(p) = &e.parent {
+                m.entry(p.clone()).or_default().push(e.name.clone());
+            }
+        }
+        m
+    }
+}
+
+/// A tag: a short name that cannot be mistaken for an entry name or `latest`.
+pub fn check_tag(t: &str) -> Result<()> {
+    let ok = !t.is_empty()
+        && t.len() <= 64
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+'))
+        && manifest::parse_entry_name(t).is_none()
+        && t != "latest";
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "tag {t:?}: use up to 64 letters, digits and - _ . @ +, not an entry name or \"latest\""
+        )))
+    }
+}

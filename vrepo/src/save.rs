@@ -1,0 +1,258 @@
+//! `save`: a working area's VM becomes a new entry.
+//!
+//! 1. Inspect the working area (one VM, not running unless `--at-snapshot`, chains intact).
+//! 2. Pick the parent: the entry the working area was last saved as or built from
+//!    (incremental), its tree's full entry (differential), or none (full).
+//! 3. Lay the files out as a volume and scan it: every 1 MiB chunk of a file whose size, mtime
+//!    and CID equal the parent's is taken from the parent's stored digests and not read.
+//! 4. vdiff the volume against the parent's stored block digests (never the parent's data):
+//!    the delta holds literals (zstd, both cores), copies from the parent's volume and from
+//!    earlier in this one, zero and unallocated ranges.
+//! 5. Write delta, signature and chunk digests into a temporary folder, fsync, then publish it
+//!    as the next entry in one rename.
+
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{
+    hex, Entry, FileEntry, Mode, SaveStats, Stored, StoredFiles, Volume, ENTRY_SCHEMA,
+};
+use crate::repo::{check_tag, now_rfc3339, Repo};
+use crate::store;
+use crate::volume::{layout, Part, Source, VolumeImage};
+use crate::workarea::{self, Content};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use vdiff::diff::{ChunkScan, DiffOptions};
+use vdiff::format::{Digest, CHUNK_BYTES};
+
+/// What the user asked for.
+#[derive(Clone, Debug, Default)]
+pub struct SaveOptions {
+    /// `None`: incremental when the working area has an entry, else full.
+    pub mode: Option<Mode>,
+    /// Save relative to this entry (or its tree's full entry, for differential).
+    pub parent: Option<String>,
+    pub message: String,
+    pub tags: Vec<String>,
+    pub at_snapshot: bool,
+    /// zstd level for new data.
+    pub level: i32,
+}
+
+/// What happened.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Saved {
+    pub entry: Entry,
+    /// Set when the mode asked for could not be used (no earlier entry: saved full).
+    pub note: Option<String>,
+}
+
+/// Progress callbacks: total bytes to read is known up front, then bytes read so far.
+pub type Progress = Option<Box<dyn Fn(u64, u64) + Send + Sync>>;
+
+pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> Result<Saved> {
+    for t in &opts.tags {
+        check_tag(t)?;
+    }
+    repo.check_tags_free(&opts.tags)?;
+    let wa = workarea::inspect(dir, opts.at_snapshot)?;
+
+    // The parent.
+    let mut note = None;
+    let anchor = match &opts.parent {
+        Some(p) => Some(repo.resolve(p)?),
+        None => match repo.workarea_entry(&wa.root)? {
+            Some(n) => Some(repo.load(&n)?),
+            None => None,
+        },
+    };
+    let (mode, parent) = match (opts.mode, anchor) {
+        (Some(Mode::Full), _) => (Mode::Full, None),
+        (m, None) => {
+            if let Some(m) = m {
+                note = Some(format!(
+                    "saved full: {} needs an earlier entry, and this working area has none \
+                     (it was never saved or built here; --parent names one)",
+                    m.as_str()
+                ));
+            }
+            (Mode::Full, None)
+        }
+        (Some(Mode::Differential), Some(a)) => {
+            let root = repo.chain(&a)?.remove(0);
+            (Mode::Differential, Some(root))
+        }
+        (_, Some(a)) => (Mode::Incremental, Some(a)),
+    };
+    let parent_data = match &parent {
+        Some(p) => Some(store::load_parent(repo, p)?),
+        None => None,
+    };
+    if let Some(pd) = &parent_data {
+        if pd.scan.block_size != repo.config.block_size {
+            return Err(Error::Corrupt(format!(
+                "entry {}: block size {} differs from the repository's",
+                pd.entry.name, pd.scan.block_size
+            )));
+        }
+    }
+
+    // The volume.
+    let (offsets, vsize) = layout(wa.files.iter().map(|f| f.size));
+    let mut parts = Vec::with_capacity(wa.files.len());
+    let mut known: HashMap<u64, u64> = HashMap::new(); // our chunk -> parent's chunk
+    let mut stats = SaveStats::default();
+    let mut to_read = 0u64;
+    for (f, &off) in wa.files.iter().zip(&offsets) {
+        let unchanged = parent_data.as_ref().and_then(|pd| {
+            let pf = pd.entry.file(&f.rel)?;
+            let same = !matches!(f.content, Content::Bytes(_))
+                && !pf.synthesized
+                && pf.size == f.size
+                && pf.mtime_ns == f.mtime_ns
+                && pf.cid == f.cid;
+            same.then_some(pf.offset)
+        });
+        if let Some(poff) = unchanged {
+            let n = f.size.div_ceil(CHUNK_BYTES);
+            for c in 0..n {
+                known.insert(off / CHUNK_BYTES + c, poff / CHUNK_BYTES + c);
+            }
+            stats.unchanged_file_bytes += f.size;
+        } else {
+            to_read += f.size;
+        }
+        let source = match &f.content {
+            Content::Bytes(b) => Source::Bytes(b.clone()),
+            Content::Path(p) => Source::File(File::open(p).at(p)?),
+        };
+        parts.push(Part {
+            offset: off,
+            size: f.size,
+            source,
+        });
+    }
+    let mut vol = VolumeImage::new(parts, vsize);
+    if let Some(p) = progress {
+        p(to_read, 0);
+        vol.progress = Some(Box::new(move |n| p(to_read, n)));
+    }
+    let bs = repo.config.block_size;
+    let known_fn = |i: u64| -> vdiff::Result<Option<ChunkScan>> {
+        let (Some(pd), Some(&pc)) = (parent_data.as_ref(), known.get(&i)) else {
+            return Ok(None);
+        };
+        let Some(d) = pd.chunks.get(pc as usize) else {
+            return Ok(None);
+        };
+        Ok(Some(pd.scan.chunk_rows(pc, *d)))
+    };
+    let (scan, chunks) = vdiff::diff::scan_composed(&vol, bs, true, true, &known_fn)?;
+
+    // Per-file digests: BLAKE3 over the size and the file's chunk digests.
+    let file_digest = |off: u64, size: u64| -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(&size.to_le_bytes());
+        let c0 = (off / CHUNK_BYTES) as usize;
+        let n = size.div_ceil(CHUNK_BYTES) as usize;
+        for d in &chunks[c0..c0 + n] {
+            h.update(d);
+        }
+        hex(h.finalize().as_bytes())
+    };
+
+    // Write the entry's files into a temporary folder.
+    let tmp = repo.tmp_dir("save")?;
+    let result = (|| -> Result<Entry> {
+        let sig_path = tmp.join(store::SIGNATURE);
+        store::write_signature(&sig_path, &scan)?;
+        let chunks_path = tmp.join(store::CHUNKS);
+        store::write_chunks(&chunks_path, &chunks)?;
+        let volume_digest: Digest = scan.digest;
+        let delta_path = tmp.join(store::DELTA);
+        let out = File::create(&delta_path).at(&delta_path)?;
+        let mut w = BufWriter::with_capacity(1 << 20, out);
+        let dopts = DiffOptions {
+            block_size: bs,
+            level: opts.level,
+            index: true,
+        };
+        let summary =
+            vdiff::diff::diff_scanned(parent_data.map(|pd| pd.scan), scan, &vol, dopts, &mut w)?;
+        let out = w
+            .into_inner()
+            .map_err(|e| Error::io(&delta_path, e.into_error()))?;
+        out.sync_all().at(&delta_path)?;
+        drop(out);
+        stats.read_bytes = vol.read.load(std::sync::atomic::Ordering::Relaxed);
+        stats.changed_bytes = summary.changed_bytes;
+        stats.literal_bytes = summary.totals.literal_bytes;
+        stats.copied_bytes = summary.totals.copy_source_bytes + summary.totals.copy_target_bytes
+            - summary.unchanged_bytes;
+        let files = wa
+            .files
+            .iter()
+            .zip(&offsets)
+            .map(|(f, &off)| FileEntry {
+                path: f.rel.clone(),
+                role: workarea::role_str(f.role),
+                size: f.size,
+                mtime_ns: f.mtime_ns,
+                mode: f.mode,
+                offset: off,
+                cid: f.cid.clone(),
+                digest: file_digest(off, f.size),
+                synthesized: matches!(f.content, Content::Bytes(_)),
+            })
+            .collect();
+        Ok(Entry {
+            schema: ENTRY_SCHEMA.into(),
+            name: String::new(),
+            number: 0,
+            time: now_rfc3339(),
+            message: opts.message.clone(),
+            mode,
+            parent: parent.as_ref().map(|p| p.name.clone()),
+            tags: opts.tags.clone(),
+            source: wa.root.to_string_lossy().into_owned(),
+            at_snapshot: wa.snapshot.clone(),
+            vm: wa.vm.clone(),
+            volume: Volume {
+                size: vsize,
+                digest: hex(&volume_digest),
+                block_size: bs,
+            },
+            files,
+            skipped: wa.skipped.clone(),
+            stored: StoredFiles {
+                delta: stored_of(&delta_path)?,
+                signature: stored_of(&sig_path)?,
+                chunks: stored_of(&chunks_path)?,
+            },
+            stats: stats.clone(),
+        })
+    })();
+    let mut entry = match result {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = repo.publish(&tmp, &mut entry) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    repo.set_workarea_entry(&wa.root, &entry.name, "save")?;
+    Ok(Saved { entry, note })
+}
+
+/// Size and BLAKE3 of a file just written.
+fn stored_of(path: &Path) -> Result<Stored> {
+    let (size, digest) = store::blake3_file(path)?;
+    Ok(Stored {
+        size,
+        blake3: hex(&digest),
+    })
+}

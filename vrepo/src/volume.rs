@@ -1,0 +1,314 @@
+//! An entry's *volume*: its files laid end to end, each starting at a multiple of 1 MiB, the
+//! gaps unallocated. Saving diffs volumes (with vdiff), building patches one (with vpatch):
+//! that is how blocks moved or duplicated across files are stored once.
+//!
+//! [`VolumeImage`] reads a volume from the working area (file holes reported as unallocated,
+//! so sparse files stay sparse); [`FilesSink`] writes a built volume into its files.
+
+use crate::manifest::FILE_ALIGN;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use vdiff::image::Kind;
+
+/// The bytes of one file of a volume.
+pub enum Source {
+    File(File),
+    /// Made in memory (a `.vmx` rewritten by `save --at-snapshot`).
+    Bytes(Vec<u8>),
+}
+
+pub struct Part {
+    pub offset: u64,
+    pub size: u64,
+    pub source: Source,
+}
+
+/// Offsets for files of these sizes, in order, and the volume's size.
+pub fn layout(sizes: impl IntoIterator<Item = u64>) -> (Vec<u64>, u64) {
+    let mut at = 0u64;
+    let mut offsets = Vec::new();
+    for s in sizes {
+        offsets.push(at);
+        at += s.div_ceil(FILE_ALIGN) * FILE_ALIGN;
+    }
+    (offsets, at)
+}
+
+/// A volume read from the working area's files.
+pub struct VolumeImage {
+    pub size: u64,
+    pub parts: Vec<Part>,
+    /// File bytes read so far (for progress and the save report).
+    pub read: AtomicU64,
+    pub progress: Option<Box<dyn Fn(u64) + Send + Sync>>,
+}
+
+impl VolumeImage {
+    pub fn new(parts: Vec<Part>, size: u64) -> VolumeImage {
+        VolumeImage {
+            size,
+            parts,
+            read: AtomicU64::new(0),
+            progress: None,
+        }
+    }
+
+    fn counted(&self, n: u64) {
+        let t = self.read.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(p) = &self.progress {
+            p(t);
+        }
+    }
+}
+
+/// Report `len` bytes at `at` (volume offset) as `kind`, merging with the last range.
+fn push(layout: &mut Vec<(u64, u64, Kind)>, at: u64, len: u64, kind: Kind) {
+    if len == 0 {
+        return;
+    }
+    match layout.last_mut() {
+        Some(l) if l.2 == kind && l.0 + l.1 == at => l.1 += len,
+        _ => layout.push((at, len, kind)),
+    }
+}
+
+/// Read `[from, from + buf.len())` of `f` into `buf`, reporting holes (SEEK_HOLE) as
+/// unallocated. `vol` is where `from` sits in the volume.
+fn read_file_range(
+    f: &File,
+    buf: &mut [u8],
+    from: u64,
+    vol: u64,
+    layout: &mut Vec<(u64, u64, Kind)>,
+) -> io::Result<u64> {
+    use rustix::fs::{seek, SeekFrom};
+    let end = from + buf.len() as u64;
+    let mut pos = from;
+    let mut read = 0;
+    while pos < end {
+        let data = match seek(f, SeekFrom::Data(pos)) {
+            Ok(d) => d.min(end),
+            Err(rustix::io::Errno::NXIO) => end,
+            // No SEEK_DATA here: everything is data.
+            Err(_) => pos,
+        };
+        if data > pos {
+            buf[(pos - from) as usize..(data - from) as usize].fill(0);
+            push(layout, vol + (pos - from), data - pos, Kind::Unallocated);
+            pos = data;
+            continue;
+        }
+        let hole = match seek(f, SeekFrom::Hole(pos)) {
+            Ok(h) => h.clamp(pos + 1, end),
+            Err(_) => end,
+        };
+        let dst = &mut buf[(pos - from) as usize..(hole - from) as usize];
+        f.read_exact_at(dst, pos).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::other("the file shrank while it was read")
+            } else {
+                e
+            }
+        })?;
+        read += hole - pos;
+        push(layout, vol + (pos - from), hole - pos, Kind::Data);
+        pos = hole;
+    }
+    Ok(read)
+}
+
+impl vdiff::Image for VolumeImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_layout(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        layout: &mut Vec<(u64, u64, Kind)>,
+    ) -> vdiff::Result<()> {
+        layout.clear();
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        // The first part that ends after `offset`.
+        let mut k = self.parts.partition_point(|p| p.offset + p.size <= offset);
+        while pos < end {
+            let gap_to = match self.parts.get(k) {
+                Some(p) if p.offset + p.size <= pos => {
+                    k += 1;
+                    continue;
+                }
+                Some(p) if p.offset > pos => p.offset.min(end),
+                Some(_) => pos,
+                None => end,
+            };
+            if gap_to > pos {
+                // Padding to the next file: unallocated zeros.
+                buf[(pos - offset) as usize..(gap_to - offset) as usize].fill(0);
+                push(layout, pos, gap_to - pos, Kind::Unallocated);
+                pos = gap_to;
+                continue;
+            }
+            let p = &self.parts[k];
+            let pend = (p.offset + p.size).min(end);
+            let dst = &mut buf[(pos - offset) as usize..(pend - offset) as usize];
+            match &p.source {
+                Source::Bytes(b) => {
+                    dst.copy_from_slice(&b[(pos - p.offset) as usize..(pend - p.offset) as usize]);
+                    push(layout, pos, pend - pos, Kind::Data);
+                    self.counted(pend - pos);
+                }
+                Source::File(f) => {
+                    let n = read_file_range(f, dst, pos - p.offset, pos, layout)?;
+                    self.counted(n);
+                }
+            }
+            pos = pend;
+            k += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Where a built volume goes: its files, already created at their sizes (holes). Data is
+/// written; zero ranges are allocated (`fallocate`), as they were in the saved file;
+/// unallocated ranges and the padding between files are left as holes.
+pub struct FilesSink {
+    /// `(volume offset, size, file)`, in volume order.
+    pub files: Vec<(u64, u64, File)>,
+    pub written: u64,
+    pub progress: Option<Box<dyn Fn(u64)>>,
+}
+
+impl vpatch::Sink for FilesSink {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut n = 0;
+        let files = &self.files;
+        let r = {
+            let this = FilesSinkRef(files);
+            this.pieces(offset, bytes.len() as u64, |k, fo, at, len| {
+                n += len;
+                files[k]
+                    .2
+                    .write_all_at(&bytes[at as usize..(at + len) as usize], fo)
+            })
+        };
+        r?;
+        self.written += n;
+        if let Some(p) = &self.progress {
+            p(self.written);
+        }
+        Ok(())
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let files = &self.files;
+        FilesSinkRef(files).pieces(offset, len, |k, fo, _, l| {
+            use rustix::fs::{fallocate, FallocateFlags};
+            // Allocation is a nicety: the hole reads as zeros just the same.
+            let _ = fallocate(&files[k].2, FallocateFlags::empty(), fo, l);
+            Ok(())
+        })
+    }
+
+    fn unallocated(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct FilesSinkRef<'a>(&'a [(u64, u64, File)]);
+
+impl FilesSinkRef<'_> {
+    fn pieces(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(usize, u64, u64, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let end = offset + len;
+        let mut k = self.0.partition_point(|p| p.0 + p.1 <= offset);
+        while let Some(&(fo, fs, _)) = self.0.get(k) {
+            if fo >= end {
+                break;
+            }
+            let s = fo.max(offset);
+            let e = (fo + fs).min(end);
+            if s < e {
+                f(k, s - fo, s - offset, e - s)?;
+            }
+            k += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdiff::Image;
+
+    #[test]
+    fn layout_aligns_files() {
+        let (o, s) = layout([10, 0, FILE_ALIGN, FILE_ALIGN + 1]);
+        assert_eq!(o, vec![0, FILE_ALIGN, FILE_ALIGN, 2 * FILE_ALIGN]);
+        assert_eq!(s, 4 * FILE_ALIGN);
+    }
+
+    #[test]
+    fn volume_reads_files_gaps_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, b"hello").unwrap();
+        let b = dir.path().join("b");
+        let fb = File::create(&b).unwrap();
+        fb.set_len(3 * 4096).unwrap();
+        fb.write_all_at(b"xyz", 4096).unwrap();
+        drop(fb);
+        let (offs, size) = layout([5, 3 * 4096, 3]);
+        let parts = vec![
+            Part {
+                offset: offs[0],
+                size: 5,
+                source: Source::File(File::open(&a).unwrap()),
+            },
+            Part {
+                offset: offs[1],
+                size: 3 * 4096,
+                source: Source::File(File::open(&b).unwrap()),
+            },
+            Part {
+                offset: offs[2],
+                size: 3,
+                source: Source::Bytes(b"abc".to_vec()),
+            },
+        ];
+        let v = VolumeImage::new(parts, size);
+        let mut buf = vec![1u8; size as usize];
+        let mut lay = Vec::new();
+        v.read_layout(&mut buf, 0, &mut lay).unwrap();
+        assert_eq!(&buf[..5], b"hello");
+        assert!(buf[5..FILE_ALIGN as usize].iter().all(|&x| x == 0));
+        let b0 = FILE_ALIGN as usize;
+        assert_eq!(&buf[b0 + 4096..b0 + 4099], b"xyz");
+        assert_eq!(&buf[2 * b0..2 * b0 + 3], b"abc");
+        // Layout covers the range in order.
+        let mut at = 0;
+        for &(o, l, _) in &lay {
+            assert_eq!(o, at);
+            at += l;
+        }
+        assert_eq!(at, size);
+        assert_eq!(lay[0], (0, 5, Kind::Data));
+        assert_eq!(lay.last().unwrap().2, Kind::Unallocated);
+        // An unaligned window in the middle reads the same bytes.
+        let mut w = vec![0u8; 10000];
+        v.read_layout(&mut w, FILE_ALIGN - 100, &mut lay).unwrap();
+        assert_eq!(
+            &w[..],
+            &buf[(FILE_ALIGN - 100) as usize..(FILE_ALIGN - 100) as usize + 10000]
+        );
+    }
+}
