@@ -57,16 +57,19 @@ enum Sink<'a> {
 }
 
 /// Alignment of `O_DIRECT` offsets, lengths and buffers that every Linux file system accepts.
-const DIRECT_ALIGN: usize = 4096;
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// A sparse output file, with an `O_DIRECT` handle on it when the file system allows one.
-pub(crate) struct SparseOut<'a> {
-    pub(crate) file: &'a File,
-    pub(crate) direct: Option<File>,
+/// Shared with other writers of large files (vrepo's build).
+pub struct SparseOut<'a> {
+    pub file: &'a File,
+    pub direct: Option<File>,
 }
 
 impl SparseOut<'_> {
-    pub(crate) fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+    /// Write `data` at `offset`: the 4 KiB-aligned middle through the `O_DIRECT` handle when
+    /// there is one and `data` is aligned in memory, the rest through the page cache.
+    pub fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
         let aligned = |n: usize| n % DIRECT_ALIGN == 0;
         if let Some(d) = &self.direct {
             // The aligned middle goes direct; the edges, if any, through the page cache.
@@ -100,7 +103,7 @@ impl SparseOut<'_> {
 }
 
 /// A second, `O_DIRECT` handle on a file, when its file system allows one.
-pub(crate) fn open_direct(path: &Path) -> Option<File> {
+pub fn open_direct(path: &Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
@@ -111,21 +114,21 @@ pub(crate) fn open_direct(path: &Path) -> Option<File> {
 
 /// A zeroed buffer of `len` bytes whose start is aligned for `O_DIRECT`, without `unsafe`:
 /// over-allocate and start at the first aligned byte.
-struct AlignedBuf {
+pub struct AlignedBuf {
     bytes: Vec<u8>,
     start: usize,
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
         let bytes = vec![0u8; len + DIRECT_ALIGN];
         let start = (DIRECT_ALIGN - bytes.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
         AlignedBuf { bytes, start }
     }
-    fn get(&self, len: usize) -> &[u8] {
+    pub fn get(&self, len: usize) -> &[u8] {
         &self.bytes[self.start..self.start + len]
     }
-    fn get_mut(&mut self, len: usize) -> &mut [u8] {
+    pub fn get_mut(&mut self, len: usize) -> &mut [u8] {
         &mut self.bytes[self.start..self.start + len]
     }
 }

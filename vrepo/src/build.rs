@@ -137,19 +137,21 @@ pub fn write_files(
             .open(&p)
             .at(&p)?;
         file.set_len(f.size).at(&p)?;
-        files.push((f.offset, f.size, file));
+        files.push((f.offset, f.size, file, p));
     }
     let total = entry.vm_bytes();
-    let mut sink = FilesSink {
+    let mut sink = FilesSink::new(
         files,
-        written: 0,
-        progress: progress.map(|p| {
+        progress.map(|p| {
             p(total, 0);
             Box::new(move |n| p(total, n)) as Box<dyn Fn(u64)>
         }),
-    };
-    let applied = vpatch::apply(None, deltas, &mut sink)?;
-    for (f, (_, _, file)) in entry.files.iter().zip(&sink.files) {
+    );
+    let applied = vpatch::apply(None, deltas, &mut sink);
+    let files = sink.finish().doing(|| "writing the built files".into());
+    let applied = applied?;
+    let files = files?;
+    for (f, file) in entry.files.iter().zip(&files) {
         let t = UNIX_EPOCH + Duration::from_nanos(f.mtime_ns.max(0) as u64);
         let p = tmp.join(&f.path);
         file.set_permissions(fs::Permissions::from_mode(f.mode & 0o7777))

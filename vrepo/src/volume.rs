@@ -9,8 +9,11 @@ use crate::manifest::FILE_ALIGN;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use vdiff::image::Kind;
+use vmdk_parse::cat::{open_direct, AlignedBuf, SparseOut};
 
 /// The bytes of one file of a volume.
 pub enum Source {
@@ -176,28 +179,134 @@ impl vdiff::Image for VolumeImage {
 /// Where a built volume goes: its files, already created at their sizes (holes). Data is
 /// written; zero ranges are allocated (`fallocate`), as they were in the saved file;
 /// unallocated ranges and the padding between files are left as holes.
+///
+/// Writing happens on a thread of its own, so that vpatch produces the next windows while the
+/// previous ones are written; aligned runs go out with `O_DIRECT` where the file system takes
+/// it (vmdk-parse's [`SparseOut`]), which saves the page-cache copy that dominates a plain
+/// write of a large image.
 pub struct FilesSink {
-    /// `(volume offset, size, file)`, in volume order.
-    pub files: Vec<(u64, u64, File)>,
+    /// `(volume offset, size)` of each file, in volume order.
+    layout: Vec<(u64, u64)>,
+    tx: Option<mpsc::SyncSender<Job>>,
+    writer: Option<std::thread::JoinHandle<io::Result<Vec<File>>>>,
     pub written: u64,
     pub progress: Option<Box<dyn Fn(u64)>>,
 }
 
+enum Job {
+    Data {
+        k: usize,
+        at: u64,
+        buf: AlignedBuf,
+        len: usize,
+    },
+    Zero {
+        k: usize,
+        at: u64,
+        len: u64,
+    },
+}
+
+/// Jobs queued for the writer thread (each at most a 1 MiB window's range).
+const QUEUE: usize = 32;
+
+impl FilesSink {
+    /// `files`: `(volume offset, size, file, path)` in volume order; the files exist at their
+    /// sizes.
+    pub fn new(
+        files: Vec<(u64, u64, File, PathBuf)>,
+        progress: Option<Box<dyn Fn(u64)>>,
+    ) -> FilesSink {
+        let layout = files.iter().map(|f| (f.0, f.1)).collect();
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let writer = std::thread::spawn(move || -> io::Result<Vec<File>> {
+            let direct: Vec<Option<File>> = files.iter().map(|f| open_direct(&f.3)).collect();
+            let mut direct = direct;
+            for job in rx {
+                match job {
+                    Job::Data { k, at, buf, len } => {
+                        let mut out = SparseOut {
+                            file: &files[k].2,
+                            direct: direct[k].take(),
+                        };
+                        out.write_at(buf.get(len), at)?;
+                        direct[k] = out.direct;
+                    }
+                    Job::Zero { k, at, len } => {
+                        use rustix::fs::{fallocate, FallocateFlags};
+                        // Allocation is a nicety: the hole reads as zeros just the same.
+                        let _ = fallocate(&files[k].2, FallocateFlags::empty(), at, len);
+                    }
+                }
+            }
+            Ok(files.into_iter().map(|f| f.2).collect())
+        });
+        FilesSink {
+            layout,
+            tx: Some(tx),
+            writer: Some(writer),
+            written: 0,
+            progress,
+        }
+    }
+
+    /// Wait for every write; the files back, in order.
+    pub fn finish(mut self) -> io::Result<Vec<File>> {
+        self.tx = None;
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(r)) => r,
+            _ => Err(io::Error::other("the writer thread failed")),
+        }
+    }
+
+    fn send(&mut self, job: Job) -> io::Result<()> {
+        let tx = self.tx.as_ref().expect("not finished");
+        if tx.send(job).is_err() {
+            // The writer stopped on an error: report it.
+            self.tx = None;
+            return match self.writer.take().map(|w| w.join()) {
+                Some(Ok(Err(e))) => Err(e),
+                _ => Err(io::Error::other("the writer thread failed")),
+            };
+        }
+        Ok(())
+    }
+
+    /// The parts of `[offset, offset + len)` that fall in files: `(index, file offset, start
+    /// in the range, length)`.
+    fn pieces(&self, offset: u64, len: u64) -> Vec<(usize, u64, u64, u64)> {
+        let end = offset + len;
+        let mut out = Vec::new();
+        let mut k = self.layout.partition_point(|p| p.0 + p.1 <= offset);
+        while let Some(&(fo, fs)) = self.layout.get(k) {
+            if fo >= end {
+                break;
+            }
+            let s = fo.max(offset);
+            let e = (fo + fs).min(end);
+            if s < e {
+                out.push((k, s - fo, s - offset, e - s));
+            }
+            k += 1;
+        }
+        out
+    }
+}
+
 impl vpatch::Sink for FilesSink {
     fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        let mut n = 0;
-        let files = &self.files;
-        let r = {
-            let this = FilesSinkRef(files);
-            this.pieces(offset, bytes.len() as u64, |k, fo, at, len| {
-                n += len;
-                files[k]
-                    .2
-                    .write_all_at(&bytes[at as usize..(at + len) as usize], fo)
-            })
-        };
-        r?;
-        self.written += n;
+        for (k, at, start, len) in self.pieces(offset, bytes.len() as u64) {
+            let mut buf = AlignedBuf::new(len as usize);
+            buf.get_mut(len as usize)
+                .copy_from_slice(&bytes[start as usize..(start + len) as usize]);
+            self.send(Job::Data {
+                k,
+                at,
+                buf,
+                len: len as usize,
+            })?;
+            self.written += len;
+        }
         if let Some(p) = &self.progress {
             p(self.written);
         }
@@ -205,42 +314,13 @@ impl vpatch::Sink for FilesSink {
     }
 
     fn zero(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        let files = &self.files;
-        FilesSinkRef(files).pieces(offset, len, |k, fo, _, l| {
-            use rustix::fs::{fallocate, FallocateFlags};
-            // Allocation is a nicety: the hole reads as zeros just the same.
-            let _ = fallocate(&files[k].2, FallocateFlags::empty(), fo, l);
-            Ok(())
-        })
+        for (k, at, _, l) in self.pieces(offset, len) {
+            self.send(Job::Zero { k, at, len: l })?;
+        }
+        Ok(())
     }
 
     fn unallocated(&mut self, _: u64, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-struct FilesSinkRef<'a>(&'a [(u64, u64, File)]);
-
-impl FilesSinkRef<'_> {
-    fn pieces(
-        &self,
-        offset: u64,
-        len: u64,
-        mut f: impl FnMut(usize, u64, u64, u64) -> io::Result<()>,
-    ) -> io::Result<()> {
-        let end = offset + len;
-        let mut k = self.0.partition_point(|p| p.0 + p.1 <= offset);
-        while let Some(&(fo, fs, _)) = self.0.get(k) {
-            if fo >= end {
-                break;
-            }
-            let s = fo.max(offset);
-            let e = (fo + fs).min(end);
-            if s < e {
-                f(k, s - fo, s - offset, e - s)?;
-            }
-            k += 1;
-        }
         Ok(())
     }
 }
