@@ -1,56 +1,115 @@
 #!/usr/bin/env bash
-# Quick-start demo: make a 3-link VMware-style snapshot chain with qemu-img and qemu-io,
-# then look at it with vmdk-parse and check every byte against qemu-img's own reading.
+# Quick-start demo of the main job: save a VM's states into a repository and build one back.
+#
+# Makes a sample VM working area with qemu-img (an ext4 file system of real files from /usr,
+# as a monolithicSparse VMDK, plus a .vmx and an .nvram), then:
+#   state 1  -> vrepo save                 (E1, full: the first save of this working area)
+#   state 2  -> vrepo save                 (E2, incremental: only what changed since E1)
+#   state 3  -> vrepo save --differential  (E3: what changed since E1, the tree's full entry)
+#   vrepo build E1 into the working area, state 4 -> vrepo save (E4, incremental on E1)
+# draws the tree, builds the old entry E2 into a new working area and checks it byte for byte
+# against the state saved, with vmdk-parse check and qemu-img check, and lists a folder of the
+# built disk's file system.
+#
+# Usage: scripts/demo.sh            (DEMO_DIR=folder to keep the files somewhere known)
+# Needs: cargo, qemu-utils, e2fsprogs (mke2fs, debugfs).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo build --release -q -p vmdk-parse
-VP="$PWD/target/release/vmdk-parse"
+repo_root=$(cd "$(dirname "$0")/.." && pwd)
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 2; }
+for c in qemu-img mke2fs debugfs cargo; do
+    command -v "$c" >/dev/null || die "$c is missing (Debian: apt-get install qemu-utils e2fsprogs; Rust: https://rustup.rs)"
+done
+
+(cd "$repo_root" && cargo build --release -q -p vrepo -p vmdk-parse)
+VREPO="$repo_root/target/release/vrepo"
+VP="$repo_root/target/release/vmdk-parse"
 work="${DEMO_DIR:-$(mktemp -d)}"
 mkdir -p "$work"
+work=$(cd "$work" && pwd)
 cd "$work"
-rm -f base.vmdk snap1.vmdk snap2.vmdk ./*.raw
+rm -rf wa repo restored states staging disk.raw
+mkdir -p wa states staging
+export VREPO_REPOSITORY="$work/repo"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say "A sample VM: 256 MiB ext4 disk holding ~40 MiB of files from /usr, a .vmx, an .nvram"
+# Real files (not random bytes): the first ~40 MiB of regular files under /usr/share and /usr/lib.
+find /usr/share /usr/lib -xdev -type f -size -4M -readable -printf '%s %p\n' 2>/dev/null |
+    awk -v lim=$((40 * 1024 * 1024)) '{ t += $1; if (t > lim) exit; sub(/^[0-9]+ /, ""); print }' >staging.list || true
+i=0
+while IFS= read -r f; do
+    i=$((i + 1))
+    d="staging/d$((i % 20))"
+    mkdir -p "$d"
+    cp "$f" "$d/$i-$(basename "$f" | tr -c 'A-Za-z0-9._\n-' _)" 2>/dev/null || true
+done <staging.list
+mke2fs -q -t ext4 -d staging disk.raw 256M
+qemu-img convert -O vmdk disk.raw wa/demo.vmdk
+cat >wa/demo.vmx <<'VMX'
+.encoding = "UTF-8"
+config.version = "8"
+virtualHW.version = "19"
+displayName = "demo"
+guestOS = "debian12-64"
+memSize = "1024"
+scsi0.present = "TRUE"
+scsi0.virtualDev = "pvscsi"
+scsi0:0.present = "TRUE"
+scsi0:0.fileName = "demo.vmdk"
+nvram = "demo.nvram"
+VMX
+head -c 8684 /dev/urandom >wa/demo.nvram
+ls -ls wa
 
-say "A 64 MiB base disk with data, a zeroed range and unwritten space"
-qemu-img create -q -f vmdk base.vmdk 64M
-qemu-io -f vmdk base.vmdk -c "write -P 0x11 0 8M" -c "write -z 8M 4M" -c "write -P 0x22 32M 1M" >/dev/null
-say "Two snapshot links on top (what VMware makes at each snapshot), each overwriting parts"
-qemu-img create -q -f vmdk -b base.vmdk -F vmdk snap1.vmdk
-qemu-io -f vmdk snap1.vmdk -c "write -P 0x33 4M 2M" -c "write -z 32M 64k" >/dev/null
-qemu-img create -q -f vmdk -b snap1.vmdk -F vmdk snap2.vmdk
-qemu-io -f vmdk snap2.vmdk -c "write -P 0x44 5M 128k" -c "write -P 0x55 60M 1M" >/dev/null
+# evolve N: the guest writes new files and deletes others (debugfs -w on the raw image), and
+# the VMDK changes (converted again, as a new file would be written by VMware).
+evolve() {
+    local n=$1 k
+    {
+        for k in 1 2 3; do
+            echo "write $(find /usr/bin -maxdepth 1 -type f | sort | sed -n "$((n * 7 + k))p") new-$n-$k"
+        done
+        echo "rm d$n/$(debugfs -R "ls -p d$n" disk.raw 2>/dev/null | awk -F/ 'NF > 5 && $6 ~ /^[0-9]/ { print $6; exit }')"
+    } >"cmds.$n"
+    debugfs -w -f "cmds.$n" disk.raw >/dev/null 2>&1
+    qemu-img convert -O vmdk disk.raw wa/demo.vmdk.new && mv wa/demo.vmdk.new wa/demo.vmdk
+}
+keep() { mkdir -p "states/$1" && cp -a wa/. "states/$1/"; }
 
-say "vmdk-parse info snap2.vmdk (the chain, with CIDs, and byte totals)"
-"$VP" info snap2.vmdk | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-print("createType:", d["create_type"], " capacity:", d["capacity_bytes"])
-for l in d["chain"]:
-    print("  link %d  %-12s CID %s parentCID %s" % (l["depth"], l["path"].split("/")[-1], l["cid"], l["parent_cid"]))
-print("totals:", d["totals"])'
+say "vrepo init, then three states saved in each mode"
+"$VREPO" init
+keep 1
+"$VREPO" save wa -m "state 1: installed" --tag installed
+evolve 2 && keep 2
+"$VREPO" save wa -m "state 2: new files, one deleted"
+evolve 3 && keep 3
+"$VREPO" save wa --differential -m "state 3: differential on E1"
 
-say "vmdk-parse map snap2.vmdk (which link holds each range)"
-"$VP" map snap2.vmdk | python3 -c '
-import json, sys
-for line in sys.stdin:
-    r = json.loads(line)
-    f = (r["file"] or "-").split("/")[-1]
-    print("  %10d +%-9d %-12s link %d  %s" % (r["offset"], r["length"], r["state"], r["depth"], f))'
+say "vrepo build E1 into the working area, change it, save: a second branch of the tree"
+"$VREPO" build installed wa --force
+cmp wa/demo.vmdk states/1/demo.vmdk && echo "  the working area is state 1 again"
+qemu-img convert -O raw wa/demo.vmdk disk.raw
+evolve 4 && keep 4
+"$VREPO" save wa -m "state 4: after going back to E1"
 
-say "vmdk-parse check snap2.vmdk"
-"$VP" check snap2.vmdk >/dev/null && echo "  clean"
+say "vrepo tree"
+"$VREPO" tree
 
-say "vmdk-parse cat snap2.vmdk -o snap2.raw, compared with qemu-img convert -O raw"
-"$VP" cat snap2.vmdk -o snap2.raw
-qemu-img convert -O raw snap2.vmdk qemu.raw
-cmp snap2.raw qemu.raw && echo "  identical: $(sha256sum < snap2.raw | cut -c1-16)...  ($(du -k snap2.raw | cut -f1) KiB allocated of 64 MiB: holes kept)"
+say "vrepo diff E1 E2 (files changed, bytes changed, from stored digests only)"
+"$VREPO" diff E1 E2
 
-say "A broken chain is refused with a clear message"
-qemu-io -f vmdk base.vmdk -c "write -P 0x66 0 64k" >/dev/null   # changes base's CID
-set +e
-"$VP" cat snap2.vmdk -o /dev/null
-echo "  exit code $? (3 = corrupt input)"
-set -e
-echo
+say "vrepo build E2 restored (an old entry, into a new working area), then check it"
+"$VREPO" build E2 restored
+for f in states/2/*; do
+    cmp "$f" "restored/$(basename "$f")"
+done
+echo "  every file identical to state 2"
+"$VP" check restored/demo.vmdk >/dev/null && echo "  vmdk-parse check: clean"
+qemu-img check -q restored/demo.vmdk && echo "  qemu-img check: clean"
+qemu-img compare -q states/2/demo.vmdk restored/demo.vmdk && echo "  qemu-img compare: same guest contents"
+"$VREPO" cat --guest E2 demo.vmdk >restored.raw
+echo "  files in /d2 of the built disk (vrepo cat --guest | debugfs):"
+debugfs -R "ls d2" restored.raw 2>/dev/null | head -n 3 | sed 's/^/    /'
+
+say "Stored: $(du -sh repo | cut -f1) for four states of a $(du -sh --apparent-size states/1/demo.vmdk | cut -f1) disk"
 echo "Demo files are in $work"
