@@ -131,6 +131,7 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             offset: off,
             size: f.size,
             source,
+            name: wa.root.join(&f.rel).display().to_string(),
         });
     }
     let mut vol = VolumeImage::new(parts, vsize);
@@ -148,7 +149,14 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
         };
         Ok(Some(pd.scan.chunk_rows(pc, *d)))
     };
-    let (scan, chunks) = vdiff::diff::scan_composed(&vol, bs, true, true, &known_fn)?;
+    let (scan, chunks) =
+        vdiff::diff::scan_composed(&vol, bs, true, true, &known_fn).map_err(|e| match e {
+            vdiff::Error::Io(source) => Error::Io {
+                what: "saving".into(),
+                source,
+            },
+            other => Error::from(other),
+        })?;
 
     // Per-file digests: BLAKE3 over the size and the file's chunk digests.
     let file_digest = |off: u64, size: u64| -> String {
@@ -172,17 +180,36 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
         let volume_digest: Digest = scan.digest;
         let delta_path = tmp.join(store::DELTA);
         let out = File::create(&delta_path).at(&delta_path)?;
-        let mut w = BufWriter::with_capacity(1 << 20, out);
+        let mut w = BufWriter::with_capacity(1 << 20, Named(out, delta_path.display().to_string()));
         let dopts = DiffOptions {
             block_size: bs,
             level: opts.level,
             index: true,
         };
         let summary =
-            vdiff::diff::diff_scanned(parent_data.map(|pd| pd.scan), scan, &vol, dopts, &mut w)?;
+            vdiff::diff::diff_scanned(parent_data.map(|pd| pd.scan), scan, &vol, dopts, &mut w)
+                .map_err(|e| match e {
+                    vdiff::Error::Changed(at) => {
+                        let k = offsets.partition_point(|&o| o <= at).saturating_sub(1);
+                        let name = wa.files.get(k).map_or("a file", |f| f.rel.as_str());
+                        Error::Io {
+                            what: format!("{}/{name}", wa.root.display()),
+                            source: std::io::Error::other(
+                                "changed while it was saved (is the VM running? power it off, \
+                                 or snapshot it and save --at-snapshot); nothing was stored",
+                            ),
+                        }
+                    }
+                    vdiff::Error::Io(source) => Error::Io {
+                        what: "saving".into(),
+                        source,
+                    },
+                    other => Error::from(other),
+                })?;
         let out = w
             .into_inner()
-            .map_err(|e| Error::io(&delta_path, e.into_error()))?;
+            .map_err(|e| Error::io(&delta_path, e.into_error()))?
+            .0;
         out.sync_all().at(&delta_path)?;
         drop(out);
         stats.read_bytes = vol.read.load(std::sync::atomic::Ordering::Relaxed);
@@ -255,4 +282,18 @@ fn stored_of(path: &Path) -> Result<Stored> {
         size,
         blake3: hex(&digest),
     })
+}
+
+/// A writer whose errors name its file.
+struct Named(File, String);
+
+impl std::io::Write for Named {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .write(b)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", self.1)))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }

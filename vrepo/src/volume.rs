@@ -26,6 +26,8 @@ pub struct Part {
     pub offset: u64,
     pub size: u64,
     pub source: Source,
+    /// For messages: the file's path.
+    pub name: String,
 }
 
 /// Offsets for files of these sizes, in order, and the volume's size.
@@ -165,7 +167,9 @@ impl vdiff::Image for VolumeImage {
                     self.counted(pend - pos);
                 }
                 Source::File(f) => {
-                    let n = read_file_range(f, dst, pos - p.offset, pos, layout)?;
+                    let n = read_file_range(f, dst, pos - p.offset, pos, layout).map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("reading {}: {e}", p.name))
+                    })?;
                     self.counted(n);
                 }
             }
@@ -353,16 +357,19 @@ mod tests {
                 offset: offs[0],
                 size: 5,
                 source: Source::File(File::open(&a).unwrap()),
+                name: "a".into(),
             },
             Part {
                 offset: offs[1],
                 size: 3 * 4096,
                 source: Source::File(File::open(&b).unwrap()),
+                name: "b".into(),
             },
             Part {
                 offset: offs[2],
                 size: 3,
                 source: Source::Bytes(b"abc".to_vec()),
+                name: "c".into(),
             },
         ];
         let v = VolumeImage::new(parts, size);
