@@ -120,12 +120,29 @@ pub struct ChunkScan {
 /// The rolling checksum of rsync (two 16-bit sums), over a whole block: it finds blocks of
 /// OLD at any byte offset of NEW's literal runs. Candidates are confirmed by the block digest.
 pub fn weak(bytes: &[u8]) -> u32 {
-    // b = sum of (n - i) * x_i, computed as the sum of the running sums of a.
-    let (mut a, mut b) = (0u32, 0u32);
-    for &x in bytes {
-        a = a.wrapping_add(x as u32);
-        b = b.wrapping_add(a);
+    // a = sum of x_i; b = sum of (n - i) * x_i = n * a - sum of i * x_i (all mod 2^32, then
+    // cut to 16 bits). Written as independent lane sums so the compiler vectorizes it: the
+    // running-sum form has a dependency on every byte.
+    const LANES: usize = 32;
+    let mut sa = [0u32; LANES];
+    let mut si = [0u32; LANES];
+    let mut chunks = bytes.chunks_exact(LANES);
+    let mut base = 0u32;
+    for c in &mut chunks {
+        for l in 0..LANES {
+            let x = c[l] as u32;
+            sa[l] = sa[l].wrapping_add(x);
+            si[l] = si[l].wrapping_add((base + l as u32).wrapping_mul(x));
+        }
+        base = base.wrapping_add(LANES as u32);
     }
+    let mut a = sa.iter().fold(0u32, |t, &v| t.wrapping_add(v));
+    let mut s = si.iter().fold(0u32, |t, &v| t.wrapping_add(v));
+    for (k, &x) in chunks.remainder().iter().enumerate() {
+        a = a.wrapping_add(x as u32);
+        s = s.wrapping_add((base + k as u32).wrapping_mul(x as u32));
+    }
+    let b = (bytes.len() as u32).wrapping_mul(a).wrapping_sub(s);
     (a & 0xffff) | (b << 16)
 }
 
