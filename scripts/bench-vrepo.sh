@@ -1,0 +1,523 @@
+#!/usr/bin/env bash
+# Benchmark vrepo save/build against restic and borg on a realistic VM working area.
+#
+# Builds (once, then reused) a VM working area: a monolithicSparse VMDK of an ext4 file system
+# holding real files copied from /usr, a small .vmx and a .nvram of random bytes, in three
+# states. States 1 and 2 evolve the file system with `debugfs -w` (new files written, files
+# deleted, files rewritten with a changed head) and write the result INTO THE SAME VMDK FILE IN
+# PLACE, as VMware changes a running disk: the raw states N-1 and N are compared in 64 KiB
+# blocks (the grain size) and only the changed runs are written with
+# `qemu-io -f vmdk FILE` commands `write -s DATA OFF LEN` (DATA holds the run's new bytes), so
+# unchanged grains keep their file offsets, new grains are appended and the header CID changes.
+# (`qemu-img convert -n -O vmdk RAW FILE` onto the existing file is no good: it writes every
+# grain, zeros included, so the file grows to the disk's full virtual size.) Each state is kept
+# as a reference folder (wa0, wa1, wa2).
+#
+# Then, in one run, the working area (one folder, same path throughout) takes states 0, 1 and 2
+# in turn (the changed files copied in and touched), and each state is saved by
+#   vrepo -r R save WORKAREA         (first full, then incremental: vrepo's default)
+#   restic -r R backup WORKAREA      (defaults: repository v2, compression auto; RESTIC_PASSWORD)
+#   borg create R::sN workarea       (defaults: lz4 compression; repo made with --encryption none)
+# and the newest state is built into an empty folder, 3 times interleaved (median), by
+#   vrepo -r R build latest DIR, restic restore latest --target DIR, borg extract R::s2,
+#   cp -a WORKAREA/. DIR             (the physical limit)
+# Every restored folder must hold exactly the working area's files, byte for byte: a fast wrong
+# answer fails. Repository sizes are `du -sb` after the three states.
+# Last, a chain: a second vrepo repository gets BENCH_CHAIN entries (E1 full, then incremental
+# saves, each after BENCH_CHAIN_KIB of random data written in place into the disk at random
+# grain-aligned offsets, about half of them into unallocated grains), the final state is also
+# saved --full into a third repository, and building entry BENCH_CHAIN is timed against building
+# that full entry (3 times interleaved, median), both checked byte for byte.
+# Wall seconds and peak RSS come from /usr/bin/time; nothing is dropped from the page cache (the
+# inputs are read from it by every contender), and `sync` runs before each timed build.
+#
+# Usage: scripts/bench-vrepo.sh [--strict]
+#   --strict   exit 3 when a goal is missed (default: report it, exit 0)
+#
+# Environment (default in brackets):
+#   BENCH_WORK       work folder; the working-area states are kept there and reused
+#                    [REPO/bench-work/vrepo]
+#   BENCH_DATA_MIB   MiB of files copied from /usr into the file system [1024]
+#   BENCH_DISK_GIB   size of the ext4 file system (the disk's virtual size), GiB [2]
+#   BENCH_CHURN_PCT  per state: percent of the data written anew, and of files deleted or
+#                    rewritten (1-50) [5]
+#   BENCH_CHAIN      entries in the chain [50]
+#   BENCH_CHAIN_KIB  KiB written into the disk before each chain save [4096]
+#   BENCH_RUNS       timed repetitions of each build [3]
+#   BENCH_SKIP_VREPO set to 1 to run only restic, borg and cp (vrepo not built) [0]
+#
+# Exit codes: 0 done, 1 a restored working area differs or a command failed, 2 usage or setup
+# error, 3 a goal missed with --strict.
+set -euo pipefail
+
+readonly MIB=$((1024 * 1024))
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+work=${BENCH_WORK:-$repo/bench-work/vrepo}
+data_mib=${BENCH_DATA_MIB:-1024}
+disk_gib=${BENCH_DISK_GIB:-2}
+churn=${BENCH_CHURN_PCT:-5}
+chain=${BENCH_CHAIN:-50}
+chain_kib=${BENCH_CHAIN_KIB:-4096}
+runs=${BENCH_RUNS:-3}
+skip_vrepo=${BENCH_SKIP_VREPO:-0}
+# shellcheck source=scripts/bench-lib.sh
+source "$repo/scripts/bench-lib.sh"
+bench_args "$@"
+for n in "$data_mib" "$disk_gib" "$churn" "$chain" "$chain_kib" "$runs"; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
+done
+((churn <= 50)) || die "BENCH_CHURN_PCT must be at most 50, got $churn"
+((chain >= 2)) || die "BENCH_CHAIN must be at least 2, got $chain"
+
+need mke2fs e2fsprogs
+need debugfs e2fsprogs
+need qemu-img qemu-utils
+need qemu-io qemu-utils
+need /usr/bin/time time
+need cmp diffutils
+need python3 python3
+need restic restic
+need borg borgbackup
+
+mkdir -p "$work/bin" "$work/log"
+work=$(cd "$work" && pwd)
+log=$work/log
+rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+vr=$work/bin/vrepo
+if [[ $skip_vrepo != 1 ]]; then
+    command -v cargo >/dev/null || die "cargo is missing (install Rust: https://rustup.rs)"
+    say "cargo build --release -p vrepo"
+    (cd "$repo" && cargo build --release -p vrepo --quiet) || die "cargo build failed"
+    # A private copy: other builds sharing target/ must not swap the binary in the middle of a run.
+    cp "$repo/target/release/vrepo" "$vr.tmp" && mv "$vr.tmp" "$vr"
+fi
+
+# py MODE ARGS...: the small helpers that need block-wise byte comparisons or random offsets.
+#   ranges OLD NEW DIR   qemu-io commands writing NEW's 64 KiB blocks that differ from OLD's
+#                        (adjacent ones merged into one run; each run's bytes saved in DIR)
+#   same OLD NEW         "EQUAL TOTAL": OLD's 64 KiB blocks found unchanged at the same offset
+#   random SIZE KIB DIR  qemu-io commands writing KIB KiB of random bytes at random 64 KiB
+#                        aligned offsets below SIZE, in runs of 64 to 512 KiB
+py() {
+    python3 - "$@" <<'PY'
+import os, random, sys
+B = 65536
+mode, args = sys.argv[1], sys.argv[2:]
+if mode == "ranges":
+    old, new, d = args
+    os.makedirs(d, exist_ok=True)
+    runs = []
+    with open(old, "rb") as fa, open(new, "rb") as fb:
+        off, start, chunks = 0, None, []
+        while True:
+            a, b = fa.read(B), fb.read(B)
+            if not b:
+                break
+            if a != b:
+                if start is None:
+                    start = off
+                chunks.append(b)
+            elif start is not None:
+                runs.append((start, b"".join(chunks)))
+                start, chunks = None, []
+            off += len(b)
+        if start is not None:
+            runs.append((start, b"".join(chunks)))
+    for i, (start, data) in enumerate(runs):
+        p = os.path.join(d, str(i))
+        with open(p, "wb") as f:
+            f.write(data)
+        print(f"write -q -s {p} {start} {len(data)}")
+elif mode == "same":
+    old, new = args
+    same = total = 0
+    with open(old, "rb") as fa, open(new, "rb") as fb:
+        while True:
+            a = fa.read(B)
+            if not a:
+                break
+            total += 1
+            same += a == fb.read(B)
+    print(same, total)
+elif mode == "random":
+    size, kib, d = int(args[0]), int(args[1]), args[2]
+    os.makedirs(d, exist_ok=True)
+    left, i = kib * 1024, 0
+    while left > 0:
+        n = min(left, random.randint(1, 8) * B)
+        off = random.randrange(0, size // B - 8) * B
+        p = os.path.join(d, str(i))
+        with open(p, "wb") as f:
+            f.write(os.urandom(n))
+        print(f"write -q -s {p} {off} {n}")
+        left -= n
+        i += 1
+PY
+}
+
+# inplace VMDK CMDS: run the qemu-io commands in CMDS on VMDK (in place).
+inplace() {
+    qemu-io -f vmdk "$1" <"$2" >"$log/qemu-io.log" 2>&1 || die "qemu-io on $1 failed: $(tail -n3 "$log/qemu-io.log")"
+}
+
+# --- The working-area states -------------------------------------------------------------------
+
+stamp=$work/states.stamp
+want_stamp="data_mib=$data_mib disk_gib=$disk_gib churn=$churn"
+
+# stage DEST SKIP_MIB LIMIT_MIB: copy LIMIT_MIB of regular files from /usr into DEST, after
+# skipping the first SKIP_MIB (so calls give disjoint sets of real files). As in bench-vdiff.sh.
+stage() {
+    local dest=$1 skip=$(($2 * MIB)) limit=$(($3 * MIB)) seen=0 total=0 size path
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    find /usr/bin /usr/share /usr/lib -xdev -type f -size -65536k -readable -printf '%s\t%p\0' |
+        sort -z |
+        while IFS=$'\t' read -r -d '' size path; do
+            seen=$((seen + size))
+            ((seen > skip)) || continue
+            ((total + size <= limit)) || continue
+            total=$((total + size))
+            printf '%s\0' "${path#/}"
+        done |
+        tar -C / --null --no-recursion -T - -cf - | tar -C "$dest" -xf -
+}
+
+# evolve N: raw state N from raw state N-1 with debugfs -w: the files staged in new$N written to
+# /new$N; every (100/churn)th file of state 0 (a different residue per state) deleted or
+# rewritten with a header line added. Names with blanks or quotes are left alone.
+evolve() {
+    local n=$1 prev=$(($1 - 1)) cmds=$work/debugfs$1.cmds step=$((100 / churn)) i=0 j=0 f rel dir mod
+    cp --sparse=always "$work/state$prev.raw" "$work/state$n.raw.tmp"
+    printf 'mkdir /new%d\ncd /new%d\n' "$n" "$n" >"$cmds"
+    while IFS= read -r -d '' f; do
+        [[ $f == *[[:space:]\"]* ]] && continue
+        i=$((i + 1))
+        echo "write \"$f\" f$i" >>"$cmds"
+    done < <(find "$work/new$n" -type f -print0 | sort -z)
+    mkdir -p "$work/mod$n"
+    while IFS= read -r -d '' f; do
+        j=$((j + 1))
+        ((j % step == n - 1)) || continue
+        [[ $f == *[[:space:]\"]* ]] && continue
+        rel=${f#"$work/staging"}
+        dir=${rel%/*}
+        echo "cd \"${dir:-/}\"" >>"$cmds"
+        echo "rm \"${rel##*/}\"" >>"$cmds"
+        if (((j / step) % 2 == 0)); then
+            mod=$work/mod$n/$j
+            { printf 'rewritten by bench-vrepo, state %d, file %d\n' "$n" "$j"; cat "$f"; } >"$mod"
+            echo "write \"$mod\" \"${rel##*/}\"" >>"$cmds"
+        fi
+    done < <(find "$work/staging" -type f -print0 | sort -z)
+    debugfs -w -f "$cmds" "$work/state$n.raw.tmp" >/dev/null 2>"$log/debugfs$n.log" || die "debugfs failed (see $log/debugfs$n.log)"
+    mv "$work/state$n.raw.tmp" "$work/state$n.raw"
+}
+
+write_vmx() {
+    cat <<'VMX'
+.encoding = "UTF-8"
+config.version = "8"
+virtualHW.version = "19"
+displayName = "bench"
+guestOS = "debian12-64"
+memSize = "1024"
+scsi0.present = "TRUE"
+scsi0.virtualDev = "pvscsi"
+scsi0:0.present = "TRUE"
+scsi0:0.fileName = "bench.vmdk"
+nvram = "bench.nvram"
+VMX
+}
+
+if [[ -f $stamp && $(<"$stamp") == "$want_stamp" && -f $work/wa0/bench.vmdk && -f $work/wa1/bench.vmdk && -f $work/wa2/bench.vmdk ]]; then
+    say "reusing the working-area states in $work ($want_stamp)"
+else
+    rm -rf "$stamp" "$work"/wa[0-9] "$work"/state[0-9].raw*
+    new_mib=$((data_mib * churn / 100))
+    ((new_mib > 0)) || new_mib=1
+    say "staging ~$data_mib MiB of files from /usr, and 2 x ~$new_mib MiB of other files"
+    stage "$work/staging" 0 "$data_mib"
+    stage "$work/new1" "$data_mib" "$new_mib"
+    stage "$work/new2" "$((data_mib + new_mib))" "$new_mib"
+    say "state 0: mke2fs -t ext4 -d staging (${disk_gib} GiB), qemu-img convert -O vmdk"
+    truncate -s "${disk_gib}G" "$work/state0.raw"
+    mke2fs -q -F -t ext4 -L vmlbench -d "$work/staging" "$work/state0.raw"
+    mkdir -p "$work/wa0.tmp"
+    qemu-img convert -f raw -O vmdk "$work/state0.raw" "$work/wa0.tmp/bench.vmdk"
+    write_vmx >"$work/wa0.tmp/bench.vmx"
+    head -c 270336 /dev/urandom >"$work/wa0.tmp/bench.nvram"
+    mv "$work/wa0.tmp" "$work/wa0"
+    : >"$work/layout.txt"
+    for n in 1 2; do
+        prev=$((n - 1))
+        say "state $n: debugfs -w (new files, $churn% of the files deleted or rewritten), changed grains written in place"
+        evolve "$n"
+        rm -rf "$work/wa$n.tmp" "$work/ranges"
+        cp -a "$work/wa$prev" "$work/wa$n.tmp"
+        py ranges "$work/state$prev.raw" "$work/state$n.raw" "$work/ranges" >"$work/ranges.cmds"
+        inplace "$work/wa$n.tmp/bench.vmdk" "$work/ranges.cmds"
+        qemu-img compare -q -f raw -F vmdk "$work/state$n.raw" "$work/wa$n.tmp/bench.vmdk" ||
+            die "state $n: the VMDK written in place differs from the raw image"
+        # The firmware changes a few bytes of its nvram too.
+        printf 'bench state %d' "$n" | dd of="$work/wa$n.tmp/bench.nvram" bs=1 seek=$((4096 * n)) conv=notrunc status=none
+        read -r same total < <(py same "$work/wa$prev/bench.vmdk" "$work/wa$n.tmp/bench.vmdk")
+        printf 'state %d: %d writes, %s MiB of grains written; %d of %d 64 KiB blocks of the VMDK unchanged in place; VMDK %s -> %s bytes\n' \
+            "$n" "$(wc -l <"$work/ranges.cmds")" "$(du -sm "$work/ranges" | cut -f1)" "$same" "$total" \
+            "$(stat -c %s "$work/wa$prev/bench.vmdk")" "$(stat -c %s "$work/wa$n.tmp/bench.vmdk")" >>"$work/layout.txt"
+        mv "$work/wa$n.tmp" "$work/wa$n"
+    done
+    rm -rf "$work/staging" "$work"/new[0-9] "$work"/mod[0-9] "$work/ranges" "$work"/state[0-9].raw
+    echo "$want_stamp" >"$stamp"
+fi
+cat "$work/layout.txt" >&2
+
+# --- Timing ------------------------------------------------------------------------------------
+
+# timed NAME COMMAND...: wall seconds and peak RSS (KiB) into wall[NAME] and rss[NAME].
+declare -A wall rss
+timed() {
+    local name=$1 status=0
+    shift
+    /usr/bin/time -f '%e %M' -o "$work/time.txt" -- "$@" >"$log/$name.out" 2>"$log/$name.err" || status=$?
+    read -r "wall[$name]" "rss[$name]" < <(tail -n1 "$work/time.txt")
+    ((status == 0)) || die "$name failed (exit $status): $* : $(tail -n5 "$log/$name.err")"
+}
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+kib2mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+wrong=0
+# check_tree NAME GOT WANT: GOT must hold exactly WANT's files and folders, byte for byte.
+check_tree() {
+    local name=$1 got=$2 want=$3 f
+    if [[ ! -d $got ]] || ! diff <(cd "$want" && find . -mindepth 1 -printf '%y %P\n' | sort) \
+        <(cd "$got" && find . -mindepth 1 -printf '%y %P\n' | sort) >"$log/$name.tree-diff"; then
+        say "WRONG: $name: the restored files are not the working area's (see $log/$name.tree-diff)"
+        wrong=1
+        return
+    fi
+    while IFS= read -r -d '' f; do
+        if ! cmp -s "$want/$f" "$got/$f"; then
+            say "WRONG: $name: $f differs from the working area's"
+            wrong=1
+        fi
+    done < <(cd "$want" && find . -type f -printf '%P\0')
+}
+
+repos=$work/repos
+wa=$work/workarea
+dest=$work/dest
+rm -rf "$repos" "$wa" "$dest" "$work/cache" "$work/chainwa"
+mkdir -p "$repos" "$work/cache"
+export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$work/cache/restic
+export BORG_BASE_DIR=$work/cache/borg BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+restic -r "$repos/restic" init >"$log/restic-init.log" 2>&1 || die "restic init failed: $(tail -n3 "$log/restic-init.log")"
+borg init --encryption none "$repos/borg" >"$log/borg-init.log" 2>&1 || die "borg init failed: $(tail -n3 "$log/borg-init.log")"
+if [[ $skip_vrepo != 1 ]]; then
+    "$vr" -r "$repos/vrepo" init >"$log/vrepo-init.log" 2>&1 || die "vrepo init failed: $(tail -n3 "$log/vrepo-init.log")"
+fi
+
+# --- Saves of the three states -----------------------------------------------------------------
+
+for n in 0 1 2; do
+    if ((n == 0)); then
+        cp -a "$work/wa0" "$wa"
+    else
+        # The files that changed are copied over the working area's (same inodes), then touched
+        # as a running VM's would be; the .vmx is left alone.
+        for f in bench.vmdk bench.nvram; do
+            cmp -s "$work/wa$n/$f" "$wa/$f" || cp "$work/wa$n/$f" "$wa/$f"
+        done
+    fi
+    touch "$wa/bench.vmdk" "$wa/bench.nvram"
+    cat "$wa"/* >/dev/null # read once: every contender reads it from the page cache
+    if [[ $skip_vrepo != 1 ]]; then
+        say "state $n: vrepo save"
+        timed "save_vrepo_$n" "$vr" -r "$repos/vrepo" save "$wa" -m "state $n" --json
+    fi
+    say "state $n: restic backup"
+    timed "save_restic_$n" restic -r "$repos/restic" backup "$wa"
+    say "state $n: borg create"
+    timed "save_borg_$n" env -C "$work" borg create "$repos/borg::s$n" workarea
+done
+declare -A size
+for t in vrepo restic borg; do
+    [[ -d $repos/$t ]] && size[$t]=$(du -sb "$repos/$t" | cut -f1)
+done
+[[ $skip_vrepo != 1 ]] && "$vr" -r "$repos/vrepo" list --json >"$log/vrepo-list.json" 2>&1
+
+# --- Builds of the newest state ----------------------------------------------------------------
+
+# build TOOL RUN: restore the newest state with TOOL into an empty folder, timed, then checked.
+build() {
+    local t=$1 r=$2 got
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    sync
+    case $t in
+    vrepo)
+        timed "build_vrepo_$r" "$vr" -r "$repos/vrepo" build latest "$dest"
+        got=$dest
+        ;;
+    restic)
+        timed "build_restic_$r" restic -r "$repos/restic" restore latest --target "$dest"
+        got=$dest$wa
+        ;;
+    borg)
+        timed "build_borg_$r" env -C "$dest" borg extract "$repos/borg::s2"
+        got=$dest/workarea
+        ;;
+    cp)
+        timed "build_cp_$r" cp -a "$wa/." "$dest/"
+        got=$dest
+        ;;
+    esac
+    check_tree "build $t (run $r)" "$got" "$wa"
+    rm -rf "$dest"
+}
+tools=(restic borg cp)
+[[ $skip_vrepo != 1 ]] && tools=(vrepo "${tools[@]}")
+for ((r = 1; r <= runs; r++)); do
+    # Interleaved, and the order rotated each run.
+    for ((k = 0; k < ${#tools[@]}; k++)); do
+        t=${tools[(k + r - 1) % ${#tools[@]}]}
+        say "build $r/$runs: $t"
+        build "$t" "$r"
+    done
+done
+declare -A bmed brss
+for t in "${tools[@]}"; do
+    ws="" rs=""
+    for ((r = 1; r <= runs; r++)); do
+        ws+=" ${wall[build_${t}_$r]}"
+        rs+=" ${rss[build_${t}_$r]}"
+    done
+    bmed[$t]=$(median "$ws")
+    brss[$t]=$(maxof "$rs")
+done
+
+# --- The chain ---------------------------------------------------------------------------------
+
+if [[ $skip_vrepo != 1 ]]; then
+    cw=$work/chainwa
+    cp -a "$work/wa2" "$cw"
+    vsize=$((disk_gib * 1024 * MIB))
+    "$vr" -r "$repos/chain" init >"$log/vrepo-init-chain.log" 2>&1 || die "vrepo init failed: $(tail -n3 "$log/vrepo-init-chain.log")"
+    say "chain: $chain saves, $chain_kib KiB written in place before each but the first"
+    chain_ws="" chain_rs=""
+    for ((e = 1; e <= chain; e++)); do
+        if ((e > 1)); then
+            rm -rf "$work/ranges"
+            py random "$vsize" "$chain_kib" "$work/ranges" >"$work/ranges.cmds"
+            inplace "$cw/bench.vmdk" "$work/ranges.cmds"
+        fi
+        timed "chain_save_$e" "$vr" -r "$repos/chain" save "$cw" -m "chain $e" --json
+        chain_ws+=" ${wall[chain_save_$e]}"
+        chain_rs+=" ${rss[chain_save_$e]}"
+    done
+    rm -rf "$work/ranges"
+    size[chain]=$(du -sb "$repos/chain" | cut -f1)
+    "$vr" -r "$repos/chainfull" init >"$log/vrepo-init-chainfull.log" 2>&1 || die "vrepo init failed"
+    say "chain: the final state saved --full into another repository"
+    timed chain_full_save "$vr" -r "$repos/chainfull" save "$cw" --full -m "full" --json
+    chain_build() { # chain_build KIND RUN
+        rm -rf "$dest"
+        mkdir -p "$dest"
+        sync
+        if [[ $1 == chain ]]; then
+            timed "cbuild_chain_$2" "$vr" -r "$repos/chain" build "E$chain" "$dest"
+        else
+            timed "cbuild_full_$2" "$vr" -r "$repos/chainfull" build latest "$dest"
+        fi
+        check_tree "build $1 (run $2)" "$dest" "$cw"
+        rm -rf "$dest"
+    }
+    cws="" fws="" crs=""
+    for ((r = 1; r <= runs; r++)); do
+        if ((r % 2)); then order=(chain full); else order=(full chain); fi
+        for k in "${order[@]}"; do
+            say "chain build $r/$runs: $k"
+            chain_build "$k" "$r"
+        done
+        cws+=" ${wall[cbuild_chain_$r]}"
+        fws+=" ${wall[cbuild_full_$r]}"
+        crs+=" ${rss[cbuild_chain_$r]} ${rss[cbuild_full_$r]}"
+    done
+    c_med=$(median "$cws")
+    f_med=$(median "$fws")
+fi
+
+# --- Report ------------------------------------------------------------------------------------
+
+wa_bytes=$(du -sb "$wa" | cut -f1)
+printf '\nvrepo benchmark, %s (%s), disk %s GiB, data %s MiB, churn %s%% per state, working area %s MiB\n' \
+    "$(date -u +%F)" "$rev" "$disk_gib" "$data_mib" "$churn" "$(mib "$wa_bytes")"
+sed 's/^/  /' "$work/layout.txt"
+printf '\n%-34s %10s %10s\n' "save" "wall s" "RSS MiB"
+srow() { [[ -n ${wall[$2]:-} ]] && printf '%-34s %10s %10s\n' "$1" "${wall[$2]}" "$(kib2mib "${rss[$2]}")"; }
+for n in 0 1 2; do
+    srow "state $n: vrepo save" "save_vrepo_$n" || true
+    srow "state $n: restic backup" "save_restic_$n"
+    srow "state $n: borg create" "save_borg_$n"
+done
+printf '\n%-34s %10s %10s\n' "build the newest (median of $runs)" "wall s" "RSS MiB"
+for t in "${tools[@]}"; do
+    case $t in
+    vrepo) label="vrepo build latest" ;;
+    restic) label="restic restore latest" ;;
+    borg) label="borg extract" ;;
+    cp) label="cp -a" ;;
+    esac
+    printf '%-34s %10s %10s\n' "$label" "${bmed[$t]}" "$(kib2mib "${brss[$t]}")"
+done
+printf '\n%-34s %10s\n' "repository after 3 states" "MiB"
+for t in vrepo restic borg; do
+    [[ -n ${size[$t]:-} ]] && printf '%-34s %10s\n' "$t" "$(mib "${size[$t]}")"
+done
+
+missed=0
+goal() { # goal TEXT OK
+    if [[ $2 == 1 ]]; then printf '  ok    %s\n' "$1"; else
+        printf '  MISS  %s\n' "$1"
+        missed=1
+    fi
+}
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }' && echo 1 || echo 0; }
+if [[ $skip_vrepo != 1 ]]; then
+    printf '\nchain of %d entries (%s KiB written before each save; repository %s MiB)\n' "$chain" "$chain_kib" "$(mib "${size[chain]}")"
+    printf '  incremental saves: median %s s, max %s s, peak RSS %s MiB; full save of the final state %s s\n' \
+        "$(median "$chain_ws")" "$(maxof "$chain_ws")" "$(kib2mib "$(maxof "$chain_rs")")" "${wall[chain_full_save]}"
+    printf '  build E%d %s s, build the full entry %s s (medians of %d)\n' "$chain" "$c_med" "$f_med" "$runs"
+
+    vrss=$(maxof "${rss[save_vrepo_0]} ${rss[save_vrepo_1]} ${rss[save_vrepo_2]} ${brss[vrepo]} $chain_rs ${rss[chain_full_save]} $crs")
+    r_full=$(ratio "${wall[save_restic_0]}" "${wall[save_vrepo_0]}")
+    r_inc=$(ratio "${wall[save_restic_1]}" "${wall[save_vrepo_1]}")
+    r_inc2=$(ratio "${wall[save_restic_2]}" "${wall[save_vrepo_2]}")
+    r_build=$(ratio "${bmed[restic]}" "${bmed[vrepo]}")
+    r_cp=$(ratio "${bmed[vrepo]}" "${bmed[cp]}")
+    r_size=$(ratio "${size[vrepo]}" "${size[restic]}")
+    r_chain=$(ratio "$c_med" "$f_med")
+    printf '\ngoals:\n'
+    goal "full save ${r_full}x faster than restic's first backup (goal >= 2)" "$(ge "$r_full" 2)"
+    goal "incremental save ${r_inc}x faster than restic's second backup (goal >= 5)" "$(ge "$r_inc" 5)"
+    goal "build newest ${r_build}x faster than restic restore (goal >= 3)" "$(ge "$r_build" 3)"
+    goal "build newest ${r_cp}x cp -a's time (goal <= 1.5)" "$(ge 1.5 "$r_cp")"
+    goal "repository ${r_size}x restic's after 3 states (goal <= 1)" "$(ge 1 "$r_size")"
+    goal "build E$chain of the chain ${r_chain}x the full entry's build (goal <= 1.5)" "$(ge 1.5 "$r_chain")"
+    goal "vrepo peak RSS $(kib2mib "$vrss") MiB (goal < 256)" "$(ge 262143 "$vrss")"
+    printf '  info  third save (state 2) %sx faster than restic'"'"'s third\n' "$r_inc2"
+    printf '  info  borg: saves %sx, %sx, %sx vrepo'"'"'s time; extract %sx vrepo'"'"'s build; repository %sx vrepo'"'"'s\n' \
+        "$(ratio "${wall[save_borg_0]}" "${wall[save_vrepo_0]}")" "$(ratio "${wall[save_borg_1]}" "${wall[save_vrepo_1]}")" \
+        "$(ratio "${wall[save_borg_2]}" "${wall[save_vrepo_2]}")" "$(ratio "${bmed[borg]}" "${bmed[vrepo]}")" \
+        "$(ratio "${size[borg]}" "${size[vrepo]}")"
+else
+    printf '\ngoals: not checked (BENCH_SKIP_VREPO=1)\n'
+    printf '  info  borg vs restic: first save %sx, second %sx faster; extract %sx faster; repository %sx restic'"'"'s\n' \
+        "$(ratio "${wall[save_restic_0]}" "${wall[save_borg_0]}")" "$(ratio "${wall[save_restic_1]}" "${wall[save_borg_1]}")" \
+        "$(ratio "${bmed[restic]}" "${bmed[borg]}")" "$(ratio "${size[borg]}" "${size[restic]}")"
+    printf '  info  restic restore %sx cp -a'"'"'s time; borg extract %sx\n' "$(ratio "${bmed[restic]}" "${bmed[cp]}")" "$(ratio "${bmed[borg]}" "${bmed[cp]}")"
+fi
+
+rm -rf "$dest"
+((wrong == 0)) || exit 1
+((strict == 1 && missed == 1)) && exit 3
+exit 0
