@@ -20,7 +20,9 @@
 #   borg create R::sN workarea       (defaults: lz4 compression; repo made with --encryption none)
 # and the newest state is built into an empty folder, 3 times interleaved (median), by
 #   vrepo -r R build latest DIR, restic restore latest --target DIR, borg extract R::s2,
-#   cp -a WORKAREA/. DIR             (the physical limit)
+#   cp -a WORKAREA/. DIR             (the physical limit; its writes may stay in the page cache)
+#   cp -a WORKAREA/. DIR; sync DIR/* (the same, on stable storage: vrepo build writes disks with
+#                                     O_DIRECT, so it pays for the device writes; info only)
 # Every restored folder must hold exactly the working area's files, byte for byte: a fast wrong
 # answer fails. Repository sizes are `du -sb` after the three states.
 # Last, a chain: a second vrepo repository gets BENCH_CHAIN entries (E1 full, then incremental
@@ -370,11 +372,16 @@ build() {
         timed "build_cp_$r" cp -a "$wa/." "$dest/"
         got=$dest
         ;;
+    cpsync)
+        # shellcheck disable=SC2016 # expanded by the inner shell
+        timed "build_cpsync_$r" sh -c 'cp -a "$1/." "$2/" && sync "$2"/*' sh "$wa" "$dest"
+        got=$dest
+        ;;
     esac
     check_tree "build $t (run $r)" "$got" "$wa"
     rm -rf "$dest"
 }
-tools=(restic borg cp)
+tools=(restic borg cp cpsync)
 [[ $skip_vrepo != 1 ]] && tools=(vrepo "${tools[@]}")
 for ((r = 1; r <= runs; r++)); do
     # Interleaved, and the order rotated each run.
@@ -466,6 +473,7 @@ for t in "${tools[@]}"; do
     restic) label="restic restore latest" ;;
     borg) label="borg extract" ;;
     cp) label="cp -a" ;;
+    cpsync) label="cp -a, then sync of its files" ;;
     esac
     printf '%-34s %10s %10s\n' "$label" "${bmed[$t]}" "$(kib2mib "${brss[$t]}")"
 done
@@ -504,6 +512,7 @@ if [[ $skip_vrepo != 1 ]]; then
     goal "repository ${r_size}x restic's after 3 states (goal <= 1)" "$(ge 1 "$r_size")"
     goal "build E$chain of the chain ${r_chain}x the full entry's build (goal <= 1.5)" "$(ge 1.5 "$r_chain")"
     goal "vrepo peak RSS $(kib2mib "$vrss") MiB (goal < 256)" "$(ge 262143 "$vrss")"
+    printf '  info  build newest %sx the time of cp -a followed by sync of the copied files (vrepo writes disks with O_DIRECT)\n' "$(ratio "${bmed[vrepo]}" "${bmed[cpsync]}")"
     printf '  info  third save (state 2) %sx faster than restic'"'"'s third\n' "$r_inc2"
     printf '  info  borg: saves %sx, %sx, %sx vrepo'"'"'s time; extract %sx vrepo'"'"'s build; repository %sx vrepo'"'"'s\n' \
         "$(ratio "${wall[save_borg_0]}" "${wall[save_vrepo_0]}")" "$(ratio "${wall[save_borg_1]}" "${wall[save_vrepo_1]}")" \
