@@ -102,6 +102,7 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
     let (offsets, vsize) = layout(wa.files.iter().map(|f| f.size));
     let mut parts = Vec::with_capacity(wa.files.len());
     let mut known: HashMap<u64, u64> = HashMap::new(); // our chunk -> parent's chunk
+    let mut candidates: HashMap<u64, u64> = HashMap::new();
     let mut stats = SaveStats::default();
     let mut to_read = 0u64;
     for (f, &off) in wa.files.iter().zip(&offsets) {
@@ -114,6 +115,13 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
                 && pf.cid == f.cid;
             same.then_some(pf.offset)
         });
+        // Where this file's chunks were in the parent, for the relative signature.
+        if let Some(pf) = parent_data.as_ref().and_then(|pd| pd.entry.file(&f.rel)) {
+            let n = f.size.min(pf.size).div_ceil(CHUNK_BYTES);
+            for c in 0..n {
+                candidates.insert(off / CHUNK_BYTES + c, pf.offset / CHUNK_BYTES + c);
+            }
+        }
         if let Some(poff) = unchanged {
             let n = f.size.div_ceil(CHUNK_BYTES);
             for c in 0..n {
@@ -174,7 +182,14 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
     let tmp = repo.tmp_dir("save")?;
     let result = (|| -> Result<Entry> {
         let sig_path = tmp.join(store::SIGNATURE);
-        store::write_signature(&sig_path, &scan)?;
+        let map = |c: u64| candidates.get(&c).copied();
+        store::write_signature(
+            &sig_path,
+            &scan,
+            parent_data
+                .as_ref()
+                .map(|pd| (&pd.scan, &map as &store::ChunkMap)),
+        )?;
         let chunks_path = tmp.join(store::CHUNKS);
         store::write_chunks(&chunks_path, &chunks)?;
         let volume_digest: Digest = scan.digest;

@@ -20,6 +20,8 @@ pub const DELTA: &str = "delta.vdelta";
 pub const SIGNATURE: &str = "signature.zst";
 pub const CHUNKS: &str = "chunks.bin";
 pub const CHUNKS_MAGIC: [u8; 8] = *b"VMLCHNK\0";
+pub const RSIG_MAGIC: [u8; 8] = *b"VMLRSIG\0";
+pub const RSIG_HEADER_LEN: usize = 96;
 
 /// What a save needs of its parent: its manifest, block digests and chunk digests.
 pub struct ParentData {
@@ -57,18 +59,191 @@ fn check_at(repo: &Repo, entry: &Entry, file: &str, want: &Stored) -> Result<()>
     Ok(())
 }
 
-pub fn write_signature(path: &Path, scan: &Scan) -> Result<()> {
+/// Write the volume's block digests: a full vdiff signature, or with `parent` a relative one.
+pub fn write_signature(
+    path: &Path,
+    scan: &Scan,
+    parent: Option<(&Scan, &ChunkMap<'_>)>,
+) -> Result<()> {
     let f = File::create(path).at(path)?;
     let z = zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 20, f), 3).at(path)?;
-    let z = vdiff::signature::write(scan, z).map_err(|e| Error::Io {
+    let to_io = |e: vdiff::format::Error| Error::Io {
         what: path.display().to_string(),
         source: std::io::Error::other(e),
-    })?;
+    };
+    let z = match parent {
+        None => vdiff::signature::write(scan, z).map_err(to_io)?,
+        Some((p, map)) => write_relative(scan, p, map, z).at(path)?,
+    };
     let w = z.finish().at(path)?;
     let f = w
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
     f.sync_all().at(path)
+}
+
+/// For a chunk of the new volume, the parent's chunk that held the same place of the same
+/// file (a candidate: rows are compared before a reference is written).
+pub type ChunkMap<'a> = dyn Fn(u64) -> Option<u64> + 'a;
+
+fn rows_per_chunk(bs: u32) -> u64 {
+    CHUNK_BYTES / bs as u64
+}
+
+/// Rows `[b0, b1)` of a scan, encoded as in a vdiff signature (21 bytes each).
+fn encode_rows(s: &Scan, b0: usize, b1: usize, out: &mut Vec<u8>) {
+    for j in b0..b1 {
+        out.extend_from_slice(&s.blocks[j]);
+        out.extend_from_slice(&s.weak(j).to_le_bytes());
+        out.push(s.kind(j));
+    }
+}
+
+fn same_rows(a: &Scan, a0: usize, b: &Scan, b0: usize, n: usize) -> bool {
+    (0..n).all(|k| {
+        a.blocks[a0 + k] == b.blocks[b0 + k]
+            && a.kind(a0 + k) == b.kind(b0 + k)
+            && a.weak(a0 + k) == b.weak(b0 + k)
+    })
+}
+
+fn write_relative<W: Write>(
+    scan: &Scan,
+    parent: &Scan,
+    map: &ChunkMap<'_>,
+    mut out: W,
+) -> std::io::Result<W> {
+    let per = rows_per_chunk(scan.block_size) as usize;
+    let nchunks = scan.size.div_ceil(CHUNK_BYTES);
+    let mut h = Vec::with_capacity(RSIG_HEADER_LEN);
+    h.extend_from_slice(&RSIG_MAGIC);
+    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&scan.block_size.to_le_bytes());
+    h.extend_from_slice(&scan.size.to_le_bytes());
+    h.extend_from_slice(&scan.digest);
+    h.extend_from_slice(&parent.digest);
+    h.extend_from_slice(&nchunks.to_le_bytes());
+    out.write_all(&h)?;
+    let pchunks = parent.size.div_ceil(CHUNK_BYTES);
+    let mut buf = Vec::with_capacity(per * 21 + 16);
+    for c in 0..nchunks {
+        buf.clear();
+        let b0 = c as usize * per;
+        let b1 = (b0 + per).min(scan.blocks.len());
+        let n = b1 - b0;
+        let reference = map(c).filter(|&pc| {
+            let p0 = pc as usize * per;
+            pc < pchunks
+                && parent.block_size == scan.block_size
+                && p0 + n <= parent.blocks.len()
+                && (p0 + per).min(parent.blocks.len()) - p0 == n
+                && same_rows(scan, b0, parent, p0, n)
+        });
+        match reference {
+            Some(pc) => {
+                buf.push(1);
+                buf.extend_from_slice(&pc.to_le_bytes());
+            }
+            None => {
+                buf.push(0);
+                buf.extend_from_slice(&(n as u32).to_le_bytes());
+                encode_rows(scan, b0, b1, &mut buf);
+            }
+        }
+        out.write_all(&buf)?;
+    }
+    out.flush()?;
+    Ok(out)
+}
+
+/// Apply a relative signature (decompressed `bytes`) to its parent's scan.
+fn read_relative(bytes: &[u8], parent: &Scan, name: &str) -> Result<Scan> {
+    let bad = |m: &str| Error::Corrupt(format!("entry {name}: {SIGNATURE}: {m}"));
+    if bytes.len() < RSIG_HEADER_LEN || bytes[..8] != RSIG_MAGIC {
+        return Err(bad("not a signature"));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
+    if u32_at(8) != 1 {
+        return Err(bad("unknown version"));
+    }
+    let bs = u32_at(12);
+    let size = u64_at(16);
+    let digest: Digest = bytes[24..56].try_into().expect("32 bytes");
+    let pdigest: Digest = bytes[56..88].try_into().expect("32 bytes");
+    let nchunks = u64_at(88);
+    if bs != parent.block_size || pdigest != parent.digest {
+        return Err(bad("made for another parent"));
+    }
+    if size > vdiff::format::MAX_IMAGE_BYTES || nchunks != size.div_ceil(CHUNK_BYTES) {
+        return Err(bad("sizes do not agree"));
+    }
+    let per = rows_per_chunk(bs) as usize;
+    let nblocks = size.div_ceil(bs as u64) as usize;
+    // Bounded by the input: every chunk costs at least 9 bytes.
+    if nchunks > bytes.len() as u64 {
+        return Err(bad("truncated"));
+    }
+    let mut blocks = Vec::with_capacity(nblocks.min(bytes.len()));
+    let mut kinds = Vec::with_capacity(nblocks.min(bytes.len()));
+    let mut weaks = Vec::with_capacity(nblocks.min(bytes.len()));
+    let mut at = RSIG_HEADER_LEN;
+    let pchunks = parent.size.div_ceil(CHUNK_BYTES);
+    for c in 0..nchunks as usize {
+        let want = (nblocks - c * per).min(per);
+        let tag = *bytes.get(at).ok_or_else(|| bad("truncated"))?;
+        at += 1;
+        match tag {
+            1 => {
+                let pc = u64::from_le_bytes(
+                    bytes
+                        .get(at..at + 8)
+                        .ok_or_else(|| bad("truncated"))?
+                        .try_into()
+                        .expect("8 bytes"),
+                );
+                at += 8;
+                let p0 = pc as usize * per;
+                if pc >= pchunks || p0 + want > parent.blocks.len() {
+                    return Err(bad("a reference past the parent's volume"));
+                }
+                for j in p0..p0 + want {
+                    blocks.push(parent.blocks[j]);
+                    kinds.push(parent.kind(j));
+                    weaks.push(parent.weak(j));
+                }
+            }
+            0 => {
+                let n = u32::from_le_bytes(
+                    bytes
+                        .get(at..at + 4)
+                        .ok_or_else(|| bad("truncated"))?
+                        .try_into()
+                        .expect("4 bytes"),
+                ) as usize;
+                at += 4;
+                if n != want {
+                    return Err(bad("a chunk with the wrong number of blocks"));
+                }
+                let rows = bytes.get(at..at + n * 21).ok_or_else(|| bad("truncated"))?;
+                at += n * 21;
+                for r in rows.chunks_exact(21) {
+                    let kind = r[20];
+                    if kind > 2 || (kind != 0 && r[..20] != [0; 20]) {
+                        return Err(bad("a bad block row"));
+                    }
+                    blocks.push(r[..16].try_into().expect("16 bytes"));
+                    weaks.push(u32::from_le_bytes(r[16..20].try_into().expect("4 bytes")));
+                    kinds.push(kind);
+                }
+            }
+            _ => return Err(bad("a bad chunk tag")),
+        }
+    }
+    if at != bytes.len() {
+        return Err(bad("bytes after the last chunk"));
+    }
+    Ok(Scan::from_parts(size, bs, digest, blocks, kinds, weaks))
 }
 
 pub fn write_chunks(path: &Path, chunks: &[Digest]) -> Result<()> {
@@ -109,14 +284,61 @@ pub fn read_chunks(repo: &Repo, e: &Entry) -> Result<Vec<Digest>> {
         .collect())
 }
 
-/// Read an entry's block digests (after checking the file against `entry.json`).
-pub fn read_signature(repo: &Repo, e: &Entry) -> Result<Scan> {
+/// Decompress an entry's `signature.zst` (after checking it against `entry.json`), at most
+/// `cap` bytes.
+fn signature_bytes(repo: &Repo, e: &Entry) -> Result<Vec<u8>> {
     check_at(repo, e, SIGNATURE, &e.stored.signature)?;
     let path = repo.entry_dir(&e.name).join(SIGNATURE);
     let f = File::open(&path).at(&path)?;
     let z = zstd::stream::read::Decoder::new(BufReader::new(f)).at(&path)?;
-    let scan = vdiff::signature::read(z)
+    // 21 bytes per block and a little per chunk: anything larger is not this volume's.
+    let cap = e.volume.size / e.volume.block_size as u64 * 21
+        + e.volume.size.div_ceil(CHUNK_BYTES) * 16
+        + 4096;
+    let mut out = Vec::new();
+    z.take(cap + 1)
+        .read_to_end(&mut out)
         .map_err(|err| Error::Corrupt(format!("entry {}: {SIGNATURE}: {err}", e.name)))?;
+    if out.len() as u64 > cap {
+        return Err(Error::Corrupt(format!(
+            "entry {}: {SIGNATURE} is larger than its volume needs",
+            e.name
+        )));
+    }
+    Ok(out)
+}
+
+/// Read an entry's block digests. A relative signature needs its parent's, and so on back to
+/// the nearest full one: each file is checked against its `entry.json`.
+pub fn read_signature(repo: &Repo, e: &Entry) -> Result<Scan> {
+    // Walk back to the nearest full signature, then apply the relative ones forward.
+    let mut pending: Vec<(Entry, Vec<u8>)> = Vec::new();
+    let mut cur = e.clone();
+    let mut scan = loop {
+        let bytes = signature_bytes(repo, &cur)?;
+        if bytes.starts_with(&vdiff::signature::SIG_MAGIC) {
+            break vdiff::signature::read(&bytes[..]).map_err(|err| {
+                Error::Corrupt(format!("entry {}: {SIGNATURE}: {err}", cur.name))
+            })?;
+        }
+        let parent = cur.parent.clone().ok_or_else(|| {
+            Error::Corrupt(format!(
+                "entry {}: {SIGNATURE} is relative but the entry has no parent",
+                cur.name
+            ))
+        })?;
+        pending.push((cur, bytes));
+        cur = repo.load(&parent)?;
+    };
+    check_scan(&cur, &scan)?;
+    while let Some((x, bytes)) = pending.pop() {
+        scan = read_relative(&bytes, &scan, &x.name)?;
+        check_scan(&x, &scan)?;
+    }
+    Ok(scan)
+}
+
+fn check_scan(e: &Entry, scan: &Scan) -> Result<()> {
     let digest = unhex32(&e.volume.digest);
     if scan.size != e.volume.size
         || Some(scan.digest) != digest
@@ -127,7 +349,7 @@ pub fn read_signature(repo: &Repo, e: &Entry) -> Result<Scan> {
             e.name
         )));
     }
-    Ok(scan)
+    Ok(())
 }
 
 pub fn load_parent(repo: &Repo, e: &Entry) -> Result<ParentData> {
@@ -142,4 +364,53 @@ pub fn load_parent(repo: &Repo, e: &Entry) -> Result<ParentData> {
 /// Check an entry's delta file against `entry.json` (size and BLAKE3).
 pub fn check_delta(repo: &Repo, e: &Entry) -> Result<()> {
     check_at(repo, e, DELTA, &e.stored.delta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdiff::MemImage;
+
+    fn scan_of(data: Vec<u8>) -> Scan {
+        vdiff::diff::scan(&MemImage::new(data), 4096, true).unwrap()
+    }
+
+    fn rows(s: &Scan) -> Vec<(BlockRow, u8, u32)> {
+        (0..s.blocks.len())
+            .map(|i| (s.blocks[i], s.kind(i), s.weak(i)))
+            .collect()
+    }
+    type BlockRow = [u8; 16];
+
+    #[test]
+    fn relative_signature_round_trips_and_rejects_damage() {
+        let mb = CHUNK_BYTES as usize;
+        let old: Vec<u8> = (0..3 * mb).map(|i| (i * 7 % 251) as u8).collect();
+        let mut new = old.clone();
+        new[mb + 5] ^= 0xff; // chunk 1 changes
+        new.extend((0..mb).map(|i| (i % 13) as u8)); // a fourth chunk
+        let (p, s) = (scan_of(old), scan_of(new));
+        let map = |c: u64| (c < 3).then_some(c);
+        let bytes = write_relative(&s, &p, &map, Vec::new()).unwrap();
+        // Two chunks referenced (9 bytes each), two explicit.
+        assert!(bytes.len() < RSIG_HEADER_LEN + 2 * 9 + 2 * (5 + 256 * 21) + 1);
+        let back = read_relative(&bytes, &p, "E2").unwrap();
+        assert_eq!(back.digest, s.digest);
+        assert_eq!(rows(&back), rows(&s));
+        // Truncated, extended, or for another parent: refused.
+        assert!(read_relative(&bytes[..bytes.len() - 1], &p, "E2").is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(read_relative(&longer, &p, "E2").is_err());
+        assert!(read_relative(&bytes, &s, "E2").is_err());
+        // A reference past the parent's volume.
+        let far = |_: u64| Some(1000);
+        let b2 = write_relative(&s, &p, &far, Vec::new()).unwrap();
+        assert_eq!(read_relative(&b2, &p, "E2").unwrap().digest, s.digest);
+        let mut forged = bytes.clone();
+        // The first chunk is a reference to chunk 0: point it far away.
+        assert_eq!(forged[RSIG_HEADER_LEN], 1);
+        forged[RSIG_HEADER_LEN + 1..RSIG_HEADER_LEN + 9].copy_from_slice(&99u64.to_le_bytes());
+        assert!(read_relative(&forged, &p, "E2").is_err());
+    }
 }
