@@ -33,6 +33,9 @@ pub enum Error {
     Refused(String),
     #[error("{0}")]
     Unsupported(String),
+    /// Another process holds the repository lock.
+    #[error("{0}")]
+    Locked(String),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error(transparent)]
@@ -63,6 +66,7 @@ impl Error {
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Refused(_) => ErrorKind::Refused,
             Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Locked(_) => ErrorKind::Locked,
             Error::Io { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => ErrorKind::Missing,
                 _ => ErrorKind::Io,

@@ -15,11 +15,13 @@
 
 pub mod build;
 pub mod error;
+pub mod lock;
 pub mod manifest;
 pub mod query;
 pub mod repo;
 pub mod save;
 pub mod store;
+pub mod verify;
 pub mod volume;
 pub mod workarea;
 

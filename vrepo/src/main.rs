@@ -3,10 +3,11 @@
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use vml_cli::{Exit, Failure};
 use vrepo::build::BuildOptions;
+use vrepo::lock::{LockMode, RepoLock};
 use vrepo::manifest::Entry;
 use vrepo::save::SaveOptions;
 use vrepo::{query, Error, ErrorKind, Mode, Repo};
@@ -37,6 +38,10 @@ struct Cli {
     /// No progress bars (they are drawn only when stderr is a terminal anyway).
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// When another command holds the repository lock, wait up to this long for it (default:
+    /// fail at once with exit code 8).
+    #[arg(long, global = true, value_name = "SECONDS")]
+    wait: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -107,6 +112,19 @@ enum Command {
     Deps { entry: String },
     /// Which files changed between two entries, and how many bytes (from stored digests).
     Diff { entry1: String, entry2: String },
+    /// Check that entries can be built: structure always; with --read-data every stored byte
+    /// against its digest. Names every damaged entry, every entry that needs one
+    /// (unbuildable) and every entry still fine; exit 1 on damage.
+    Verify {
+        /// Entries to check (with the entries they need); default all.
+        entries: Vec<String>,
+        /// Read every stored byte: BLAKE3 of every file, every delta record's checksum.
+        #[arg(long, conflicts_with = "sample")]
+        read_data: bool,
+        /// Read this percentage of each delta's records, chosen at random.
+        #[arg(long, value_name = "PERCENT")]
+        sample: Option<f64>,
+    },
     /// One stored file's bytes to stdout; with --guest, the guest-visible contents of a disk.
     Cat {
         entry: String,
@@ -167,14 +185,28 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
     writeln!(out).map_err(out_err)
 }
 
-fn open(repo: &Option<PathBuf>) -> Result<Repo, Failure> {
-    let Some(r) = repo else {
+/// Open the repository and take its lock, shared (every command so far adds or reads).
+fn open(cli: &CliCommon, command: &str) -> Result<(Repo, RepoLock), Failure> {
+    let Some(r) = &cli.repo else {
         return Err(Failure::new(
             Exit::Usage,
             "no repository: give -r REPO or set VREPO_REPOSITORY",
         ));
     };
-    Repo::open(r).map_err(fail)
+    let repo = Repo::open(r).map_err(fail)?;
+    let lock = repo
+        .lock(
+            LockMode::Shared,
+            command,
+            cli.wait.map(std::time::Duration::from_secs),
+        )
+        .map_err(fail)?;
+    Ok((repo, lock))
+}
+
+struct CliCommon {
+    repo: Option<PathBuf>,
+    wait: Option<u64>,
 }
 
 fn show_text(e: &Entry) -> String {
@@ -229,6 +261,11 @@ fn show_text(e: &Entry) -> String {
 
 fn run(cli: Cli) -> Result<Exit, Failure> {
     let mut stdout = io::stdout().lock();
+    let common = CliCommon {
+        repo: cli.repo.clone(),
+        wait: cli.wait,
+    };
+    let mut exit = Exit::Ok;
     match cli.command {
         Command::Init { block_size } => {
             let Some(r) = &cli.repo else {
@@ -263,7 +300,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             at_snapshot,
             level,
         } => {
-            let repo = open(&cli.repo)?;
+            let (repo, _lock) = open(&common, "save")?;
             let mode = match (full, incremental, differential) {
                 (true, _, _) => Some(Mode::Full),
                 (_, true, _) => Some(Mode::Incremental),
@@ -299,7 +336,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             force,
             sync,
         } => {
-            let repo = open(&cli.repo)?;
+            let (repo, _lock) = open(&common, "build")?;
             let e = repo.resolve(&entry).map_err(fail)?;
             let opts = BuildOptions { force, sync };
             let progress = bar(cli.quiet, "build").map(|b| b as Box<dyn Fn(u64, u64)>);
@@ -320,7 +357,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
         }
         Command::List => {
-            let repo = open(&cli.repo)?;
+            let (repo, _lock) = open(&common, "list")?;
             for e in repo.entries().map_err(fail)? {
                 if cli.json {
                     serde_json::to_writer(&mut stdout, &e)
@@ -332,7 +369,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
         }
         Command::Tree => {
-            let repo = open(&cli.repo)?;
+            let (repo, _lock) = open(&common, "tree")?;
             let entries = repo.entries().map_err(fail)?;
             if cli.json {
                 let nodes: Vec<_> = entries
@@ -351,7 +388,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
         }
         Command::Show { entry } => {
-            let repo = open(&cli.repo)?;
+            let (repo, _lock) = open(&common, "show")?;
             let e = repo.resolve(&entry).map_err(fail)?;
             if cli.json {
                 print_json(&e)?;
@@ -360,7 +397,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
         }
         Command::Deps { entry } => {
-            let repo = open(&cli.repo)?;
+            let (repo, _lock) = open(&common, "deps")?;
             let e = repo.resolve(&entry).map_err(fail)?;
             let chain = repo.chain(&e).map_err(fail)?;
             if cli.json {
@@ -385,7 +422,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
         }
         Command::Diff { entry1, entry2 } => {
-            let repo = open(&cli.repo)?;
+            let (repo, _lock) = open(&common, "diff")?;
             let a = repo.resolve(&entry1).map_err(fail)?;
             let b = repo.resolve(&entry2).map_err(fail)?;
             let rows = query::diff(&repo, &a, &b).map_err(fail)?;
@@ -406,8 +443,48 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 }
             }
         }
+        Command::Verify {
+            entries,
+            read_data,
+            sample,
+        } => {
+            if let Some(p) = sample {
+                if !(p > 0.0 && p <= 100.0) {
+                    return Err(Failure::new(
+                        Exit::Usage,
+                        format!("--sample {p}: a percentage above 0 and at most 100"),
+                    ));
+                }
+            }
+            let (repo, _lock) = open(&common, "verify")?;
+            let opts = vrepo::verify::VerifyOptions { read_data, sample };
+            let report = vrepo::verify::verify(&repo, &entries, opts).map_err(fail)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                for r in &report.checked {
+                    let mut line = format!("{:<5} {}", r.entry, r.status);
+                    if let Some(n) = &r.needs {
+                        line.push_str(&format!(" (needs {n})"));
+                    }
+                    for p in &r.problems {
+                        line.push_str(&format!("; {p}"));
+                    }
+                    writeln!(stdout, "{line}").map_err(out_err)?;
+                }
+            }
+            if !report.damaged.is_empty() || !report.unbuildable.is_empty() {
+                eprintln!(
+                    "vrepo: damaged: {}; cannot be built: {}; fine: {}",
+                    list_or_none(&report.damaged),
+                    list_or_none(&report.unbuildable),
+                    list_or_none(&report.ok)
+                );
+                exit = Exit::No;
+            }
+        }
         Command::Cat { entry, file, guest } => {
-            let repo = open(&cli.repo)?;
+            let (repo, _lock) = open(&common, "cat")?;
             vml_cli::refuse_terminal_stdout(if guest {
                 "disk contents"
             } else {
@@ -424,12 +501,19 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     }
     match stdout.flush() {
         Err(e) if !vml_cli::is_broken_pipe(&e) => Err(out_err(e)),
-        _ => Ok(Exit::Ok),
+        _ => Ok(exit),
+    }
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = Path::new("");
     vml_cli::finish("vrepo", run(cli))
 }
