@@ -53,6 +53,9 @@ enum Command {
         /// Block size of every entry, a power of two from 4096 to 1048576.
         #[arg(long, default_value_t = 4096, value_name = "N")]
         block_size: u32,
+        /// Default for save --max-chain.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_chain: Option<u32>,
     },
     /// Save the VM of a working area as a new entry. Default: incremental against the entry
     /// this working area was last saved as or built from; full when there is none.
@@ -89,6 +92,11 @@ enum Command {
             value_name = "L"
         )]
         level: i32,
+        /// When an incremental entry would make a chain longer than N links (a full entry
+        /// is one link), save a differential entry instead (or a full one when N is 1), so
+        /// build time stays bounded. Default: the repository's (init --max-chain), or none.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_chain: Option<u32>,
     },
     /// Recreate an entry's VM in a working area (created if missing; must be empty unless
     /// --force). Files are written under temporary names and renamed at the end.
@@ -267,7 +275,10 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     };
     let mut exit = Exit::Ok;
     match cli.command {
-        Command::Init { block_size } => {
+        Command::Init {
+            block_size,
+            max_chain,
+        } => {
             let Some(r) = &cli.repo else {
                 return Err(Failure::new(
                     Exit::Usage,
@@ -280,7 +291,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                     format!("block size {block_size} is not a power of two from 4096 to 1048576"),
                 ));
             }
-            let repo = Repo::init(r, block_size).map_err(fail)?;
+            let repo = Repo::init(r, block_size, max_chain).map_err(fail)?;
             if cli.json {
                 print_json(&serde_json::json!({
                     "repository": repo.root, "block_size": block_size
@@ -299,6 +310,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             tags,
             at_snapshot,
             level,
+            max_chain,
         } => {
             let (repo, _lock) = open(&common, "save")?;
             let mode = match (full, incremental, differential) {
@@ -315,6 +327,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 tags,
                 at_snapshot,
                 level,
+                max_chain,
             };
             let saved =
                 vrepo::save::save(&repo, &workarea, &opts, bar(cli.quiet, "save")).map_err(fail)?;

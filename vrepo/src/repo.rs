@@ -25,6 +25,9 @@ pub struct RepoConfig {
     /// Block size of every entry's volume, fixed at `init`.
     pub block_size: u32,
     pub created: String,
+    /// Default for `save --max-chain`: the longest chain an incremental save may make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chain: Option<u32>,
 }
 
 /// A working area's record: the entry it was last saved as or built from.
@@ -100,7 +103,7 @@ pub fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>> {
 
 impl Repo {
     /// Make a repository in `path` (created if missing; an existing folder must be empty).
-    pub fn init(path: &Path, block_size: u32) -> Result<Repo> {
+    pub fn init(path: &Path, block_size: u32, max_chain: Option<u32>) -> Result<Repo> {
         if path.join(MARKER).exists() {
             return Err(Error::Refused(format!(
                 "{}: already a VML repository",
@@ -125,6 +128,7 @@ impl Repo {
             schema: REPO_SCHEMA.into(),
             block_size,
             created: now_rfc3339(),
+            max_chain,
         };
         let text = serde_json::to_string_pretty(&config).expect("serializable") + "\n";
         // The marker goes last: a folder without it is not a repository yet.

@@ -38,6 +38,8 @@ pub struct SaveOptions {
     pub at_snapshot: bool,
     /// zstd level for new data.
     pub level: i32,
+    /// The longest chain an incremental save may make (default: the repository's, or none).
+    pub max_chain: Option<u32>,
 }
 
 /// What happened.
@@ -83,7 +85,33 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             let root = repo.chain(&a)?.remove(0);
             (Mode::Differential, Some(root))
         }
-        (_, Some(a)) => (Mode::Incremental, Some(a)),
+        (_, Some(a)) => {
+            // --max-chain: an incremental entry whose chain would be too long becomes
+            // differential (two links) or, when even that is too long, full.
+            let max = opts
+                .max_chain
+                .or(repo.config.max_chain)
+                .map(|m| m.max(1) as usize);
+            let links = repo.chain(&a)?.len() + 1;
+            match max {
+                Some(m) if links > m && m >= 2 => {
+                    note = Some(format!(
+                        "saved differential: an incremental entry would make a chain of {links} \
+                         links, more than --max-chain {m}"
+                    ));
+                    let root = repo.chain(&a)?.remove(0);
+                    (Mode::Differential, Some(root))
+                }
+                Some(m) if links > m => {
+                    note = Some(format!(
+                        "saved full: an incremental entry would make a chain of {links} links, \
+                         more than --max-chain {m}"
+                    ));
+                    (Mode::Full, None)
+                }
+                _ => (Mode::Incremental, Some(a)),
+            }
+        }
     };
     let parent_data = match &parent {
         Some(p) => Some(store::load_parent(repo, p)?),
