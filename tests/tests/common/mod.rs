@@ -25,6 +25,29 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Path of the binary `name` of workspace package `package`, built first (`cargo build -p
+/// PACKAGE --bin NAME`, a no-op when it is up to date) so that running this crate alone
+/// (`cargo nextest run -p vml-tests`) tests the current sources, not a stale binary.
+///
+/// Cargo builds a package's binaries for tests only when that package has integration tests of
+/// its own; this does not depend on it.
+pub fn fresh_bin(package: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/PROFILE/deps/this-test -> target/PROFILE
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", package, "--bin", name])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    run(&mut cmd);
+    bin(name)
+}
+
 /// Run a command, panicking with its stderr when it fails.
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd
