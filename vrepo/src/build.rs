@@ -85,16 +85,10 @@ fn safe_parent(root: &Path, rel: &str) -> Result<PathBuf> {
 
 pub type Progress = Option<Box<dyn Fn(u64, u64)>>;
 
-/// Write `entry`'s files (whose chain is `chain`) under `tmp`, an empty folder: patched, their
-/// volume digest checked, permissions and mtimes set. Returns the data bytes written.
-pub fn write_files(
-    repo: &Repo,
-    chain: &[Entry],
-    entry: &Entry,
-    tmp: &Path,
-    progress: Progress,
-    sync: bool,
-) -> Result<u64> {
+/// Open the deltas of `chain` (full entry first, `entry` last), checked against their
+/// manifests' sizes and linked up by their headers (vpatch checks every record and the volume
+/// digest as it applies them).
+pub fn open_deltas(repo: &Repo, chain: &[Entry], entry: &Entry) -> Result<Vec<vpatch::DeltaInput>> {
     // The deltas, checked against their manifests' sizes (vpatch checks every record and
     // the volume digest).
     let mut deltas = Vec::with_capacity(chain.len());
@@ -126,6 +120,30 @@ pub fn write_files(
             entry.name
         )));
     }
+
+    Ok(deltas)
+}
+
+/// Produce `entry`'s volume as a sparse raw file at `path` (created).
+pub fn write_volume(repo: &Repo, chain: &[Entry], entry: &Entry, path: &Path) -> Result<()> {
+    let deltas = open_deltas(repo, chain, entry)?;
+    let f = File::create(path).at(path)?;
+    f.set_len(entry.volume.size).at(path)?;
+    vpatch::apply(None, deltas, &mut vpatch::RawSink(&f))?;
+    Ok(())
+}
+
+/// Write `entry`'s files (whose chain is `chain`) under `tmp`, an empty folder: patched, their
+/// volume digest checked, permissions and mtimes set. Returns the data bytes written.
+pub fn write_files(
+    repo: &Repo,
+    chain: &[Entry],
+    entry: &Entry,
+    tmp: &Path,
+    progress: Progress,
+    sync: bool,
+) -> Result<u64> {
+    let deltas = open_deltas(repo, chain, entry)?;
 
     let mut files = Vec::with_capacity(entry.files.len());
     for f in &entry.files {

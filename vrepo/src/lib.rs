@@ -19,6 +19,7 @@ pub mod lock;
 pub mod manifest;
 pub mod query;
 pub mod repo;
+pub mod rewrite;
 pub mod save;
 pub mod store;
 pub mod verify;

@@ -133,6 +133,23 @@ enum Command {
         #[arg(long, value_name = "PERCENT")]
         sample: Option<f64>,
     },
+    /// Remove an entry. Refused while other entries depend on it, unless --rebase: they are
+    /// first rewritten so they no longer need it (relative to its parent, or full). Every
+    /// other entry still builds to the same bytes. Takes the exclusive lock.
+    Rm {
+        entry: String,
+        /// Rewrite the entries that depend on ENTRY first.
+        #[arg(long)]
+        rebase: bool,
+    },
+    /// Shorten the chain an entry needs: rewrite it relative to its parent's parent, or with
+    /// --full (or when its parent is a full entry) as a full entry. Entries depending on it
+    /// stay buildable. Takes the exclusive lock.
+    Consolidate {
+        entry: String,
+        #[arg(long)]
+        full: bool,
+    },
     /// One stored file's bytes to stdout; with --guest, the guest-visible contents of a disk.
     Cat {
         entry: String,
@@ -194,7 +211,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
 }
 
 /// Open the repository and take its lock, shared (every command so far adds or reads).
-fn open(cli: &CliCommon, command: &str) -> Result<(Repo, RepoLock), Failure> {
+fn open_as(cli: &CliCommon, command: &str, mode: LockMode) -> Result<(Repo, RepoLock), Failure> {
     let Some(r) = &cli.repo else {
         return Err(Failure::new(
             Exit::Usage,
@@ -202,14 +219,22 @@ fn open(cli: &CliCommon, command: &str) -> Result<(Repo, RepoLock), Failure> {
         ));
     };
     let repo = Repo::open(r).map_err(fail)?;
-    let lock = repo
-        .lock(
-            LockMode::Shared,
-            command,
-            cli.wait.map(std::time::Duration::from_secs),
-        )
-        .map_err(fail)?;
+    let wait = cli.wait.map(std::time::Duration::from_secs);
+    // A rewrite killed half-way is finished first, by whoever can get the exclusive lock.
+    if mode == LockMode::Shared && repo.root.join(vrepo::rewrite::JOURNAL).exists() {
+        if let Ok(_x) = repo.lock(LockMode::Exclusive, "recover", None) {
+            vrepo::rewrite::recover(&repo).map_err(fail)?;
+        }
+    }
+    let lock = repo.lock(mode, command, wait).map_err(fail)?;
+    if mode == LockMode::Exclusive {
+        vrepo::rewrite::recover(&repo).map_err(fail)?;
+    }
     Ok((repo, lock))
+}
+
+fn open(cli: &CliCommon, command: &str) -> Result<(Repo, RepoLock), Failure> {
+    open_as(cli, command, LockMode::Shared)
 }
 
 struct CliCommon {
@@ -496,6 +521,21 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 exit = Exit::No;
             }
         }
+        Command::Rm { entry, rebase } => {
+            let (repo, _lock) = open_as(&common, "rm", LockMode::Exclusive)?;
+            let e = repo.resolve(&entry).map_err(fail)?;
+            let r = vrepo::rewrite::remove(&repo, &e, rebase, 3).map_err(fail)?;
+            report_rewrite(&mut stdout, cli.json, &r)?;
+        }
+        Command::Consolidate { entry, full } => {
+            let (repo, _lock) = open_as(&common, "consolidate", LockMode::Exclusive)?;
+            let e = repo.resolve(&entry).map_err(fail)?;
+            if e.parent.is_none() {
+                eprintln!("vrepo: {} is a full entry already; nothing to do", e.name);
+            }
+            let r = vrepo::rewrite::consolidate(&repo, &e, full, 3).map_err(fail)?;
+            report_rewrite(&mut stdout, cli.json, &r)?;
+        }
         Command::Cat { entry, file, guest } => {
             let (repo, _lock) = open(&common, "cat")?;
             vml_cli::refuse_terminal_stdout(if guest {
@@ -516,6 +556,27 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         Err(e) if !vml_cli::is_broken_pipe(&e) => Err(out_err(e)),
         _ => Ok(exit),
     }
+}
+
+fn report_rewrite(
+    out: &mut impl Write,
+    json: bool,
+    r: &vrepo::rewrite::Rewritten,
+) -> Result<(), Failure> {
+    if json {
+        return print_json(r);
+    }
+    for (e, p) in &r.rewritten {
+        match p {
+            Some(p) => writeln!(out, "rewrote {e}: now relative to {p}"),
+            None => writeln!(out, "rewrote {e}: now a full entry"),
+        }
+        .map_err(out_err)?;
+    }
+    for e in &r.removed {
+        writeln!(out, "removed {e}").map_err(out_err)?;
+    }
+    Ok(())
 }
 
 fn list_or_none(v: &[String]) -> String {

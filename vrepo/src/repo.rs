@@ -193,9 +193,24 @@ impl Repo {
     pub fn clean_leftovers(&self) -> Result<()> {
         let tmp = self.root.join(TMP);
         let boot = boot_id();
+        // Folders a rewrite's journal still needs are kept until the rewrite is finished.
+        let keep: Vec<String> = fs::read(self.root.join("journal.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["swaps"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|s| s["staged"].as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
         for e in fs::read_dir(&tmp).at(&tmp)? {
             let e = e.at(&tmp)?;
             let name = e.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                continue;
+            }
             let mut parts = name.split('-');
             let (_kind, pid, b) = (parts.next(), parts.next(), parts.next());
             let dead = match (pid.and_then(|p| p.parse::<u32>().ok()), b) {
