@@ -714,3 +714,405 @@ fn esxi_cowd_and_sesparse_chains_save_and_build() {
     let guest = repo.ok(&["cat", "--guest", "E1", &top_name]).stdout;
     assert!(guest == top.expected, "the guest sees what esxgen wrote");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. --at-snapshot.
+
+/// A running VM: `disk.vmdk` frozen by snapshot "before" (uid 1), `disk-000001.vmdk` the
+/// running delta the `.vmx` names, the snapshot's `.vmsn`, and a lock folder.
+fn make_running_vm(dir: &Path) -> PathBuf {
+    let wa = make_vm(dir, 16);
+    qemu_child(&wa, "disk.vmdk", "disk-000001.vmdk");
+    guest_write(&wa.join("disk-000001.vmdk"), 0, MIB, 31);
+    write_vmx(&wa, "disk-000001.vmdk");
+    fs::write(
+        wa.join("vm.vmsd"),
+        ".encoding = \"UTF-8\"\nsnapshot.lastUID = \"1\"\nsnapshot.current = \"1\"\n\
+         snapshot0.uid = \"1\"\nsnapshot0.filename = \"vm-Snapshot1.vmsn\"\n\
+         snapshot0.displayName = \"before\"\nsnapshot0.numDisks = \"1\"\n\
+         snapshot0.disk0.fileName = \"disk.vmdk\"\nsnapshot0.disk0.node = \"scsi0:0\"\n\
+         snapshot.numSnapshots = \"1\"\n",
+    )
+    .unwrap();
+    fs::write(wa.join("vm-Snapshot1.vmsn"), rand_bytes(32, 30000)).unwrap();
+    fs::create_dir(wa.join("vm.vmx.lck")).unwrap();
+    fs::write(wa.join("vm.vmx.lck/M01234.lck"), b"lock").unwrap();
+    wa
+}
+
+#[test]
+fn at_snapshot_saves_the_frozen_link_of_a_running_vm() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = make_running_vm(&t.path().join("wa"));
+
+    let err = repo.fails(&["save", s(&wa)], 7);
+    assert!(err.contains("lck") || err.contains("running"), "{err}");
+    assert!(repo.names().is_empty());
+
+    let o = repo.ok(&["--json", "save", s(&wa), "--at-snapshot"]);
+    let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["at_snapshot"], "before");
+    let paths: Vec<&str> = e["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "disk.vmdk",
+            "vm-Snapshot1.vmsn",
+            "vm.nvram",
+            "vm.vmsd",
+            "vm.vmx"
+        ]
+    );
+    let skipped: Vec<&str> = e["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["path"].as_str().unwrap())
+        .collect();
+    assert!(skipped.contains(&"disk-000001.vmdk"), "{skipped:?}");
+    assert!(
+        skipped.iter().any(|p| p.starts_with("vm.vmx.lck")),
+        "{skipped:?}"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("skipped"), "skips are reported: {err}");
+
+    let b = t.path().join("b");
+    repo.build("E1", &b, &[]);
+    let vmx = fs::read_to_string(b.join("vm.vmx")).unwrap();
+    let disk_line = vmx
+        .lines()
+        .find(|l| l.starts_with("scsi0:0.fileName"))
+        .unwrap();
+    assert!(
+        disk_line.contains("\"disk.vmdk\""),
+        "the built .vmx names the frozen link: {disk_line}"
+    );
+    assert!(!b.join("disk-000001.vmdk").exists());
+    assert!(!b.join("vm.vmx.lck").exists());
+    for f in ["disk.vmdk", "vm-Snapshot1.vmsn", "vm.vmsd", "vm.nvram"] {
+        assert!(cmp(&wa.join(f), &b.join(f)), "{f}");
+    }
+    assert_disk_ok(&wa.join("disk.vmdk"), &b.join("disk.vmdk"));
+    // The guest contents are the frozen base's, not the running VM's.
+    let built = qemu_raw(&b.join("disk.vmdk"), t.path());
+    assert_eq!(
+        &built[..2 * MIB as usize],
+        &rand_bytes(1, 2 * MIB as usize)[..]
+    );
+    let running = t.path().join("running");
+    fs::create_dir(&running).unwrap();
+    assert_ne!(built, qemu_raw(&wa.join("disk-000001.vmdk"), &running));
+    // The built VM is not running, so it saves plainly, and the frozen disk is not re-read.
+    let e2 = repo.save(&b, &[]);
+    assert_eq!(e2["parent"], "E1");
+    assert!(e2["at_snapshot"].is_null());
+    let disk = fs::metadata(b.join("disk.vmdk")).unwrap().len();
+    assert!(e2["stats"]["read_bytes"].as_u64().unwrap() < disk);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Queries and their JSON.
+
+fn keys(v: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    k.sort_unstable();
+    k
+}
+
+fn is_hex64(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Pin `vrepo.entry/1`: every field, with its type.
+fn assert_entry_shape(e: &Value) {
+    assert_eq!(
+        keys(e),
+        [
+            "at_snapshot",
+            "files",
+            "message",
+            "mode",
+            "name",
+            "number",
+            "parent",
+            "schema",
+            "skipped",
+            "source",
+            "stats",
+            "stored",
+            "tags",
+            "time",
+            "vm",
+            "volume"
+        ]
+    );
+    assert_eq!(e["schema"], "vrepo.entry/1");
+    let name = e["name"].as_str().unwrap();
+    assert_eq!(format!("E{}", e["number"].as_u64().unwrap()), name);
+    assert!(e["time"].as_str().unwrap().ends_with('Z'));
+    assert!(e["message"].is_string());
+    assert!(["full", "incremental", "differential"].contains(&e["mode"].as_str().unwrap()));
+    assert!(e["parent"].is_null() || e["parent"].is_string());
+    assert!(e["tags"].as_array().unwrap().iter().all(Value::is_string));
+    assert!(Path::new(e["source"].as_str().unwrap()).is_absolute());
+    assert!(e["at_snapshot"].is_null() || e["at_snapshot"].is_string());
+    assert_eq!(
+        keys(&e["vm"]),
+        [
+            "display_name",
+            "guest_os",
+            "uuid_bios",
+            "uuid_location",
+            "vmx"
+        ]
+    );
+    assert_eq!(e["vm"]["vmx"], "vm.vmx");
+    assert_eq!(e["vm"]["display_name"], "vrepo test");
+    assert_eq!(keys(&e["volume"]), ["block_size", "digest", "size"]);
+    assert!(e["volume"]["size"].is_u64() && e["volume"]["block_size"].is_u64());
+    assert!(is_hex64(&e["volume"]["digest"]));
+    for f in e["files"].as_array().unwrap() {
+        let k = keys(f);
+        let base = [
+            "cid", "digest", "mode", "mtime_ns", "offset", "path", "role", "size",
+        ];
+        assert!(
+            k == base || k == [&base[..], &["synthesized"]].concat(),
+            "{f}"
+        );
+        assert!(f["path"].is_string() && f["role"].is_string());
+        assert!(f["size"].is_u64() && f["offset"].is_u64() && f["mode"].is_u64());
+        assert!(f["mtime_ns"].is_i64());
+        assert!(is_hex64(&f["digest"]));
+        assert!(f["cid"].is_null() || f["cid"].as_str().unwrap().len() == 8);
+    }
+    for k in e["skipped"].as_array().unwrap() {
+        assert_eq!(keys(k), ["path", "reason"]);
+    }
+    assert_eq!(keys(&e["stored"]), ["chunks", "delta", "signature"]);
+    for part in ["chunks", "delta", "signature"] {
+        assert_eq!(keys(&e["stored"][part]), ["blake3", "size"]);
+        assert!(e["stored"][part]["size"].is_u64());
+        assert!(is_hex64(&e["stored"][part]["blake3"]));
+    }
+    assert_eq!(
+        keys(&e["stats"]),
+        [
+            "changed_bytes",
+            "copied_bytes",
+            "literal_bytes",
+            "read_bytes",
+            "unchanged_file_bytes"
+        ]
+    );
+    for v in e["stats"].as_object().unwrap().values() {
+        assert!(v.is_u64());
+    }
+}
+
+#[test]
+fn queries_text_and_json() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = make_vm(&t.path().join("wa"), 16);
+    let e1 = repo.save(&wa, &["-m", "first", "--tag", "v1"]);
+    assert_entry_shape(&e1);
+    let s1 = keep(&wa, &t.path().join("s1"));
+    guest_write(&wa.join("disk.vmdk"), 10 * MIB, MIB, 41);
+    let e2 = repo.save(&wa, &["-m", "second"]);
+    assert_entry_shape(&e2);
+    let s2 = keep(&wa, &t.path().join("s2"));
+
+    // show
+    assert_eq!(repo.show("E2"), e2, "show --json is the saved entry.json");
+    let text = repo.stdout(&["show", "E1"]);
+    for want in [
+        "E1",
+        "full",
+        "first",
+        "v1",
+        "disk.vmdk",
+        "vm.nvram",
+        "vm.vmx",
+    ] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+
+    // list: one line per entry; JSON Lines of entries.
+    let text = repo.stdout(&["list"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].starts_with("E1") && lines[0].contains("first"));
+    assert!(lines[1].starts_with("E2") && lines[1].contains("incremental"));
+    let jl = repo.stdout(&["--json", "list"]);
+    let rows: Vec<Value> = jl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    rows.iter().for_each(assert_entry_shape);
+    assert_eq!(rows[1], e2);
+
+    // tree --json: one array of nodes.
+    let tree = repo.json(&["tree"]);
+    let nodes = tree.as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    for n in nodes {
+        assert_eq!(
+            keys(n),
+            [
+                "message",
+                "mode",
+                "name",
+                "parent",
+                "stored_bytes",
+                "tags",
+                "time"
+            ]
+        );
+        assert!(n["stored_bytes"].is_u64());
+    }
+    assert_eq!(nodes[1]["parent"], "E1");
+
+    // deps
+    let deps = repo.json(&["deps", "E2"]);
+    assert_eq!(keys(&deps), ["chain", "entry", "stored_bytes"]);
+    assert_eq!(deps["entry"], "E2");
+    let chain = deps["chain"].as_array().unwrap();
+    assert_eq!(chain.len(), 2);
+    for c in chain {
+        assert_eq!(keys(c), ["mode", "name", "parent", "stored_bytes"]);
+    }
+    let sum: u64 = chain
+        .iter()
+        .map(|c| c["stored_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(deps["stored_bytes"].as_u64(), Some(sum));
+    let text = repo.stdout(&["deps", "E2"]);
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names, ["E1", "E2"]);
+
+    // diff: the changed disk's bytes; `same` for the rest.
+    let jl = repo.stdout(&["--json", "diff", "E1", "E2"]);
+    let rows: BTreeMap<String, Value> = jl
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(
+                keys(&v),
+                [
+                    "changed_bytes",
+                    "path",
+                    "size_after",
+                    "size_before",
+                    "status"
+                ]
+            );
+            (v["path"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    assert_eq!(rows.len(), 3);
+    let d = &rows["disk.vmdk"];
+    assert_eq!(d["status"], "changed");
+    let changed = d["changed_bytes"].as_u64().unwrap();
+    assert!(
+        (MIB..2 * MIB).contains(&changed),
+        "1 MiB written: {changed} bytes changed"
+    );
+    assert_eq!(rows["vm.vmx"]["status"], "same");
+    assert_eq!(rows["vm.nvram"]["status"], "same");
+    assert_eq!(rows["vm.vmx"]["changed_bytes"], 0);
+    let text = repo.stdout(&["diff", "E1", "E2"]);
+    assert!(
+        text.contains("disk.vmdk") && text.contains("changed"),
+        "{text}"
+    );
+    assert!(!text.contains("vm.vmx"), "{text}");
+    let same = repo.stdout(&["--json", "diff", "E2", "E2"]);
+    assert!(same.lines().all(|l| l.contains("\"same\"")), "{same}");
+
+    // cat: a stored file's bytes; --guest: the disk as qemu-img reads it.
+    for (e, st) in [("E1", &s1), ("E2", &s2)] {
+        for f in ["vm.vmx", "vm.nvram", "disk.vmdk"] {
+            let out = repo.ok(&["cat", e, f]).stdout;
+            assert!(out == fs::read(st.join(f)).unwrap(), "cat {e} {f}");
+        }
+        let guest = repo.ok(&["cat", "--guest", e, "disk.vmdk"]).stdout;
+        let scratch = t.path().join(format!("raw-{e}"));
+        fs::create_dir(&scratch).unwrap();
+        assert!(
+            guest == qemu_raw(&st.join("disk.vmdk"), &scratch),
+            "cat --guest {e}"
+        );
+    }
+    let err = repo.fails(&["cat", "E1", "nope.vmdk"], 4);
+    assert!(err.contains("nope.vmdk"), "{err}");
+    // A terminal is refused (`script` gives vrepo a pseudo-terminal as stdout).
+    if Command::new("script").arg("--version").output().is_ok() {
+        for guest in ["", "--guest"] {
+            let cmd = format!(
+                "'{}' -r '{}' cat {guest} E1 disk.vmdk; echo \"rc=$?\"",
+                vrepo_bin().display(),
+                repo.root.display()
+            );
+            let out = Command::new("script")
+                .args(["-qec", &cmd, "/dev/null"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("rc=2"), "{text}");
+            assert!(text.contains("terminal"), "{text}");
+            assert!(text.len() < 500, "no data reached the terminal");
+        }
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "util-linux `script` is needed in CI"
+        );
+    }
+
+    // build --json and init --json.
+    let b = repo.build("v1", &t.path().join("b"), &[]);
+    assert_eq!(
+        keys(&b),
+        [
+            "bytes",
+            "chain",
+            "entry",
+            "files",
+            "workarea",
+            "written_bytes"
+        ]
+    );
+    assert_eq!(b["entry"], "E1");
+    assert_eq!(b["files"], 3);
+    let r2 = Command::new(vrepo_bin())
+        .arg("-r")
+        .arg(t.path().join("repo2"))
+        .args(["--json", "init"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&r2.stdout).unwrap();
+    assert_eq!(keys(&v), ["block_size", "repository"]);
+    // The environment variable names the repository too.
+    let o = run(Command::new(vrepo_bin())
+        .env("VREPO_REPOSITORY", &repo.root)
+        .args(["show", "latest", "--json"]));
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), e2);
+}
