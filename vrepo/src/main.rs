@@ -150,6 +150,26 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Remove the entries a retention policy does not keep. Kept entries never break: a kept
+    /// entry whose parent goes is rewritten onto its nearest kept ancestor (or made full).
+    /// Prints what it removes and rewrites. Takes the exclusive lock.
+    Prune {
+        /// Keep the newest N entries.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        keep_last: usize,
+        /// Keep the newest entry of each of the newest D days that have entries.
+        #[arg(long, default_value_t = 0, value_name = "D")]
+        keep_daily: usize,
+        /// The same per ISO week.
+        #[arg(long, default_value_t = 0, value_name = "W")]
+        keep_weekly: usize,
+        /// The same per month.
+        #[arg(long, default_value_t = 0, value_name = "M")]
+        keep_monthly: usize,
+        /// Print what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// One stored file's bytes to stdout; with --guest, the guest-visible contents of a disk.
     Cat {
         entry: String,
@@ -535,6 +555,51 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
             let r = vrepo::rewrite::consolidate(&repo, &e, full, 3).map_err(fail)?;
             report_rewrite(&mut stdout, cli.json, &r)?;
+        }
+        Command::Prune {
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            dry_run,
+        } => {
+            if keep_last + keep_daily + keep_weekly + keep_monthly == 0 {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    "prune needs a policy (--keep-last, --keep-daily, --keep-weekly, \
+                     --keep-monthly): with none it would remove every entry",
+                ));
+            }
+            let (repo, _lock) = open_as(&common, "prune", LockMode::Exclusive)?;
+            let r = vrepo::rewrite::Retention {
+                last: keep_last,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+            };
+            let plan = vrepo::rewrite::prune(&repo, r, dry_run, 3).map_err(fail)?;
+            if cli.json {
+                print_json(&plan)?;
+            } else {
+                let verb = if dry_run { "would " } else { "" };
+                for (e, p) in &plan.rewrite {
+                    match p {
+                        Some(p) => writeln!(stdout, "{verb}rewrite {e}: relative to {p}"),
+                        None => writeln!(stdout, "{verb}rewrite {e}: a full entry"),
+                    }
+                    .map_err(out_err)?;
+                }
+                for e in &plan.remove {
+                    writeln!(stdout, "{verb}remove {e}").map_err(out_err)?;
+                }
+                writeln!(
+                    stdout,
+                    "{verb}keep {} entries: {}",
+                    plan.keep.len(),
+                    list_or_none(&plan.keep)
+                )
+                .map_err(out_err)?;
+            }
         }
         Command::Cat { entry, file, guest } => {
             let (repo, _lock) = open(&common, "cat")?;

@@ -353,3 +353,177 @@ pub fn consolidate(repo: &Repo, e: &Entry, full: bool, level: i32) -> Result<Rew
         rewritten: vec![(e.name.clone(), np)],
     })
 }
+
+/// Retention for `prune`: how many entries to keep by age.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Retention {
+    pub last: usize,
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` date (civil calendar).
+fn days_of(date: &str) -> Option<i64> {
+    let y: i64 = date.get(0..4)?.parse().ok()?;
+    let m: i64 = date.get(5..7)?.parse().ok()?;
+    let d: i64 = date.get(8..10)?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// The ISO-8601 week (year, week) of a day number: weeks start on Monday.
+fn week_of(days: i64) -> (i64, i64) {
+    // 1970-01-01 was a Thursday; the Thursday of a day's week decides its ISO year.
+    let weekday = (days + 3).rem_euclid(7); // 0 = Monday
+    let thursday = days - weekday + 3;
+    // The year of that Thursday: walk from an estimate.
+    let mut y = 1970 + thursday.div_euclid(365);
+    while days_of(&format!("{:04}-01-01", y)).is_some_and(|d| d > thursday) {
+        y -= 1;
+    }
+    while days_of(&format!("{:04}-01-01", y + 1)).is_some_and(|d| d <= thursday) {
+        y += 1;
+    }
+    let jan1 = days_of(&format!("{y:04}-01-01")).unwrap_or(0);
+    (y, (thursday - jan1) / 7 + 1)
+}
+
+/// Which entries the retention keeps (restic's rules): the newest `last`; the newest entry of
+/// each of the newest `daily` days that have entries; the same per ISO week and per month.
+pub fn kept(entries: &[Entry], r: Retention) -> std::collections::BTreeSet<String> {
+    let mut by_age: Vec<&Entry> = entries.iter().collect();
+    by_age.sort_by(|a, b| b.time.cmp(&a.time).then(b.number.cmp(&a.number)));
+    let mut keep = std::collections::BTreeSet::new();
+    for e in by_age.iter().take(r.last) {
+        keep.insert(e.name.clone());
+    }
+    let mut bucket = |n: usize, key: &dyn Fn(&Entry) -> Option<String>| {
+        let mut seen = std::collections::HashSet::new();
+        for e in &by_age {
+            if seen.len() >= n {
+                break;
+            }
+            if let Some(k) = key(e) {
+                if seen.insert(k) {
+                    keep.insert(e.name.clone());
+                }
+            }
+        }
+    };
+    bucket(r.daily, &|e| e.time.get(0..10).map(str::to_owned));
+    bucket(r.weekly, &|e| {
+        days_of(e.time.get(0..10)?).map(|d| format!("{:?}", week_of(d)))
+    });
+    bucket(r.monthly, &|e| e.time.get(0..7).map(str::to_owned));
+    keep
+}
+
+/// What `prune` does (or would do with `dry_run`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PrunePlan {
+    pub keep: Vec<String>,
+    pub remove: Vec<String>,
+    /// `(entry, its new parent or null)`: kept entries whose parent goes.
+    pub rewrite: Vec<(String, Option<String>)>,
+    pub dry_run: bool,
+}
+
+/// `prune`: remove the entries the retention does not keep; a kept entry whose parent goes is
+/// restaged onto its nearest kept ancestor (or made full), so no kept entry ever breaks. The
+/// work grows with what is removed: only kept children of removed entries are rewritten.
+pub fn prune(repo: &Repo, r: Retention, dry_run: bool, level: i32) -> Result<PrunePlan> {
+    let all = repo.entries()?;
+    let keep = kept(&all, r);
+    let by_name: HashMap<&str, &Entry> = all.iter().map(|e| (e.name.as_str(), e)).collect();
+    let mut plan = PrunePlan {
+        dry_run,
+        ..PrunePlan::default()
+    };
+    for e in &all {
+        if keep.contains(&e.name) {
+            plan.keep.push(e.name.clone());
+        } else {
+            plan.remove.push(e.name.clone());
+        }
+    }
+    for e in &all {
+        if !keep.contains(&e.name) {
+            continue;
+        }
+        let Some(p) = &e.parent else { continue };
+        if keep.contains(p) {
+            continue;
+        }
+        // The nearest kept ancestor.
+        let mut cur = by_name.get(p.as_str()).and_then(|x| x.parent.clone());
+        while let Some(c) = cur.clone() {
+            if keep.contains(&c) {
+                break;
+            }
+            cur = by_name.get(c.as_str()).and_then(|x| x.parent.clone());
+        }
+        plan.rewrite.push((e.name.clone(), cur));
+    }
+    if dry_run || plan.remove.is_empty() {
+        return Ok(plan);
+    }
+    let mut swaps: Vec<Swap> = Vec::new();
+    for (name, np) in &plan.rewrite {
+        let e = by_name[name.as_str()];
+        let parent = match np {
+            Some(n) => Some(repo.load(n)?),
+            None => None,
+        };
+        match restage(repo, e, parent.as_ref(), level) {
+            Ok(s) => swaps.push(Swap {
+                entry: name.clone(),
+                staged: staged_name(&s),
+                new_parent: np.clone(),
+            }),
+            Err(err) => {
+                for s in &swaps {
+                    let _ = fs::remove_dir_all(repo.root.join(TMP).join(&s.staged));
+                }
+                return Err(err);
+            }
+        }
+    }
+    run(
+        repo,
+        Journal {
+            schema: JOURNAL_SCHEMA.into(),
+            op: "prune".into(),
+            swaps,
+            remove: plan.remove.clone(),
+        },
+    )?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar() {
+        assert_eq!(days_of("1970-01-01"), Some(0));
+        assert_eq!(days_of("2000-03-01"), Some(11017));
+        assert_eq!(days_of("2026-11-22"), Some(20779));
+        // ISO weeks: 2026-11-22 is a Sunday in week 47; 2021-01-03 is in 2020's week 53;
+        // 2024-12-30 is in 2025's week 1.
+        assert_eq!(week_of(days_of("2026-11-22").unwrap()), (2026, 47));
+        assert_eq!(week_of(days_of("2026-11-23").unwrap()), (2026, 48));
+        assert_eq!(week_of(days_of("2021-01-03").unwrap()), (2020, 53));
+        assert_eq!(week_of(days_of("2024-12-30").unwrap()), (2025, 1));
+    }
+}
