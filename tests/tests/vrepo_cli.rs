@@ -1116,3 +1116,432 @@ fn queries_text_and_json() {
         .args(["show", "latest", "--json"]));
     assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), e2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. Bad input: one line, the documented exit code, nothing stored lost.
+
+/// A repository with two entries of a VM, and copies of their states.
+struct Saved {
+    t: tempfile::TempDir,
+    repo: Repo,
+    wa: PathBuf,
+    s1: PathBuf,
+    s2: PathBuf,
+}
+
+fn two_entries() -> Saved {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = make_vm(&t.path().join("wa"), 16);
+    repo.save(&wa, &[]);
+    let s1 = keep(&wa, &t.path().join("s1"));
+    evolve(&wa, "disk.vmdk", 2);
+    repo.save(&wa, &[]);
+    let s2 = keep(&wa, &t.path().join("s2"));
+    Saved {
+        t,
+        repo,
+        wa,
+        s1,
+        s2,
+    }
+}
+
+impl Saved {
+    fn path(&self, name: &str) -> PathBuf {
+        self.t.path().join(name)
+    }
+
+    /// Both entries still build to their states, and no other entry appeared.
+    fn intact(&self) {
+        assert_eq!(self.repo.names(), ["E1", "E2"]);
+        assert_entries_build(
+            &self.repo,
+            &[("E1", &self.s1), ("E2", &self.s2)],
+            self.t.path(),
+        );
+    }
+
+    /// A copy of the repository to damage.
+    fn copy_repo(&self, name: &str) -> Repo {
+        let to = self.path(name);
+        keep(&self.repo.root, &to);
+        Repo { root: to }
+    }
+}
+
+#[test]
+fn bad_repositories_entries_and_working_areas() {
+    let x = two_entries();
+    let (repo, wa) = (&x.repo, &x.wa);
+
+    // Repositories.
+    let nope = Repo {
+        root: x.path("nope"),
+    };
+    let err = nope.fails(&["list"], 4);
+    assert!(err.contains("no such repository"), "{err}");
+    nope.fails(&["save", s(wa)], 4);
+    assert!(!x.path("nope").exists(), "nothing is created");
+    let plain = x.path("plain");
+    fs::create_dir(&plain).unwrap();
+    fs::write(plain.join("notes.txt"), b"hello").unwrap();
+    let not_repo = Repo {
+        root: plain.clone(),
+    };
+    let err = not_repo.fails(&["show", "latest"], 4);
+    assert!(err.contains("not a VML repository"), "{err}");
+    not_repo.fails(&["save", s(wa)], 4);
+    not_repo.fails(&["init"], 7);
+    assert_eq!(fs::read(plain.join("notes.txt")).unwrap(), b"hello");
+    repo.fails(&["init"], 7);
+    expect_failure(
+        Command::new(vrepo_bin())
+            .args(["list"])
+            .env_remove("VREPO_REPOSITORY"),
+        2,
+    );
+
+    // Entries.
+    for args in [
+        &["show", "E99"][..],
+        &["show", "nosuchtag"],
+        &["deps", "E3"],
+        &["diff", "E1", "E9"],
+        &["cat", "E7", "vm.vmx"],
+        &["build", "E99", s(&x.path("never"))],
+        &["save", s(wa), "--parent", "E42"],
+    ] {
+        repo.fails(args, 4);
+    }
+    assert!(!x.path("never").exists());
+
+    // Working areas.
+    repo.fails(&["save", s(&x.path("missing"))], 4);
+    let empty = x.path("empty");
+    fs::create_dir(&empty).unwrap();
+    let err = repo.fails(&["save", s(&empty)], 4);
+    assert!(err.contains(".vmx"), "{err}");
+    let two = keep(wa, &x.path("two"));
+    fs::copy(two.join("vm.vmx"), two.join("other.vmx")).unwrap();
+    let err = repo.fails(&["save", s(&two)], 7);
+    assert!(err.contains("other.vmx"), "{err}");
+    let locked = keep(wa, &x.path("locked"));
+    fs::create_dir(locked.join("vm.vmx.lck")).unwrap();
+    repo.fails(&["save", s(&locked)], 7);
+    let gone_disk = keep(wa, &x.path("gone-disk"));
+    fs::remove_file(gone_disk.join("disk.vmdk")).unwrap();
+    repo.fails(&["save", s(&gone_disk)], 4);
+
+    // Build into a non-empty folder without --force: refused, the folder untouched.
+    let busy = x.path("busy");
+    fs::create_dir(&busy).unwrap();
+    fs::write(busy.join("vm.nvram"), b"mine").unwrap();
+    let err = repo.fails(&["build", "E1", s(&busy)], 7);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(fs::read(busy.join("vm.nvram")).unwrap(), b"mine");
+    assert_eq!(files_of(&busy).len(), 1);
+    // A build target that is a file.
+    repo.fails(&["build", "E1", s(&busy.join("vm.nvram"))], 7);
+
+    x.intact();
+}
+
+#[test]
+fn broken_chains_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+
+    // A missing parent link.
+    let wa = make_vm(&t.path().join("wa"), 16);
+    qemu_child(&wa, "disk.vmdk", "disk-000001.vmdk");
+    write_vmx(&wa, "disk-000001.vmdk");
+    fs::remove_file(wa.join("disk.vmdk")).unwrap();
+    let err = repo.fails(&["save", s(&wa)], 4);
+    assert!(err.contains("disk.vmdk"), "{err}");
+
+    // A parentCID that is not the parent's CID.
+    let wb = t.path().join("wb");
+    fs::create_dir(&wb).unwrap();
+    let mut g = Grains::new();
+    g.insert(3, esxgen::data_grain(DeltaKind::Cowd, 3));
+    let links = esxgen::write_chain(
+        &wb,
+        "vm",
+        &rand_bytes(5, MIB as usize),
+        &[(DeltaKind::Cowd, g.clone()), (DeltaKind::Cowd, g)],
+    );
+    write_vmx(&wb, "vm-000002.vmdk");
+    fs::write(wb.join("vm.nvram"), b"nv").unwrap();
+    repo.save(&wb, &[]); // intact, it saves
+    esxgen::edit_descriptor(
+        &links[2],
+        &format!("parentCID={:08x}", links[1].cid),
+        "parentCID=0badc1d0",
+    );
+    repo.fails(&["save", s(&wb)], 3);
+    assert_eq!(repo.names(), ["E1"]);
+}
+
+#[test]
+fn build_never_writes_through_a_symlinked_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    // The disk in a subfolder named to sort after the other files, so they would be renamed
+    // into place first.
+    let wa = t.path().join("wa");
+    fs::create_dir_all(wa.join("zdisks")).unwrap();
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        s(&wa.join("zdisks/disk.vmdk")),
+        "16M",
+    ]);
+    guest_write(&wa.join("zdisks/disk.vmdk"), 0, MIB, 51);
+    write_vmx(&wa, "zdisks/disk.vmdk");
+    fs::write(wa.join("vm.nvram"), b"nvram").unwrap();
+    let e = repo.save(&wa, &[]);
+    assert!(
+        e["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "zdisks/disk.vmdk"),
+        "{}",
+        e["files"]
+    );
+
+    let dest = t.path().join("dest");
+    repo.build("E1", &dest, &[]);
+    assert_same_files(&wa, &dest);
+    // Now the subfolder is a link to elsewhere, and the other files are the user's.
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::remove_dir_all(dest.join("zdisks")).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join("zdisks")).unwrap();
+    fs::write(dest.join("vm.nvram"), b"user's").unwrap();
+    let before = keep(&dest, &t.path().join("before"));
+    let err = repo.fails(&["build", "E1", s(&dest), "--force"], 7);
+    assert!(err.contains("zdisks"), "{err}");
+    assert!(
+        files_of(&outside).is_empty(),
+        "nothing written through the link"
+    );
+    assert_same_files(&before, &dest);
+}
+
+/// Edit `entries/NAME/entry.json` of `repo` as JSON.
+fn edit_entry(repo: &Repo, name: &str, f: impl FnOnce(&mut Value)) {
+    let p = repo.root.join("entries").join(name).join("entry.json");
+    let mut v: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    f(&mut v);
+    fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn hostile_entry_json_is_refused_and_writes_nothing_outside() {
+    let x = two_entries();
+    let abs = x.path("abs-evil");
+    let abs_s = s(&abs).to_owned();
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "dotdot",
+            "E2",
+            Box::new(|v| v["files"][2]["path"] = "../evil".into()),
+        ),
+        (
+            "dotdot-deep",
+            "E2",
+            Box::new(|v| v["files"][0]["path"] = "a/../../evil".into()),
+        ),
+        (
+            "absolute",
+            "E2",
+            Box::new(move |v| v["files"][1]["path"] = abs_s.clone().into()),
+        ),
+        (
+            "overlap",
+            "E2",
+            Box::new(|v| v["files"][1]["offset"] = v["files"][0]["offset"].clone()),
+        ),
+        (
+            "past-end",
+            "E2",
+            Box::new(|v| v["files"][2]["size"] = (1u64 << 40).into()),
+        ),
+        ("unknown-field", "E2", Box::new(|v| v["extra"] = 1.into())),
+        (
+            "unknown-file-field",
+            "E2",
+            Box::new(|v| v["files"][0]["owner"] = "root".into()),
+        ),
+        (
+            "parent-later",
+            "E1",
+            Box::new(|v| {
+                v["parent"] = "E2".into();
+                v["mode"] = "incremental".into();
+            }),
+        ),
+        ("parent-self", "E2", Box::new(|v| v["parent"] = "E2".into())),
+        (
+            "parent-missing",
+            "E2",
+            Box::new(|v| v["parent"] = "E0".into()),
+        ),
+        ("renamed", "E2", Box::new(|v| v["name"] = "E1".into())),
+    ];
+    for (label, entry, edit) in cases {
+        let r = x.copy_repo(&format!("repo-{label}"));
+        edit_entry(&r, entry, edit);
+        let sandbox = x.path(&format!("sandbox-{label}"));
+        fs::create_dir(&sandbox).unwrap();
+        let dest = sandbox.join("wa");
+        let err = r.fails(&["build", "E2", s(&dest)], 3);
+        assert!(err.contains("entry"), "{label}: {err}");
+        r.fails(&["show", entry], 3);
+        r.fails(&["cat", "E2", "vm.vmx"], 3);
+        r.fails(&["save", s(&x.wa), "--parent", "E2"], 3);
+        // Nothing anywhere but an empty working area at most.
+        let left = files_of(&sandbox);
+        assert!(left.is_empty(), "{label}: {left:?}");
+        assert!(!x.path("evil").exists() && !abs.exists(), "{label}");
+        assert!(!x.t.path().parent().unwrap().join("evil").exists());
+    }
+    x.intact();
+}
+
+fn flip(path: &Path, at: u64) {
+    let mut b = fs::read(path).unwrap();
+    let at = (at as usize).min(b.len() - 1);
+    b[at] ^= 0x10;
+    fs::write(path, b).unwrap();
+}
+
+#[test]
+fn flipped_bytes_in_stored_files_fail_loudly_never_wrong_bytes() {
+    let x = two_entries();
+    let mut cases = Vec::new();
+    for entry in ["E1", "E2"] {
+        let delta = x.repo.root.join("entries").join(entry).join("delta.vdelta");
+        let n = fs::metadata(&delta).unwrap().len();
+        for at in [20, n / 3, n / 2, n - 40, n - 1] {
+            cases.push((entry, "delta.vdelta", at));
+        }
+        for file in ["signature.zst", "chunks.bin"] {
+            let n = fs::metadata(x.repo.root.join("entries").join(entry).join(file))
+                .unwrap()
+                .len();
+            cases.push((entry, file, n / 2));
+            cases.push((entry, file, n - 1));
+        }
+    }
+    for (i, (entry, file, at)) in cases.into_iter().enumerate() {
+        let label = format!("{entry} {file} byte {at}");
+        let r = x.copy_repo(&format!("repo-{i}"));
+        flip(&r.root.join("entries").join(entry).join(file), at);
+        let dest = x.path(&format!("b-{i}"));
+        let o = r.cmd().args(["build", "E2", s(&dest)]).output().unwrap();
+        match o.status.code() {
+            Some(0) => {
+                assert_ne!(file, "delta.vdelta", "{label}: a damaged delta built");
+                assert_same_files(&x.s2, &dest);
+            }
+            Some(3) => {
+                assert!(
+                    files_of(&dest).is_empty(),
+                    "{label}: a failed build leaves nothing"
+                )
+            }
+            c => panic!(
+                "{label}: build exit {c:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        }
+        // The next save from the damaged entry, which reads its block and chunk digests.
+        let wa = keep(&x.s2, &x.path(&format!("wa-{i}")));
+        evolve(&wa, "disk.vmdk", 9);
+        let o = r
+            .cmd()
+            .args(["--json", "save", s(&wa), "--parent", entry])
+            .output()
+            .unwrap();
+        match o.status.code() {
+            Some(0) => {
+                assert_eq!(file, "delta.vdelta", "{label}: saved on damaged digests");
+            }
+            Some(3) => {}
+            c => panic!(
+                "{label}: save exit {c:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        }
+        if file == "signature.zst" {
+            r.fails(&["diff", "E1", "E2"], 3);
+        }
+    }
+    x.intact();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. What build gives back besides bytes.
+
+#[test]
+fn build_keeps_mtimes_modes_and_holes_and_is_repeatable() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = t.path().join("wa");
+    fs::create_dir(&wa).unwrap();
+    let disk = wa.join("disk.vmdk");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        s(&disk),
+        "64M",
+    ]);
+    guest_write(&disk, 0, MIB, 61);
+    guest_write(&disk, 40 * MIB, MIB, 62);
+    write_vmx(&wa, "disk.vmdk");
+    fs::write(wa.join("vm.nvram"), rand_bytes(63, 8684)).unwrap();
+    fs::set_permissions(wa.join("vm.nvram"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(wa.join("vm.vmx"), fs::Permissions::from_mode(0o750)).unwrap();
+    set_mtime(
+        &wa.join("vm.nvram"),
+        SystemTime::UNIX_EPOCH + Duration::new(1_000_000_000, 123_456_789),
+    );
+    let flat = wa.join("disk-flat.vmdk");
+    let m = fs::metadata(&flat).unwrap();
+    assert_eq!(m.len(), 64 * MIB);
+    assert!(m.blocks() * 512 < 8 * MIB, "the source is sparse");
+    repo.save(&wa, &[]);
+
+    let dest = t.path().join("dest");
+    repo.build("E1", &dest, &[]);
+    assert_same_files(&wa, &dest);
+    let m = fs::metadata(dest.join("disk-flat.vmdk")).unwrap();
+    assert_eq!(m.len(), 64 * MIB);
+    assert!(
+        m.blocks() * 512 < 8 * MIB,
+        "the built flat extent stays sparse: {} bytes allocated",
+        m.blocks() * 512
+    );
+    assert_disk_ok(&disk, &dest.join("disk.vmdk"));
+
+    // Again over itself, and over a damaged copy: the same files.
+    repo.build("E1", &dest, &["--force"]);
+    assert_same_files(&wa, &dest);
+    fs::write(dest.join("vm.nvram"), b"scribbled").unwrap();
+    fs::set_permissions(dest.join("vm.vmx"), fs::Permissions::from_mode(0o666)).unwrap();
+    guest_write(&dest.join("disk.vmdk"), 20 * MIB, MIB, 64);
+    repo.build("E1", &dest, &["--force"]);
+    assert_same_files(&wa, &dest);
+    let m = fs::metadata(dest.join("disk-flat.vmdk")).unwrap();
+    assert!(m.blocks() * 512 < 8 * MIB, "still sparse after --force");
+}

@@ -62,6 +62,11 @@ fn clean_build_leftovers(root: &Path) -> Result<()> {
 /// Make sure every folder on the way to `rel` inside `root` is a real folder (created when
 /// missing), never a symbolic link, so a rename cannot land outside the working area.
 fn safe_parent(root: &Path, rel: &str) -> Result<PathBuf> {
+    walk_parent(root, rel, true)
+}
+
+/// [`safe_parent`] with `create` false only checks (a missing folder is fine: it will be made).
+fn walk_parent(root: &Path, rel: &str, create: bool) -> Result<PathBuf> {
     let mut cur = root.to_path_buf();
     let comps: Vec<&str> = rel.split('/').collect();
     for c in &comps[..comps.len() - 1] {
@@ -74,6 +79,7 @@ fn safe_parent(root: &Path, rel: &str) -> Result<PathBuf> {
                     cur.display()
                 )))
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => break,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 fs::create_dir(&cur).at(&cur)?;
             }
@@ -226,16 +232,22 @@ pub fn build(
     fs::create_dir(&tmp).at(&tmp)?;
     let result = (|| -> Result<Built> {
         let written = write_files(repo, &chain, entry, &tmp, progress, opts.sync)?;
-        // Into place.
+        // Every destination is checked before the first rename, so a refusal leaves the
+        // working area as it was.
         for f in &entry.files {
-            let parent = safe_parent(&root, &f.path)?;
-            let dest = parent.join(f.path.rsplit('/').next().unwrap_or(""));
+            walk_parent(&root, &f.path, false)?;
+            let dest = root.join(&f.path);
             if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
                 return Err(Error::Refused(format!(
                     "{}: a folder is in the way of a file of the entry",
                     dest.display()
                 )));
             }
+        }
+        // Into place.
+        for f in &entry.files {
+            let parent = safe_parent(&root, &f.path)?;
+            let dest = parent.join(f.path.rsplit('/').next().unwrap_or(""));
             let src = tmp.join(&f.path);
             fs::rename(&src, &dest).at(&dest)?;
         }

@@ -145,26 +145,6 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
         )));
     }
 
-    // A disk chain that cannot be followed is an error, never a silent partial save.
-    for f in &inv.files {
-        let disk_role = matches!(
-            f.role,
-            Role::DiskDescriptor | Role::DiskExtent | Role::DiskLink
-        );
-        if disk_role && f.depth.is_some() {
-            if let Some(p) = &f.problem {
-                return Err(Error::Corrupt(format!("{}: {p}", f.path)));
-            }
-            if f.exists == Some(false) {
-                return Err(Error::Missing(format!(
-                    "{}: a file of disk {} is missing",
-                    f.path,
-                    f.disk.as_deref().unwrap_or("?")
-                )));
-            }
-        }
-    }
-
     // CIDs of every disk link, and each disk's chain (leaf first) for --at-snapshot.
     let mut cids: HashMap<PathBuf, u32> = HashMap::new();
     let mut chains: HashMap<String, Vec<PathBuf>> = HashMap::new();
@@ -194,6 +174,29 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
             chain.push(c);
         }
         chains.insert(d.node.clone(), chain);
+    }
+
+    // A disk chain that cannot be followed is an error, never a silent partial save. Opening
+    // the disks above gave typed errors (a missing parent: missing, a CID mismatch: corrupt);
+    // this catches what the inventory alone sees (a link of an older snapshot).
+    for f in &inv.files {
+        let disk_role = matches!(
+            f.role,
+            Role::DiskDescriptor | Role::DiskExtent | Role::DiskLink
+        );
+        if disk_role && f.depth.is_some() {
+            // Missing before corrupt: a missing link also carries a problem text.
+            if f.exists == Some(false) {
+                return Err(Error::Missing(format!(
+                    "{}: a file of disk {} is missing",
+                    f.path,
+                    f.disk.as_deref().unwrap_or("?")
+                )));
+            }
+            if let Some(p) = &f.problem {
+                return Err(Error::Corrupt(format!("{}: {p}", f.path)));
+            }
+        }
     }
 
     // --at-snapshot: which links are frozen, and the config as the snapshot recorded it.
