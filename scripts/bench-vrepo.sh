@@ -20,16 +20,18 @@
 #   borg create R::sN workarea       (defaults: lz4 compression; repo made with --encryption none)
 # and the newest state is built into an empty folder, 3 times interleaved (median), by
 #   vrepo -r R build latest DIR, restic restore latest --target DIR, borg extract R::s2,
+#   vrepo build of a full entry of the newest state (saved --full into another repository; info)
 #   cp -a WORKAREA/. DIR             (the physical limit; its writes may stay in the page cache)
 #   cp -a WORKAREA/. DIR; sync DIR/* (the same, on stable storage: vrepo build writes disks with
 #                                     O_DIRECT, so it pays for the device writes; info only)
 # Every restored folder must hold exactly the working area's files, byte for byte: a fast wrong
 # answer fails. Repository sizes are `du -sb` after the three states.
-# Last, a chain: a second vrepo repository gets BENCH_CHAIN entries (E1 full, then incremental
-# saves, each after BENCH_CHAIN_KIB of random data written in place into the disk at random
-# grain-aligned offsets, about half of them into unallocated grains), the final state is also
-# saved --full into a third repository, and building entry BENCH_CHAIN is timed against building
-# that full entry (3 times interleaved, median), both checked byte for byte.
+# Last, a chain: another vrepo repository gets BENCH_CHAIN entries (E1 full, then incremental
+# saves, each after BENCH_CHAIN_KIB of random bytes written in place into the disk at random
+# offsets: half in grain-aligned runs of 64-512 KiB, half in scattered 4 KiB writes, about half
+# of them into unallocated grains). The final state is also saved --full into a repository of its
+# own, and building entry BENCH_CHAIN is timed against building that full entry (3 times
+# interleaved, median), both checked byte for byte.
 # Wall seconds and peak RSS come from /usr/bin/time; nothing is dropped from the page cache (the
 # inputs are read from it by every contender), and `sync` runs before each timed build.
 #
@@ -98,8 +100,9 @@ fi
 #   ranges OLD NEW DIR   qemu-io commands writing NEW's 64 KiB blocks that differ from OLD's
 #                        (adjacent ones merged into one run; each run's bytes saved in DIR)
 #   same OLD NEW         "EQUAL TOTAL": OLD's 64 KiB blocks found unchanged at the same offset
-#   random SIZE KIB DIR  qemu-io commands writing KIB KiB of random bytes at random 64 KiB
-#                        aligned offsets below SIZE, in runs of 64 to 512 KiB
+#   random SIZE KIB DIR  qemu-io commands writing KIB KiB of random bytes at random offsets
+#                        below SIZE: half in 64 KiB aligned runs of 64 to 512 KiB, half in
+#                        scattered 4 KiB writes
 py() {
     python3 - "$@" <<'PY'
 import os, random, sys
@@ -146,8 +149,12 @@ elif mode == "random":
     os.makedirs(d, exist_ok=True)
     left, i = kib * 1024, 0
     while left > 0:
-        n = min(left, random.randint(1, 8) * B)
-        off = random.randrange(0, size // B - 8) * B
+        if left > kib * 512:  # the first half: runs of 64 to 512 KiB, grain-aligned
+            n = min(left, random.randint(1, 8) * B)
+            off = random.randrange(0, size // B - 8) * B
+        else:  # the second half: scattered 4 KiB writes (guest metadata, logs)
+            n = min(left, 4096)
+            off = random.randrange(0, size // 4096 - 1) * 4096
         p = os.path.join(d, str(i))
         with open(p, "wb") as f:
             f.write(os.urandom(n))
@@ -345,7 +352,14 @@ declare -A size
 for t in vrepo restic borg; do
     [[ -d $repos/$t ]] && size[$t]=$(du -sb "$repos/$t" | cut -f1)
 done
-[[ $skip_vrepo != 1 ]] && "$vr" -r "$repos/vrepo" list --json >"$log/vrepo-list.json" 2>&1
+if [[ $skip_vrepo != 1 ]]; then
+    "$vr" -r "$repos/vrepo" list --json >"$log/vrepo-list.json" 2>&1
+    # The newest state once more, as a full entry of its own repository: what the newest
+    # (incremental) entry's build costs over a full one's.
+    "$vr" -r "$repos/vrepo-full" init >"$log/vrepo-init-full.log" 2>&1 || die "vrepo init failed: $(tail -n3 "$log/vrepo-init-full.log")"
+    say "state 2: vrepo save --full (into another repository)"
+    timed save_vrepo_full "$vr" -r "$repos/vrepo-full" save "$wa" --full -m "state 2, full" --json
+fi
 
 # --- Builds of the newest state ----------------------------------------------------------------
 
@@ -358,6 +372,10 @@ build() {
     case $t in
     vrepo)
         timed "build_vrepo_$r" "$vr" -r "$repos/vrepo" build latest "$dest"
+        got=$dest
+        ;;
+    vrepofull)
+        timed "build_vrepofull_$r" "$vr" -r "$repos/vrepo-full" build latest "$dest"
         got=$dest
         ;;
     restic)
@@ -382,7 +400,7 @@ build() {
     rm -rf "$dest"
 }
 tools=(restic borg cp cpsync)
-[[ $skip_vrepo != 1 ]] && tools=(vrepo "${tools[@]}")
+[[ $skip_vrepo != 1 ]] && tools=(vrepo vrepofull "${tools[@]}")
 for ((r = 1; r <= runs; r++)); do
     # Interleaved, and the order rotated each run.
     for ((k = 0; k < ${#tools[@]}; k++)); do
@@ -391,7 +409,7 @@ for ((r = 1; r <= runs; r++)); do
         build "$t" "$r"
     done
 done
-declare -A bmed brss
+declare -A bmed brss bruns
 for t in "${tools[@]}"; do
     ws="" rs=""
     for ((r = 1; r <= runs; r++)); do
@@ -400,6 +418,7 @@ for t in "${tools[@]}"; do
     done
     bmed[$t]=$(median "$ws")
     brss[$t]=$(maxof "$rs")
+    bruns[$t]=${ws# }
 done
 
 # --- The chain ---------------------------------------------------------------------------------
@@ -418,7 +437,7 @@ if [[ $skip_vrepo != 1 ]]; then
             inplace "$cw/bench.vmdk" "$work/ranges.cmds"
         fi
         timed "chain_save_$e" "$vr" -r "$repos/chain" save "$cw" -m "chain $e" --json
-        chain_ws+=" ${wall[chain_save_$e]}"
+        ((e > 1)) && chain_ws+=" ${wall[chain_save_$e]}"
         chain_rs+=" ${rss[chain_save_$e]}"
     done
     rm -rf "$work/ranges"
@@ -466,16 +485,18 @@ for n in 0 1 2; do
     srow "state $n: restic backup" "save_restic_$n"
     srow "state $n: borg create" "save_borg_$n"
 done
-printf '\n%-34s %10s %10s\n' "build the newest (median of $runs)" "wall s" "RSS MiB"
+srow "state 2: vrepo save --full" save_vrepo_full || true
+printf '\n%-34s %10s %10s   %s\n' "build the newest (median of $runs)" "wall s" "RSS MiB" "each run, s"
 for t in "${tools[@]}"; do
     case $t in
     vrepo) label="vrepo build latest" ;;
+    vrepofull) label="vrepo build (a full entry)" ;;
     restic) label="restic restore latest" ;;
     borg) label="borg extract" ;;
     cp) label="cp -a" ;;
     cpsync) label="cp -a, then sync of its files" ;;
     esac
-    printf '%-34s %10s %10s\n' "$label" "${bmed[$t]}" "$(kib2mib "${brss[$t]}")"
+    printf '%-34s %10s %10s   %s\n' "$label" "${bmed[$t]}" "$(kib2mib "${brss[$t]}")" "${bruns[$t]}"
 done
 printf '\n%-34s %10s\n' "repository after 3 states" "MiB"
 for t in vrepo restic borg; do
@@ -492,11 +513,11 @@ goal() { # goal TEXT OK
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }' && echo 1 || echo 0; }
 if [[ $skip_vrepo != 1 ]]; then
     printf '\nchain of %d entries (%s KiB written before each save; repository %s MiB)\n' "$chain" "$chain_kib" "$(mib "${size[chain]}")"
-    printf '  incremental saves: median %s s, max %s s, peak RSS %s MiB; full save of the final state %s s\n' \
-        "$(median "$chain_ws")" "$(maxof "$chain_ws")" "$(kib2mib "$(maxof "$chain_rs")")" "${wall[chain_full_save]}"
-    printf '  build E%d %s s, build the full entry %s s (medians of %d)\n' "$chain" "$c_med" "$f_med" "$runs"
+    printf '  E1 (full) saved in %s s; incremental saves: median %s s, max %s s; peak RSS %s MiB; full save of the final state %s s\n' \
+        "${wall[chain_save_1]}" "$(median "$chain_ws")" "$(maxof "$chain_ws")" "$(kib2mib "$(maxof "$chain_rs")")" "${wall[chain_full_save]}"
+    printf '  build E%d %s s (%s), build the full entry %s s (%s) (medians of %d)\n' "$chain" "$c_med" "${cws# }" "$f_med" "${fws# }" "$runs"
 
-    vrss=$(maxof "${rss[save_vrepo_0]} ${rss[save_vrepo_1]} ${rss[save_vrepo_2]} ${brss[vrepo]} $chain_rs ${rss[chain_full_save]} $crs")
+    vrss=$(maxof "${rss[save_vrepo_0]} ${rss[save_vrepo_1]} ${rss[save_vrepo_2]} ${rss[save_vrepo_full]} ${brss[vrepo]} ${brss[vrepofull]} $chain_rs ${rss[chain_full_save]} $crs")
     r_full=$(ratio "${wall[save_restic_0]}" "${wall[save_vrepo_0]}")
     r_inc=$(ratio "${wall[save_restic_1]}" "${wall[save_vrepo_1]}")
     r_inc2=$(ratio "${wall[save_restic_2]}" "${wall[save_vrepo_2]}")
@@ -512,6 +533,7 @@ if [[ $skip_vrepo != 1 ]]; then
     goal "repository ${r_size}x restic's after 3 states (goal <= 1)" "$(ge 1 "$r_size")"
     goal "build E$chain of the chain ${r_chain}x the full entry's build (goal <= 1.5)" "$(ge 1.5 "$r_chain")"
     goal "vrepo peak RSS $(kib2mib "$vrss") MiB (goal < 256)" "$(ge 262143 "$vrss")"
+    printf '  info  build newest (E3, incremental) %sx the build of a full entry of the same state\n' "$(ratio "${bmed[vrepo]}" "${bmed[vrepofull]}")"
     printf '  info  build newest %sx the time of cp -a followed by sync of the copied files (vrepo writes disks with O_DIRECT)\n' "$(ratio "${bmed[vrepo]}" "${bmed[cpsync]}")"
     printf '  info  third save (state 2) %sx faster than restic'"'"'s third\n' "$r_inc2"
     printf '  info  borg: saves %sx, %sx, %sx vrepo'"'"'s time; extract %sx vrepo'"'"'s build; repository %sx vrepo'"'"'s\n' \
