@@ -19,3 +19,4 @@ echo "== fuzz targets build (run them with: cd vmdk-parse/fuzz && cargo fuzz run
 cargo build --quiet --manifest-path vmdk-parse/fuzz/Cargo.toml
 cargo build --quiet --manifest-path vmx-parse/fuzz/Cargo.toml
 cargo build --quiet --manifest-path vdiff/fuzz/Cargo.toml
+cargo build --quiet --manifest-path vrepo/fuzz/Cargo.toml

@@ -168,7 +168,12 @@ pub fn read_journal(repo: &Repo) -> Result<Option<Journal>> {
         return Ok(None);
     }
     let bytes = read_small(&p, 1 << 20)?;
-    let j: Journal = serde_json::from_slice(&bytes)
+    parse_journal(&bytes, &p).map(Some)
+}
+
+/// Parse and check a journal's bytes (`path` for messages).
+pub fn parse_journal(bytes: &[u8], p: &Path) -> Result<Journal> {
+    let j: Journal = serde_json::from_slice(bytes)
         .map_err(|e| Error::Corrupt(format!("{}: {e}", p.display())))?;
     if j.schema != JOURNAL_SCHEMA {
         return Err(Error::Corrupt(format!("{}: unknown schema", p.display())));
@@ -187,7 +192,7 @@ pub fn read_journal(repo: &Repo) -> Result<Option<Journal>> {
     if j.remove.iter().any(|r| parse_entry_name(r).is_none()) {
         return Err(Error::Corrupt(format!("{}: a bad step", p.display())));
     }
-    Ok(Some(j))
+    Ok(j)
 }
 
 /// Carry out a journal: every swap not yet done, then the removals. Idempotent: a crash at

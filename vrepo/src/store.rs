@@ -157,7 +157,7 @@ fn write_relative<W: Write>(
 }
 
 /// Apply a relative signature (decompressed `bytes`) to its parent's scan.
-fn read_relative(bytes: &[u8], parent: &Scan, name: &str) -> Result<Scan> {
+pub fn read_relative(bytes: &[u8], parent: &Scan, name: &str) -> Result<Scan> {
     let bad = |m: &str| Error::Corrupt(format!("entry {name}: {SIGNATURE}: {m}"));
     if bytes.len() < RSIG_HEADER_LEN || bytes[..8] != RSIG_MAGIC {
         return Err(bad("not a signature"));
