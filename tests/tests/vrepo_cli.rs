@@ -473,6 +473,18 @@ fn modes_parents_tags_and_latest() {
     );
     keep(&wa, &st(6));
 
+    // A differential entry needs only its tree's full entry.
+    for (e, chain) in [("E3", ["E1", "E3"]), ("E6", ["E1", "E6"])] {
+        let deps = repo.json(&["deps", e]);
+        let names: Vec<&str> = deps["chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, chain);
+    }
+
     // Default: incremental against the entry this working area last saved.
     evolve(&wa, "disk.vmdk", 7);
     let e7 = repo.save(&wa, &["--incremental"]);
@@ -748,6 +760,10 @@ fn at_snapshot_saves_the_frozen_link_of_a_running_vm() {
 
     let err = repo.fails(&["save", s(&wa)], 7);
     assert!(err.contains("lck") || err.contains("running"), "{err}");
+    // --at-snapshot with no snapshot to save.
+    let nosnap = keep(&wa, &t.path().join("nosnap"));
+    fs::remove_file(nosnap.join("vm.vmsd")).unwrap();
+    repo.fails(&["save", s(&nosnap), "--at-snapshot"], 7);
     assert!(repo.names().is_empty());
 
     let o = repo.ok(&["--json", "save", s(&wa), "--at-snapshot"]);
@@ -1393,6 +1409,16 @@ fn hostile_entry_json_is_refused_and_writes_nothing_outside() {
             Box::new(|v| v["parent"] = "E0".into()),
         ),
         ("renamed", "E2", Box::new(|v| v["name"] = "E1".into())),
+        (
+            "file-and-folder",
+            "E2",
+            Box::new(|v| v["files"][0]["path"] = "vm.nvram/x".into()),
+        ),
+        (
+            "empty-component",
+            "E2",
+            Box::new(|v| v["files"][0]["path"] = "a//disk.vmdk".into()),
+        ),
     ];
     for (label, entry, edit) in cases {
         let r = x.copy_repo(&format!("repo-{label}"));
@@ -1544,4 +1570,115 @@ fn build_keeps_mtimes_modes_and_holes_and_is_repeatable() {
     assert_same_files(&wa, &dest);
     let m = fs::metadata(dest.join("disk-flat.vmdk")).unwrap();
     assert!(m.blocks() * 512 < 8 * MIB, "still sparse after --force");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quiet when piped, and the working area never touched by save.
+
+#[test]
+fn save_leaves_the_working_area_alone_and_prints_nothing_on_a_pipe() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = make_vm(&t.path().join("wa"), 16);
+    let before = keep(&wa, &t.path().join("before"));
+    for args in [&["save", s(&wa)][..], &["save", s(&wa), "--full"]] {
+        // No --quiet: progress is drawn only on a terminal.
+        let o = run(Command::new(vrepo_bin())
+            .arg("-r")
+            .arg(&repo.root)
+            .args(args));
+        assert!(
+            o.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+        assert_same_files(&before, &wa);
+    }
+    let o = run(Command::new(vrepo_bin()).arg("-r").arg(&repo.root).args([
+        "build",
+        "E2",
+        s(&t.path().join("b")),
+    ]));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_same_files(&before, &t.path().join("b"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash safety: save and build killed at many points.
+
+fn kill9_after(mut cmd: Command, after: Duration) -> bool {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let done = child.try_wait().unwrap().is_some();
+    if !done {
+        child.kill().unwrap(); // SIGKILL
+    }
+    child.wait().unwrap();
+    done
+}
+
+#[test]
+fn killed_saves_and_builds_leave_no_half_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = make_vm(&t.path().join("wa"), 32);
+    guest_write(&wa.join("disk.vmdk"), 4 * MIB, 8 * MIB, 71);
+    let state = keep(&wa, &t.path().join("state"));
+
+    let started = std::time::Instant::now();
+    repo.save(&wa, &["--full"]);
+    let save_time = started.elapsed();
+    let mut expected = vec!["E1".to_owned()];
+    for k in 1..=4u32 {
+        let mut cmd = repo.cmd();
+        cmd.args(["save", s(&wa), "--full"]);
+        if kill9_after(cmd, save_time * k / 4) {
+            expected.push(format!("E{}", expected.len() + 1));
+        }
+        // Only whole entries are visible; leftovers are gone after the next command.
+        assert_eq!(repo.names(), expected, "after a save killed at {k}/4");
+        let tmp: Vec<_> = fs::read_dir(repo.root.join("tmp")).unwrap().collect();
+        assert!(tmp.is_empty(), "leftovers in tmp/: {tmp:?}");
+    }
+    let refs: Vec<(&str, &Path)> = expected
+        .iter()
+        .map(|n| (n.as_str(), state.as_path()))
+        .collect();
+    assert_entries_build(&repo, &refs, t.path());
+
+    // Build killed: what is in the working area is whole files of the entry, never a torn
+    // one; the next build cleans up and finishes the job.
+    let dest = t.path().join("dest");
+    let started = std::time::Instant::now();
+    repo.build("E1", &dest, &[]);
+    let build_time = started.elapsed();
+    fs::remove_dir_all(&dest).unwrap();
+    for k in 1..=3u32 {
+        let mut cmd = repo.cmd();
+        cmd.args(["build", "E1", s(&dest), "--force"]);
+        kill9_after(cmd, build_time * k / 3);
+        if dest.exists() {
+            for rel in files_of(&dest).keys() {
+                if rel.starts_with(".vrepo-") {
+                    continue;
+                }
+                assert!(
+                    cmp(&state.join(rel), &dest.join(rel)),
+                    "{rel}: a torn file after a build killed at {k}/3"
+                );
+            }
+        }
+        repo.build("E1", &dest, &["--force"]);
+        assert_same_files(&state, &dest);
+        fs::remove_dir_all(&dest).unwrap();
+    }
 }

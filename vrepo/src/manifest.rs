@@ -204,6 +204,22 @@ impl Entry {
                 _ => return bad(format!("{} runs past the volume", f.path)),
             };
         }
+        // A file cannot also be a folder on the way to another file (`a` and `a/b`).
+        for f in &self.files {
+            let lower = f.path.to_ascii_lowercase();
+            let mut at = 0;
+            while let Some(k) = lower[at..].find('/') {
+                at += k;
+                if seen.contains(&lower[..at]) {
+                    return bad(format!(
+                        "{} is a file and a folder of {}",
+                        &f.path[..at],
+                        f.path
+                    ));
+                }
+                at += 1;
+            }
+        }
         if self.volume.size > vdiff::format::MAX_IMAGE_BYTES {
             return bad("volume too large".into());
         }
