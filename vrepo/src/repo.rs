@@ -15,6 +15,8 @@ pub const MARKER: &str = "vrepo.json";
 pub const ENTRIES: &str = "entries";
 pub const WORKAREAS: &str = "workareas";
 pub const TMP: &str = "tmp";
+/// The highest entry number given so far (names are never reused).
+pub const LAST: &str = "last-entry";
 pub const WORKAREA_SCHEMA: &str = "vrepo.workarea/1";
 
 /// `vrepo.json`.
@@ -358,6 +360,35 @@ impl Repo {
         Ok(self.entry_dir(&r.entry).is_dir().then_some(r.entry))
     }
 
+    /// Point every working-area record naming an entry of `moved` at its replacement, so a
+    /// working area whose entry is removed saves incrementally against the nearest surviving
+    /// ancestor instead of falling back to full.
+    pub fn repoint_workareas(&self, moved: &HashMap<String, Option<String>>) -> Result<()> {
+        let dir = self.root.join(WORKAREAS);
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let p = e.at(&dir)?.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            let Ok(bytes) = read_small(&p, 1 << 16) else {
+                continue;
+            };
+            let Ok(mut r) = serde_json::from_slice::<WorkAreaRecord>(&bytes) else {
+                continue;
+            };
+            match moved.get(&r.entry) {
+                Some(Some(to)) => {
+                    r.entry = to.clone();
+                    let text = serde_json::to_string_pretty(&r).expect("serializable") + "\n";
+                    write_atomic(&p, text.as_bytes())?;
+                }
+                Some(None) => fs::remove_file(&p).at(&p)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn set_workarea_entry(&self, workarea: &Path, entry: &str, by: &str) -> Result<()> {
         let r = WorkAreaRecord {
             schema: WORKAREA_SCHEMA.into(),
@@ -376,7 +407,7 @@ impl Repo {
     pub fn publish(&self, tmp: &Path, entry: &mut Entry) -> Result<()> {
         let entries = self.root.join(ENTRIES);
         for _ in 0..1000 {
-            let n = self.numbers()?.last().copied().unwrap_or(0) + 1;
+            let n = self.last_number()? + 1;
             entry.number = n;
             entry.name = format!("E{n}");
             // Tags are unique: check against entries as they are now.
@@ -390,7 +421,10 @@ impl Repo {
             fsync_dir(tmp)?;
             let dest = entries.join(&entry.name);
             match fs::rename(tmp, &dest) {
-                Ok(()) => return fsync_dir(&entries),
+                Ok(()) => {
+                    fsync_dir(&entries)?;
+                    return self.bump_last(n);
+                }
                 Err(e)
                     if dest.exists()
                         || e.kind() == std::io::ErrorKind::AlreadyExists
@@ -405,6 +439,25 @@ impl Repo {
             what: "publishing the entry".into(),
             source: std::io::Error::other("too many concurrent saves"),
         })
+    }
+
+    /// The highest entry number ever given: names are never reused, even after the newest
+    /// entries were removed.
+    pub fn last_number(&self) -> Result<u64> {
+        let present = self.numbers()?.last().copied().unwrap_or(0);
+        let recorded = fs::read_to_string(self.root.join(LAST))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(present.max(recorded))
+    }
+
+    /// Record that entry number `n` was given (or removed).
+    pub fn bump_last(&self, n: u64) -> Result<()> {
+        if self.last_number()? > n {
+            return Ok(());
+        }
+        write_atomic(&self.root.join(LAST), format!("{n}\n").as_bytes())
     }
 
     pub fn check_tags_free(&self, tags: &[String]) -> Result<()> {

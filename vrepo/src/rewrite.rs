@@ -225,6 +225,22 @@ pub fn apply_journal(repo: &Repo, j: &Journal) -> Result<()> {
         fsync_dir(&entries)?;
     }
     fsync_dir(&tmp)?;
+    // Working areas whose entry goes continue from its nearest surviving ancestor.
+    let mut moved: HashMap<String, Option<String>> = HashMap::new();
+    for r in &j.remove {
+        let mut cur = repo.load(r).ok().and_then(|e| e.parent);
+        while let Some(c) = cur.clone() {
+            if !j.remove.contains(&c) {
+                break;
+            }
+            cur = repo.load(&c).ok().and_then(|e| e.parent);
+        }
+        moved.insert(r.clone(), cur);
+    }
+    repo.repoint_workareas(&moved)?;
+    if let Some(n) = j.remove.iter().filter_map(|r| parse_entry_name(r)).max() {
+        repo.bump_last(n)?;
+    }
     let mut trash = Vec::new();
     for r in &j.remove {
         let d = repo.entry_dir(r);
