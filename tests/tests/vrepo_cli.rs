@@ -654,6 +654,21 @@ fn qemu_snapshot_chains_save_build_and_grow_by_small_deltas() {
     let new_link = fs::metadata(wa.join("disk-000002.vmdk")).unwrap().len();
     assert!(read <= new_link + 64 * 1024, "read {read} bytes");
     let s2 = keep(&wa, &t.path().join("s2"));
+    let jl = repo.stdout(&["--json", "diff", "E1", "E2"]);
+    let status: BTreeMap<String, String> = jl
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["path"].as_str().unwrap().to_owned(),
+                v["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(status["disk-000002.vmdk"], "added");
+    assert_eq!(status["disk.vmdk"], "same");
+    assert_eq!(status["disk-000001.vmdk"], "same");
+    assert_eq!(status["vm.vmx"], "changed");
     let b2 = t.path().join("b2");
     repo.build("E2", &b2, &[]);
     assert_same_files(&s2, &b2);
@@ -1079,6 +1094,22 @@ fn queries_text_and_json() {
     }
     let err = repo.fails(&["cat", "E1", "nope.vmdk"], 4);
     assert!(err.contains("nope.vmdk"), "{err}");
+    repo.fails(&["cat", "--guest", "E1", "vm.nvram"], 2);
+    // A reader that stops early is not an error.
+    for guest in ["", "--guest"] {
+        let o = run(Command::new("bash").arg("-c").arg(format!(
+            "'{}' -r '{}' cat {guest} E2 disk.vmdk | head -c 10 >/dev/null; \
+             echo \"${{PIPESTATUS[0]}}\"",
+            vrepo_bin().display(),
+            repo.root.display()
+        )));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0");
+        assert!(
+            o.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     // A terminal is refused (`script` gives vrepo a pseudo-terminal as stdout).
     if Command::new("script").arg("--version").output().is_ok() {
         for guest in ["", "--guest"] {
@@ -1259,6 +1290,16 @@ fn bad_repositories_entries_and_working_areas() {
     assert_eq!(files_of(&busy).len(), 1);
     // A build target that is a file.
     repo.fails(&["build", "E1", s(&busy.join("vm.nvram"))], 7);
+
+    // An entry whose parent was deleted by hand: it cannot be built, the rest can.
+    let r = x.copy_repo("orphan");
+    fs::remove_dir_all(r.root.join("entries/E1")).unwrap();
+    let err = r.fails(&["build", "E2", s(&x.path("orphan-b"))], 3);
+    assert!(err.contains("E1"), "{err}");
+    r.fails(&["show", "E1"], 4);
+    r.fails(&["save", s(wa), "--parent", "E2"], 3);
+    assert!(r.stdout(&["tree"]).starts_with("E2 "));
+    assert_eq!(r.names(), ["E2"]);
 
     x.intact();
 }

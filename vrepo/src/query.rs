@@ -218,6 +218,13 @@ pub fn cat(repo: &Repo, e: &Entry, file: &str, guest: bool, out: &mut dyn Write)
             names.join(", ")
         )));
     };
+    // vmdk-parse reads any other file as a raw image; that is not what --guest asks for.
+    if guest && !f.role.starts_with("disk") {
+        return Err(Error::Usage(format!(
+            "{file} is not a disk of entry {} (its role is {}); --guest reads disks",
+            e.name, f.role
+        )));
+    }
     let dir = materialize(repo, e)?;
     let path = dir.0.join(&f.path);
     if guest {
