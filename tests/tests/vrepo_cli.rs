@@ -687,7 +687,67 @@ fn qemu_snapshot_chains_save_build_and_grow_by_small_deltas() {
         &raw[12 * MIB as usize..12 * MIB as usize + 65536],
         &rand_bytes(12, 65536)[..]
     );
-    assert_entries_build(&repo, &[("E1", &s1), ("E2", &s2)], t.path());
+
+    // Snapshots deleted: the links committed into the base and removed.
+    run(Command::new("qemu-img")
+        .args(["commit", "-q", "-d", "disk-000002.vmdk"])
+        .current_dir(&wa));
+    run(Command::new("qemu-img")
+        .args(["commit", "-q", "-d", "disk-000001.vmdk"])
+        .current_dir(&wa));
+    fs::remove_file(wa.join("disk-000002.vmdk")).unwrap();
+    fs::remove_file(wa.join("disk-000001.vmdk")).unwrap();
+    write_vmx(&wa, "disk.vmdk");
+    let e3 = repo.save(&wa, &[]);
+    assert_eq!(e3["files"].as_array().unwrap().len(), 3);
+    let s3 = keep(&wa, &t.path().join("s3"));
+    let jl = repo.stdout(&["--json", "diff", "E2", "E3"]);
+    assert_eq!(jl.matches("\"removed\"").count(), 2, "{jl}");
+    let b3 = t.path().join("b3");
+    repo.build("E3", &b3, &[]);
+    assert_disk_ok(&s2.join("disk-000002.vmdk"), &b3.join("disk.vmdk"));
+    assert_entries_build(&repo, &[("E1", &s1), ("E2", &s2), ("E3", &s3)], t.path());
+}
+
+#[test]
+fn long_chains_of_every_mode_build_every_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = make_vm(&t.path().join("wa"), 16);
+    let mut states = Vec::new();
+    for n in 1..=12u64 {
+        let mode: &[&str] = match n {
+            5 | 9 => &["--differential"],
+            7 => &[], // saved with no change
+            _ => &["--incremental"],
+        };
+        if n != 7 && n != 1 {
+            evolve(&wa, "disk.vmdk", n);
+        }
+        if n == 10 {
+            // A file that shrinks, and one that grows.
+            fs::write(wa.join("vm.nvram"), rand_bytes(n, 4000)).unwrap();
+            guest_write(&wa.join("disk.vmdk"), 14 * MIB, 2 * MIB, 1000 + n);
+        }
+        let e = repo.save(&wa, mode);
+        states.push((
+            e["name"].as_str().unwrap().to_owned(),
+            keep(&wa, &t.path().join(format!("s{n}"))),
+        ));
+    }
+    let deps = repo.json(&["deps", "E12"]);
+    let chain: Vec<&str> = deps["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(chain, ["E1", "E9", "E10", "E11", "E12"]);
+    let refs: Vec<(&str, &Path)> = states
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_path()))
+        .collect();
+    assert_entries_build(&repo, &refs, t.path());
 }
 
 #[test]
@@ -846,6 +906,115 @@ fn at_snapshot_saves_the_frozen_link_of_a_running_vm() {
     assert!(e2["at_snapshot"].is_null());
     let disk = fs::metadata(b.join("disk.vmdk")).unwrap().len();
     assert!(e2["stats"]["read_bytes"].as_u64().unwrap() < disk);
+}
+
+fn write_vmsd(wa: &Path, snapshots: &[(u32, &str, &str)], current: u32) {
+    let mut text = format!(
+        ".encoding = \"UTF-8\"\nsnapshot.lastUID = \"{current}\"\n\
+         snapshot.current = \"{current}\"\nsnapshot.numSnapshots = \"{}\"\n",
+        snapshots.len()
+    );
+    for (i, (uid, vmsn, disk)) in snapshots.iter().enumerate() {
+        text.push_str(&format!(
+            "snapshot{i}.uid = \"{uid}\"\nsnapshot{i}.filename = \"{vmsn}\"\n\
+             snapshot{i}.displayName = \"snap{uid}\"\nsnapshot{i}.numDisks = \"1\"\n\
+             snapshot{i}.disk0.fileName = \"{disk}\"\nsnapshot{i}.disk0.node = \"scsi0:0\"\n"
+        ));
+        if i > 0 {
+            text.push_str(&format!(
+                "snapshot{i}.parent = \"{}\"\n",
+                snapshots[i - 1].0
+            ));
+        }
+    }
+    fs::write(wa.join("vm.vmsd"), text).unwrap();
+}
+
+/// The agentless backup cycle on a running VM: snapshot, save --at-snapshot, and again with a
+/// second snapshot on top (a new frozen link), then after the snapshots are consolidated.
+#[test]
+fn at_snapshot_backup_cycle() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = make_running_vm(&t.path().join("wa"));
+    repo.save(&wa, &["--at-snapshot"]);
+    let base1 = keep(&wa.join("disk.vmdk"), &t.path().join("base1.vmdk"));
+
+    // Snapshot 2: the running delta freezes, a new one runs.
+    qemu_child(&wa, "disk-000001.vmdk", "disk-000002.vmdk");
+    guest_write(&wa.join("disk-000002.vmdk"), 8 * MIB, MIB, 33);
+    write_vmx(&wa, "disk-000002.vmdk");
+    fs::write(wa.join("vm-Snapshot2.vmsn"), rand_bytes(34, 20000)).unwrap();
+    write_vmsd(
+        &wa,
+        &[
+            (1, "vm-Snapshot1.vmsn", "disk.vmdk"),
+            (2, "vm-Snapshot2.vmsn", "disk-000001.vmdk"),
+        ],
+        2,
+    );
+    let e2 = repo.save(&wa, &["--at-snapshot"]);
+    assert_eq!(e2["parent"], "E1");
+    assert_eq!(e2["at_snapshot"], "snap2");
+    let stored = e2["stored"]["delta"]["size"].as_u64().unwrap();
+    assert!(
+        stored < 2 * MIB,
+        "a 1 MiB frozen link stored as {stored} bytes"
+    );
+    let b2 = t.path().join("b2");
+    repo.build("E2", &b2, &[]);
+    assert!(!b2.join("disk-000002.vmdk").exists());
+    assert!(cmp(
+        &wa.join("disk-000001.vmdk"),
+        &b2.join("disk-000001.vmdk")
+    ));
+    assert!(cmp(&base1, &b2.join("disk.vmdk")));
+    assert_disk_ok(&wa.join("disk-000001.vmdk"), &b2.join("disk-000001.vmdk"));
+    let vmx = fs::read_to_string(b2.join("vm.vmx")).unwrap();
+    assert!(
+        vmx.contains("scsi0:0.fileName = \"disk-000001.vmdk\""),
+        "{vmx}"
+    );
+
+    // Snapshots deleted: everything committed into the base; a new backup snapshot taken.
+    for link in ["disk-000002.vmdk", "disk-000001.vmdk"] {
+        run(Command::new("qemu-img")
+            .args(["commit", "-q", "-d", link])
+            .current_dir(&wa));
+        fs::remove_file(wa.join(link)).unwrap();
+    }
+    fs::remove_file(wa.join("vm-Snapshot1.vmsn")).unwrap();
+    fs::remove_file(wa.join("vm-Snapshot2.vmsn")).unwrap();
+    let frozen = keep(&wa.join("disk.vmdk"), &t.path().join("base3.vmdk"));
+    qemu_child(&wa, "disk.vmdk", "disk-000001.vmdk");
+    guest_write(&wa.join("disk-000001.vmdk"), 2 * MIB, MIB, 35);
+    write_vmx(&wa, "disk-000001.vmdk");
+    fs::write(wa.join("vm-Snapshot3.vmsn"), rand_bytes(36, 20000)).unwrap();
+    write_vmsd(&wa, &[(3, "vm-Snapshot3.vmsn", "disk.vmdk")], 3);
+    let e3 = repo.save(&wa, &["--at-snapshot"]);
+    assert_eq!(e3["parent"], "E2");
+    let b3 = t.path().join("b3");
+    repo.build("E3", &b3, &[]);
+    assert!(cmp(&frozen, &b3.join("disk.vmdk")));
+    assert_disk_ok(&frozen, &b3.join("disk.vmdk"));
+    let names: Vec<String> = files_of(&b3).into_keys().collect();
+    assert_eq!(
+        names,
+        [
+            "disk.vmdk",
+            "vm-Snapshot3.vmsn",
+            "vm.nvram",
+            "vm.vmsd",
+            "vm.vmx"
+        ]
+    );
+    // The guest sees what the two frozen deltas wrote, committed.
+    let raw = qemu_raw(&b3.join("disk.vmdk"), t.path());
+    assert_eq!(&raw[..MIB as usize], &rand_bytes(31, MIB as usize)[..]);
+    assert_eq!(
+        &raw[8 * MIB as usize..9 * MIB as usize],
+        &rand_bytes(33, MIB as usize)[..]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
