@@ -1556,6 +1556,14 @@ fn build_never_writes_through_a_symlinked_folder() {
         "nothing written through the link"
     );
     assert_same_files(&before, &dest);
+
+    // A folder where a file of the entry goes: refused before anything is replaced.
+    fs::remove_file(dest.join("zdisks")).unwrap();
+    fs::remove_file(dest.join("vm.vmx")).unwrap();
+    fs::create_dir(dest.join("vm.vmx")).unwrap();
+    let before = keep(&dest, &t.path().join("before2"));
+    repo.fails(&["build", "E1", s(&dest), "--force"], 7);
+    assert_same_files(&before, &dest);
 }
 
 /// Edit `entries/NAME/entry.json` of `repo` as JSON.
@@ -1891,4 +1899,82 @@ fn killed_saves_and_builds_leave_no_half_entry() {
         assert_same_files(&state, &dest);
         fs::remove_dir_all(&dest).unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage errors, and saves running at the same time.
+
+#[test]
+fn usage_errors_exit_2() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = make_vm(&t.path().join("wa"), 16);
+    for args in [
+        &["frobnicate"][..],
+        &["save", s(&wa), "--full", "--incremental"],
+        &["save", s(&wa), "--incremental", "--differential"],
+        &["save", s(&wa), "--full", "--parent", "E1"],
+        &["save", s(&wa), "--tag", "no spaces"],
+        &["save", s(&wa), "--tag", ""],
+        &["build", "E1"],
+    ] {
+        let o = repo.cmd().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(o.stdout.is_empty());
+    }
+    let r2 = Repo {
+        root: t.path().join("r2"),
+    };
+    r2.fails(&["init", "--block-size", "1000"], 2);
+    assert!(!r2.root.join("vrepo.json").exists());
+    assert!(repo.names().is_empty(), "nothing saved");
+}
+
+#[test]
+fn saves_at_the_same_time_each_get_their_own_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let was: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let wa = make_vm(&t.path().join(format!("wa{i}")), 16);
+            guest_write(&wa.join("disk.vmdk"), 4 * MIB, 2 * MIB, 80 + i);
+            wa
+        })
+        .collect();
+    let children: Vec<_> = was
+        .iter()
+        .map(|wa| {
+            repo.cmd()
+                .args(["--json", "save", s(wa)])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut built = Vec::new();
+    for (wa, c) in was.iter().zip(children) {
+        let o = c.wait_with_output().unwrap();
+        match o.status.code() {
+            Some(0) => {
+                let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+                assert_eq!(e["source"].as_str(), Some(s(&wa.canonicalize().unwrap())));
+                built.push((e["name"].as_str().unwrap().to_owned(), wa.clone()));
+            }
+            // The repository is locked by another save.
+            Some(8) => {}
+            c => panic!("save exit {c:?}: {}", String::from_utf8_lossy(&o.stderr)),
+        }
+    }
+    assert!(!built.is_empty());
+    let mut names: Vec<String> = built.iter().map(|b| b.0.clone()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), built.len(), "distinct entries");
+    assert_eq!(repo.names().len(), built.len());
+    let refs: Vec<(&str, &Path)> = built
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_path()))
+        .collect();
+    assert_entries_build(&repo, &refs, t.path());
 }
