@@ -1460,6 +1460,18 @@ fn bad_repositories_entries_and_working_areas() {
     // A build target that is a file.
     repo.fails(&["build", "E1", s(&busy.join("vm.nvram"))], 7);
 
+    // A repository whose tmp/ (where leftovers are deleted) is a link to another folder.
+    let r = x.copy_repo("linked-tmp");
+    let victim = x.path("victim");
+    fs::create_dir_all(victim.join("photos")).unwrap();
+    fs::write(victim.join("precious"), b"keep me").unwrap();
+    fs::remove_dir(r.root.join("tmp")).unwrap();
+    std::os::unix::fs::symlink(&victim, r.root.join("tmp")).unwrap();
+    r.fails(&["list"], 3);
+    r.fails(&["save", s(wa)], 3);
+    assert_eq!(fs::read(victim.join("precious")).unwrap(), b"keep me");
+    assert!(victim.join("photos").is_dir());
+
     // An entry whose parent was deleted by hand: it cannot be built, the rest can.
     let r = x.copy_repo("orphan");
     fs::remove_dir_all(r.root.join("entries/E1")).unwrap();

@@ -174,10 +174,12 @@ impl Repo {
                 marker.display()
             )));
         }
+        // Real folders, not symbolic links: leftovers in tmp/ are deleted, and a link would
+        // aim that at any folder.
         for d in [ENTRIES, WORKAREAS, TMP] {
-            if !path.join(d).is_dir() {
+            if !fs::symlink_metadata(path.join(d)).is_ok_and(|m| m.is_dir()) {
                 return Err(Error::Corrupt(format!(
-                    "{}: the folder {d}/ is missing",
+                    "{}: the folder {d}/ is missing or not a plain folder",
                     path.display()
                 )));
             }
