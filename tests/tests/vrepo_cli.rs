@@ -1449,6 +1449,20 @@ fn bad_repositories_entries_and_working_areas() {
     fs::remove_file(gone_disk.join("disk.vmdk")).unwrap();
     repo.fails(&["save", s(&gone_disk)], 4);
 
+    // Disks that leave the working area: a symbolic link, an absolute path, `../`.
+    let outside = x.path("outside.vmdk");
+    fs::copy(wa.join("disk.vmdk"), &outside).unwrap();
+    let linked = keep(wa, &x.path("linked"));
+    fs::remove_file(linked.join("disk.vmdk")).unwrap();
+    std::os::unix::fs::symlink(&outside, linked.join("disk.vmdk")).unwrap();
+    repo.fails(&["save", s(&linked)], 7);
+    for name in [s(&outside), "../outside.vmdk"] {
+        let w = keep(wa, &x.path("named-outside"));
+        write_vmx(&w, name);
+        repo.fails(&["save", s(&w)], 7);
+        fs::remove_dir_all(&w).unwrap();
+    }
+
     // Build into a non-empty folder without --force: refused, the folder untouched.
     let busy = x.path("busy");
     fs::create_dir(&busy).unwrap();
@@ -1989,4 +2003,25 @@ fn saves_at_the_same_time_each_get_their_own_entry() {
         .map(|(a, b)| (a.as_str(), b.as_path()))
         .collect();
     assert_entries_build(&repo, &refs, t.path());
+}
+
+#[test]
+fn swap_files_and_logs() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"));
+    let wa = make_vm(&t.path().join("wa"), 16);
+    fs::write(wa.join("vm-4f2a.vswp"), rand_bytes(90, 100_000)).unwrap();
+    fs::write(wa.join("vmware.log"), b"log line\n").unwrap();
+    let o = repo.ok(&["--json", "save", s(&wa)]);
+    let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("vm-4f2a.vswp"), "skips are reported: {err}");
+    assert_eq!(
+        e["skipped"],
+        serde_json::json!([{"path": "vm-4f2a.vswp", "reason": "swap file"}])
+    );
+    let b = t.path().join("b");
+    repo.build("E1", &b, &[]);
+    assert!(!b.join("vm-4f2a.vswp").exists());
+    assert!(cmp(&wa.join("vmware.log"), &b.join("vmware.log")));
 }
