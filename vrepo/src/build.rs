@@ -36,6 +36,10 @@ pub struct Built {
     pub bytes: u64,
     /// Data bytes written (holes and zero ranges are not written).
     pub written_bytes: u64,
+    /// Set when the build is complete but the repository could not record it as the working
+    /// area's entry (a full disk): the next save from it picks its parent as if it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Remove `.vrepo-build-*` folders left in `root` by builds whose process is gone.
@@ -258,13 +262,21 @@ pub fn build(
             files: entry.files.len(),
             bytes: entry.vm_bytes(),
             written_bytes: written,
+            warning: None,
         })
     })();
     let _ = fs::remove_dir_all(&tmp);
-    let built = result?;
+    let mut built = result?;
     if opts.sync {
         crate::repo::fsync_dir(&root)?;
     }
-    repo.set_workarea_entry(&root, &entry.name, "build")?;
+    // The working area is complete now: a record that cannot be written is reported only.
+    if let Err(e) = repo.set_workarea_entry(&root, &entry.name, "build") {
+        built.warning = Some(format!(
+            "built {}, but could not record it as this working area's entry (the next save \
+             from it picks its parent as if it was not): {e}",
+            entry.name
+        ));
+    }
     Ok(built)
 }

@@ -82,6 +82,8 @@ impl Error {
             Error::Delta(e) => match e {
                 vdiff::Error::Disk(d) => disk_kind(d.kind()),
                 vdiff::Error::Io(_) | vdiff::Error::Changed(_) => ErrorKind::Io,
+                // Writing the delta failed (disk full, file too large): not a corrupt input.
+                vdiff::Error::Format(vdiff::format::Error::Io(_)) => ErrorKind::Io,
                 vdiff::Error::Usage(_) => ErrorKind::Usage,
                 _ => ErrorKind::Corrupt,
             },

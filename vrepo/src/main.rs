@@ -399,6 +399,9 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             let opts = BuildOptions { force, sync };
             let progress = bar(cli.quiet, "build").map(|b| b as Box<dyn Fn(u64, u64)>);
             let built = vrepo::build::build(&repo, &e, &workarea, &opts, progress).map_err(fail)?;
+            if let Some(w) = &built.warning {
+                eprintln!("vrepo: {w}");
+            }
             if cli.json {
                 print_json(&built)?;
             } else {

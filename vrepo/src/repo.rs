@@ -89,6 +89,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fsync_dir(dir)
 }
 
+/// Remove a dead command's leftover. Another command may be removing it at the same time:
+/// one that is already gone is fine.
+fn remove_leftover(p: &Path) -> Result<()> {
+    let r = if p.is_dir() {
+        fs::remove_dir_all(p)
+    } else {
+        fs::remove_file(p)
+    };
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.at(p),
+    }
+}
+
 /// Read at most `cap` bytes of a small file; larger is corrupt.
 pub fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>> {
     let f = File::open(path).at(path)?;
@@ -222,13 +236,22 @@ impl Repo {
                 _ => true,
             };
             if dead {
-                let p = e.path();
-                let r = if p.is_dir() {
-                    fs::remove_dir_all(&p)
-                } else {
-                    fs::remove_file(&p)
+                remove_leftover(&e.path())?;
+            }
+        }
+        // write_atomic's temporary files (`.NAME.PID.tmp`) of processes that died while
+        // replacing a working-area record, `last-entry` or the journal.
+        for dir in [self.root.clone(), self.root.join(WORKAREAS)] {
+            for e in fs::read_dir(&dir).at(&dir)? {
+                let e = e.at(&dir)?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+                    continue;
                 };
-                r.at(&p)?;
+                let pid = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|pid| !pid_alive(pid)) && e.path().is_file() {
+                    remove_leftover(&e.path())?;
+                }
             }
         }
         Ok(())
@@ -405,8 +428,9 @@ impl Repo {
 
     /// Publish a prepared entry folder as the next entry: its `entry.json` is written with the
     /// chosen name, then the folder is renamed into `entries/` in one step. A concurrent save
-    /// that took the name first makes us take the next one.
-    pub fn publish(&self, tmp: &Path, entry: &mut Entry) -> Result<()> {
+    /// that took the name first makes us take the next one. Once the entry is published, an
+    /// error of the bookkeeping after it is returned as a warning, not an error.
+    pub fn publish(&self, tmp: &Path, entry: &mut Entry) -> Result<Option<String>> {
         let entries = self.root.join(ENTRIES);
         for _ in 0..1000 {
             let n = self.last_number()? + 1;
@@ -424,8 +448,15 @@ impl Repo {
             let dest = entries.join(&entry.name);
             match fs::rename(tmp, &dest) {
                 Ok(()) => {
-                    fsync_dir(&entries)?;
-                    return self.bump_last(n);
+                    // The entry is visible now: what fails after this (a full disk) must not
+                    // make the save look failed, so it is only reported.
+                    let done = fsync_dir(&entries).and_then(|_| self.bump_last(n));
+                    return Ok(done.err().map(|e| {
+                        format!(
+                            "{} was saved, but the repository could not be updated after it: {e}",
+                            entry.name
+                        )
+                    }));
                 }
                 Err(e)
                     if dest.exists()

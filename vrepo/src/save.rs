@@ -310,11 +310,27 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             return Err(e);
         }
     };
-    if let Err(e) = repo.publish(&tmp, &mut entry) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    repo.set_workarea_entry(&wa.root, &entry.name, "save")?;
+    let warning = match repo.publish(&tmp, &mut entry) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    // The entry is saved whatever happens now: a record that cannot be written (a full disk)
+    // only loses the working area's default parent, and is reported, not an error.
+    let recorded = repo
+        .set_workarea_entry(&wa.root, &entry.name, "save")
+        .err()
+        .map(|e| {
+            format!(
+                "{} was saved, but could not be recorded as this working area's entry (the next \
+             save picks its parent as if it was not): {e}",
+                entry.name
+            )
+        });
+    let notes: Vec<String> = [note, warning, recorded].into_iter().flatten().collect();
+    let note = (!notes.is_empty()).then(|| notes.join("; "));
     Ok(Saved { entry, note })
 }
 
