@@ -2025,3 +2025,20 @@ fn swap_files_and_logs() {
     assert!(!b.join("vm-4f2a.vswp").exists());
     assert!(cmp(&wa.join("vmware.log"), &b.join("vmware.log")));
 }
+
+#[test]
+fn other_block_sizes() {
+    let t = tempfile::tempdir().unwrap();
+    for bs in ["65536", "1048576"] {
+        let root = t.path().join(format!("repo-{bs}"));
+        let repo = Repo { root: root.clone() };
+        repo.ok(&["init", "--block-size", bs]);
+        let wa = make_vm(&t.path().join(format!("wa-{bs}")), 16);
+        repo.save(&wa, &[]);
+        let s1 = keep(&wa, &t.path().join(format!("s1-{bs}")));
+        evolve(&wa, "disk.vmdk", 3);
+        let e2 = repo.save(&wa, &[]);
+        assert_eq!(e2["volume"]["block_size"].as_u64().unwrap().to_string(), bs);
+        assert_entries_build(&repo, &[("E1", &s1), ("E2", &wa)], t.path());
+    }
+}

@@ -30,8 +30,15 @@ pub fn bin(name: &str) -> PathBuf {
 /// (`cargo nextest run -p vml-tests`) tests the current sources, not a stale binary.
 ///
 /// Cargo builds a package's binaries for tests only when that package has integration tests of
-/// its own; this does not depend on it.
+/// its own; this does not depend on it. Under nextest (one process per test) the build is done
+/// once per run: a stamp named after `NEXTEST_RUN_ID` records it.
 pub fn fresh_bin(package: &str, name: &str) -> PathBuf {
+    let stamp = std::env::var("NEXTEST_RUN_ID").ok().map(|id| {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fresh-{package}-{name}-{id}"))
+    });
+    if stamp.as_deref().is_some_and(Path::exists) {
+        return bin(name);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // target/PROFILE/deps/this-test -> target/PROFILE
     let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
@@ -45,6 +52,9 @@ pub fn fresh_bin(package: &str, name: &str) -> PathBuf {
         cmd.arg("--release");
     }
     run(&mut cmd);
+    if let Some(s) = stamp {
+        std::fs::write(s, b"").expect("stamp in CARGO_TARGET_TMPDIR");
+    }
     bin(name)
 }
 
