@@ -334,6 +334,7 @@ fn issue_example_trees_and_every_entry_builds_to_its_state() {
 
     let e1 = repo.save(&wa, &["-m", "monday"]);
     assert_eq!(e1["name"], "E1");
+    let stored_e1 = keep(&repo.root.join("entries/E1"), &t.path().join("stored-E1"));
     assert_eq!(e1["mode"], "full");
     assert!(e1["parent"].is_null());
     keep(&wa, &st(1));
@@ -409,6 +410,8 @@ fn issue_example_trees_and_every_entry_builds_to_its_state() {
         .map(|(a, b)| (a.as_str(), b.as_path()))
         .collect();
     assert_entries_build(&repo, &refs, t.path());
+    // Entries are immutable once written.
+    assert_same_files(&stored_e1, &repo.root.join("entries/E1"));
     // The disks open in the oracles too.
     let d = t.path().join("e4");
     repo.build("E4", &d, &[]);
@@ -587,16 +590,33 @@ fn save_reads_only_changed_files() {
     repo.build("E4", &d, &[]);
     assert!(cmp(&nv, &d.join("vm.nvram")));
 
+    // Save never reads the parent's stored data, only its digests: with every delta moved
+    // away, an incremental save still works, and builds once they are back.
+    let entries = repo.root.join("entries");
+    for n in 1..=4 {
+        let d = entries.join(format!("E{n}/delta.vdelta"));
+        fs::rename(&d, d.with_extension("away")).unwrap();
+    }
+    evolve(&wa, "disk.vmdk", 5);
+    assert_eq!(repo.save(&wa, &[])["parent"], "E4");
+    for n in 1..=4 {
+        let d = entries.join(format!("E{n}/delta.vdelta"));
+        fs::rename(d.with_extension("away"), &d).unwrap();
+    }
+    let d = t.path().join("b5-away");
+    repo.build("E5", &d, &[]);
+    assert_same_files(&wa, &d);
+
     // A guest write of 1 MiB: the delta holds about that much, not the disk.
     guest_write(&wa.join("disk.vmdk"), 9 * MIB, MIB, 9);
-    let e5 = repo.save(&wa, &[]);
-    let delta = e5["stored"]["delta"]["size"].as_u64().unwrap();
+    let e6 = repo.save(&wa, &[]);
+    let delta = e6["stored"]["delta"]["size"].as_u64().unwrap();
     assert!(
         (MIB..MIB + 256 * 1024).contains(&delta),
         "1 MiB of new random data stored as {delta} bytes"
     );
-    let d = t.path().join("b5");
-    repo.build("E5", &d, &[]);
+    let d = t.path().join("b6");
+    repo.build("E6", &d, &[]);
     assert_same_files(&wa, &d);
 }
 
