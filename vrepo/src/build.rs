@@ -182,7 +182,8 @@ pub fn write_files(
     for (f, file) in entry.files.iter().zip(&files) {
         let t = UNIX_EPOCH + Duration::from_nanos(f.mtime_ns.max(0) as u64);
         let p = tmp.join(&f.path);
-        file.set_permissions(fs::Permissions::from_mode(f.mode & 0o7777))
+        // Permission bits only: a hostile entry must not make setuid files.
+        file.set_permissions(fs::Permissions::from_mode(f.mode & 0o777))
             .at(&p)?;
         file.set_times(FileTimes::new().set_modified(t).set_accessed(t))
             .at(&p)?;

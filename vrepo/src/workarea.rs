@@ -117,7 +117,7 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
     };
     let doc = Document::open(&vmx)?;
     let config = VmConfig::from_document(&doc);
-    let inv = vmx_parse::inventory(&vmx, &doc, &FilesOptions::default())?;
+    let inv = vmx_parse::inventory(&vmx, &doc, &FilesOptions::default()).map_err(outside)?;
     let rel_of = |p: &Path| -> Option<String> {
         let abs = if p.is_absolute() {
             p.to_path_buf()
@@ -164,7 +164,8 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
                 root: Some(root.clone()),
                 ..Default::default()
             },
-        )?;
+        )
+        .map_err(outside)?;
         let mut chain = Vec::new();
         for l in &disk.links {
             let c = l.path.canonicalize().unwrap_or_else(|_| l.path.clone());
@@ -274,7 +275,11 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
         let Some(rel) = rel_of(Path::new(&f.path)) else {
             skipped.push(Skipped {
                 path: f.path.clone(),
-                reason: "outside the working area".into(),
+                reason: if f.inside_folder {
+                    "a name vrepo cannot store (not UTF-8)".into()
+                } else {
+                    "outside the working area".into()
+                },
             });
             continue;
         };
@@ -343,7 +348,7 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
             role: f.role,
             size,
             mtime_ns: mtime_ns(&m),
-            mode: m.permissions().mode() & 0o7777,
+            mode: m.permissions().mode() & 0o777,
             cid: cids.get(&canon).map(|c| format!("{c:08x}")),
             content,
         });
@@ -362,4 +367,18 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
         skipped,
         snapshot,
     })
+}
+
+/// The path-policy refusals of vmx-parse and vmdk-parse suggest their own `--allow-outside`;
+/// vrepo has none (it could not build such a file back inside a working area).
+fn outside<E: Into<Error>>(e: E) -> Error {
+    let e: Error = e.into();
+    if e.kind() == crate::error::ErrorKind::Refused {
+        let m = e.to_string().replace(
+            "(use --allow-outside to follow it)",
+            "(vrepo saves only VMs whose files are inside the working area)",
+        );
+        return Error::Refused(m);
+    }
+    e
 }
