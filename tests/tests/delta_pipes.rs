@@ -303,6 +303,42 @@ fn hostile_streams_leave_no_output() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("target digest"));
     assert!(!out.exists());
     no_temp_files(dir);
+    // The base digest is checked while the output is produced: a wrong base into a VMDK
+    // leaves no VMDK either.
+    let vmdk_out = dir.join("out.vmdk");
+    let o = Command::new(bin("vpatch"))
+        .args([&other, &good])
+        .arg("-o")
+        .arg(&vmdk_out)
+        .args(["--format", "monolithicSparse"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("another base"));
+    assert!(!vmdk_out.exists());
+    // An indexed delta is read through its index: damage in a literal is found when the
+    // literal is read, damage in the index up front; a cut file has no trailer.
+    let indexed = dir.join("indexed");
+    let st = Command::new(bin("vdiff"))
+        .args([&a, &b])
+        .arg("--index")
+        .arg("-o")
+        .arg(&indexed)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ibytes = fs::read(&indexed).unwrap();
+    let mut lit = ibytes.clone();
+    lit[ibytes.len() / 2] ^= 0x40;
+    let lit = write("indexed-flipped", &lit);
+    vpatch_fails(&[&a, &lit], dir, &out, 3, "checksum");
+    let mut idx = ibytes.clone();
+    let n = idx.len();
+    idx[n - 40] ^= 0x01; // the last index entry
+    let idx = write("indexed-bad-index", &idx);
+    vpatch_fails(&[&a, &idx], dir, &out, 3, "index");
+    let icut = write("indexed-cut", &ibytes[..ibytes.len() - 3]);
+    vpatch_fails(&[&a, &icut], dir, &out, 3, "corrupt");
     // Missing delta: exit 4.
     vpatch_fails(&[&a, &dir.join("nope")], dir, &out, 4, "nope");
 }

@@ -392,6 +392,162 @@ fn record_header(
     b
 }
 
+/// A record's 32-byte header, decoded. The sequential [`Decoder`] and the random-access
+/// readers ([`read_record_table`], [`read_record_at`]) check records with the same two steps:
+/// [`RecordHead::parse`] (what is needed to read the record safely) and [`RecordHead::check`]
+/// (its place and fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHead {
+    pub kind: u8,
+    pub flags: u8,
+    /// Bytes 2..4, which must be zero.
+    pub reserved: u16,
+    pub payload_len: u32,
+    /// `target_offset`: where the record lands in the target.
+    pub offset: u64,
+    pub length: u64,
+    pub arg: u64,
+    /// Where the record's header starts in the stream.
+    pub stream_offset: u64,
+}
+
+/// The size of the end record: header, totals and digest, checksum.
+pub const END_RECORD_LEN: u64 =
+    (RECORD_HEADER_LEN + END_PAYLOAD_LEN as usize + CHECKSUM_LEN) as u64;
+
+impl RecordHead {
+    /// Decode a record header read at stream byte `at`, checking only the kind and the payload
+    /// cap (so that reading the payload is safe).
+    pub fn parse(h: &[u8; RECORD_HEADER_LEN], at: u64) -> Result<RecordHead> {
+        let head = RecordHead {
+            kind: h[0],
+            flags: h[1],
+            reserved: u16::from_le_bytes([h[2], h[3]]),
+            payload_len: u32_at(h, 4),
+            offset: u64_at(h, 8),
+            length: u64_at(h, 16),
+            arg: u64_at(h, 24),
+            stream_offset: at,
+        };
+        let bad = |what: String| Err(Error::corrupt(at, what));
+        let max_payload = match head.kind {
+            KIND_LITERAL => MAX_LITERAL_BYTES,
+            KIND_END => END_PAYLOAD_LEN,
+            KIND_ZERO | KIND_UNALLOCATED | KIND_COPY_SOURCE | KIND_COPY_TARGET => 0,
+            k => return bad(format!("unknown record kind {k}")),
+        };
+        if head.kind == KIND_END && head.payload_len != END_PAYLOAD_LEN {
+            return bad(format!("end record payload of {} bytes", head.payload_len));
+        }
+        if head.payload_len > max_payload {
+            return bad(format!(
+                "payload of {} bytes exceeds the cap {max_payload}",
+                head.payload_len
+            ));
+        }
+        Ok(head)
+    }
+
+    /// The header bytes this record was decoded from.
+    pub fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
+        let mut b = record_header(
+            self.kind,
+            self.flags,
+            self.payload_len,
+            self.offset,
+            self.length,
+            self.arg,
+        );
+        b[2..4].copy_from_slice(&self.reserved.to_le_bytes());
+        b
+    }
+
+    /// Stream bytes the whole record takes: header, payload, checksum.
+    pub fn stream_len(&self) -> u64 {
+        (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64 + self.payload_len as u64
+    }
+
+    /// Every rule of a record's own fields, given `pos`, the target offset where it must start
+    /// (the end of the previous record), and the stream header. The end record's totals are
+    /// the caller's to compare.
+    pub fn check(&self, pos: u64, header: &Header) -> Result<()> {
+        let RecordHead {
+            kind,
+            flags,
+            payload_len,
+            offset,
+            length,
+            arg,
+            ..
+        } = *self;
+        let bad = |what: String| Err(Error::corrupt(self.stream_offset, what));
+        if self.reserved != 0 {
+            return bad("reserved record bytes are not zero".into());
+        }
+        if flags != 0 && !(kind == KIND_LITERAL && flags == LITERAL_STORED) {
+            return bad(format!("unknown record flags {flags:#x}"));
+        }
+        if offset != pos {
+            return bad(format!(
+                "record at target byte {offset}, expected {pos} (records overlap or leave a gap)"
+            ));
+        }
+        let target_size = header.target_size;
+        if kind == KIND_END {
+            if offset != target_size || length != 0 || arg != 0 {
+                return bad(format!(
+                    "end record at target byte {offset} before the target end {target_size}"
+                ));
+            }
+        } else if length == 0 || offset > target_size || length > target_size - offset {
+            return bad(format!(
+                "record of {length} bytes at {offset} runs past the target end {target_size}"
+            ));
+        }
+        match kind {
+            KIND_LITERAL => {
+                if length > MAX_LITERAL_BYTES as u64
+                    || (flags == LITERAL_STORED && payload_len as u64 != length)
+                {
+                    return bad(format!(
+                        "literal of {length} bytes with a {payload_len}-byte payload"
+                    ));
+                }
+                if arg != 0 {
+                    return bad("argument of a literal record is not zero".into());
+                }
+            }
+            KIND_COPY_SOURCE => {
+                if header.is_full() {
+                    return bad("copy from the source in a full delta".into());
+                }
+                if arg
+                    .checked_add(length)
+                    .is_none_or(|e| e > header.source_size)
+                {
+                    return bad(format!(
+                        "copy of {length} bytes from source byte {arg} runs past the source end {}",
+                        header.source_size
+                    ));
+                }
+            }
+            KIND_COPY_TARGET => {
+                if arg.checked_add(length).is_none_or(|e| e > offset) {
+                    return bad(format!(
+                        "copy of {length} bytes from target byte {arg} reaches bytes not yet written ({offset})"
+                    ));
+                }
+            }
+            _ => {
+                if arg != 0 {
+                    return bad("argument of a zero, unallocated or end record is not zero".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes a delta stream. Records must come in target order; [`Encoder::finish`] writes the
 /// end record. Dropping an encoder without finishing leaves a stream every decoder rejects.
 pub struct Encoder<W: Write> {
@@ -429,6 +585,12 @@ impl<W: Write> Encoder<W> {
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// Set the target digest the end record carries, for a writer that learns it only at the
+    /// end (it must then rewrite the header in place: [`Header::encode`] at offset 0).
+    pub fn set_target_digest(&mut self, d: Digest) {
+        self.header.target_digest = d;
     }
 
     fn check_len(&self, length: u64) -> Result<()> {
@@ -629,29 +791,19 @@ impl<R: Read> Decoder<R> {
         let at = self.read;
         let mut h = [0u8; RECORD_HEADER_LEN];
         read_full(&mut self.input, &mut h, at)?;
-        let kind = h[0];
-        let flags = h[1];
-        let payload_len = u32_at(&h, 4);
-        let offset = u64_at(&h, 8);
-        let length = u64_at(&h, 16);
-        let arg = u64_at(&h, 24);
-        let bad = |what: String| Err(Error::corrupt(at, what));
         // Only what is needed to read the record safely is checked before its checksum:
         // the kind and the payload cap. A damaged record is then reported as such.
-        let max_payload = match kind {
-            KIND_LITERAL => MAX_LITERAL_BYTES,
-            KIND_END => END_PAYLOAD_LEN,
-            KIND_ZERO | KIND_UNALLOCATED | KIND_COPY_SOURCE | KIND_COPY_TARGET => 0,
-            k => return bad(format!("unknown record kind {k}")),
-        };
-        if kind == KIND_END && payload_len != END_PAYLOAD_LEN {
-            return bad(format!("end record payload of {payload_len} bytes"));
-        }
-        if payload_len > max_payload {
-            return bad(format!(
-                "payload of {payload_len} bytes exceeds the cap {max_payload}"
-            ));
-        }
+        let head = RecordHead::parse(&h, at)?;
+        let RecordHead {
+            kind,
+            flags,
+            payload_len,
+            offset,
+            length,
+            arg,
+            ..
+        } = head;
+        let bad = |what: String| Err(Error::corrupt(at, what));
         let mut payload = vec![0u8; payload_len as usize];
         read_full(&mut self.input, &mut payload, at + RECORD_HEADER_LEN as u64)?;
         let mut sum = [0u8; CHECKSUM_LEN];
@@ -666,67 +818,7 @@ impl<R: Read> Decoder<R> {
         if x.digest() != u64::from_le_bytes(sum) {
             return bad("record checksum mismatch".into());
         }
-        if h[2] != 0 || h[3] != 0 {
-            return bad("reserved record bytes are not zero".into());
-        }
-        if flags != 0 && !(kind == KIND_LITERAL && flags == LITERAL_STORED) {
-            return bad(format!("unknown record flags {flags:#x}"));
-        }
-        if offset != self.pos {
-            return bad(format!(
-                "record at target byte {offset}, expected {} (records overlap or leave a gap)",
-                self.pos
-            ));
-        }
-        let target_size = self.header.target_size;
-        if kind == KIND_END {
-            if offset != target_size || length != 0 || arg != 0 {
-                return bad(format!(
-                    "end record at target byte {offset} before the target end {target_size}"
-                ));
-            }
-        } else if length == 0 || length > target_size - offset {
-            return bad(format!(
-                "record of {length} bytes at {offset} runs past the target end {target_size}"
-            ));
-        }
-        match kind {
-            KIND_LITERAL => {
-                if length > MAX_LITERAL_BYTES as u64
-                    || (flags == LITERAL_STORED && payload_len as u64 != length)
-                {
-                    return bad(format!(
-                        "literal of {length} bytes with a {payload_len}-byte payload"
-                    ));
-                }
-            }
-            KIND_COPY_SOURCE => {
-                if self.header.is_full() {
-                    return bad("copy from the source in a full delta".into());
-                }
-                if arg
-                    .checked_add(length)
-                    .is_none_or(|e| e > self.header.source_size)
-                {
-                    return bad(format!(
-                        "copy of {length} bytes from source byte {arg} runs past the source end {}",
-                        self.header.source_size
-                    ));
-                }
-            }
-            KIND_COPY_TARGET => {
-                if arg.checked_add(length).is_none_or(|e| e > offset) {
-                    return bad(format!(
-                        "copy of {length} bytes from target byte {arg} reaches bytes not yet written ({offset})"
-                    ));
-                }
-            }
-            _ => {
-                if arg != 0 {
-                    return bad("argument of a zero, unallocated or end record is not zero".into());
-                }
-            }
-        }
+        head.check(self.pos, &self.header)?;
         self.read = at + (RECORD_HEADER_LEN + payload.len() + CHECKSUM_LEN) as u64;
         if kind == KIND_END {
             let expect = self.totals.encode(&self.header.target_digest);
@@ -818,50 +910,283 @@ impl<R: Read> Decoder<R> {
     }
 }
 
-/// The trailing index of a delta stored as a file: (target offset, stream offset) of every
-/// record, in order. Read from the end of the file, without reading the records.
-pub fn read_index(
+/// Index entries read at a time (64 KiB): a hostile `count` never sizes an allocation.
+const INDEX_BATCH: usize = 4096;
+/// Bytes read at a time when walking record headers from the index: the headers of records
+/// without payload sit next to each other, a literal's payload is skipped.
+const HEAD_WINDOW: u64 = 4 << 10;
+
+/// Read and check the trailer of an indexed delta file of `len` bytes, then hand every index
+/// entry `(i, target_offset, stream_offset)` to `visit`, reading the entries in batches, and
+/// finally check the index checksum. `visit` sees entries before the checksum is known to
+/// hold: it may only check them and build tables, which the caller uses once this returns
+/// `Ok`. Returns the header and `index_offset`.
+fn visit_index(
     file: &impl std::os::unix::fs::FileExt,
     len: u64,
-) -> Result<(Header, Vec<(u64, u64)>)> {
+    mut visit: impl FnMut(u64, u64, u64) -> Result<()>,
+) -> Result<(Header, u64)> {
     let mut hb = [0u8; HEADER_LEN];
     pread(file, &mut hb, 0, len)?;
     let header = Header::decode(&hb)?;
     if header.flags & FLAG_INDEX == 0 {
         return Err(Error::corrupt(12, "the delta has no trailing index"));
     }
-    if len < (HEADER_LEN + INDEX_TRAILER_LEN) as u64 {
+    let smallest = HEADER_LEN as u64 + END_RECORD_LEN + INDEX_TRAILER_LEN as u64;
+    if len < smallest {
         return Err(Error::Truncated { offset: len });
     }
     let at = len - INDEX_TRAILER_LEN as u64;
     let mut t = [0u8; INDEX_TRAILER_LEN];
     pread(file, &mut t, at, len)?;
+    if t[24..32] != INDEX_MAGIC {
+        return Err(Error::corrupt(
+            at,
+            "bad index trailer (no index magic at the end)",
+        ));
+    }
     let count = u64_at(&t, 0);
     let index_offset = u64_at(&t, 8);
-    // Every record takes at least 40 stream bytes: the count is bounded by the file.
-    if t[24..32] != INDEX_MAGIC
-        || count > len / (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64
+    // Every record takes at least 40 stream bytes and 16 index bytes, after the header and
+    // before the end record: the count is bounded by the file, and the entries end at the
+    // trailer exactly.
+    let per_record = (RECORD_HEADER_LEN + CHECKSUM_LEN + INDEX_ENTRY_LEN) as u64;
+    if count > (len - smallest) / per_record
         || index_offset.checked_add(count * INDEX_ENTRY_LEN as u64) != Some(at)
+        || index_offset < HEADER_LEN as u64 + END_RECORD_LEN
     {
-        return Err(Error::corrupt(at, "bad index trailer"));
+        return Err(Error::corrupt(
+            at,
+            format!("bad index trailer (count {count}, index offset {index_offset})"),
+        ));
     }
-    let mut raw = vec![0u8; count as usize * INDEX_ENTRY_LEN];
-    pread(file, &mut raw, index_offset, len)?;
     let mut x = Xxh3::new();
-    x.update(&raw);
+    let mut raw = vec![0u8; (count as usize).min(INDEX_BATCH) * INDEX_ENTRY_LEN];
+    let mut i = 0u64;
+    while i < count {
+        let n = (count - i).min(INDEX_BATCH as u64) as usize;
+        let buf = &mut raw[..n * INDEX_ENTRY_LEN];
+        pread(file, buf, index_offset + i * INDEX_ENTRY_LEN as u64, len)?;
+        x.update(buf);
+        for e in buf.chunks_exact(INDEX_ENTRY_LEN) {
+            visit(i, u64_at(e, 0), u64_at(e, 8))?;
+            i += 1;
+        }
+    }
     x.update(&t[..16]);
     if x.digest() != u64_at(&t, 16) {
         return Err(Error::corrupt(at, "index checksum mismatch"));
     }
-    let entries = raw
-        .chunks_exact(INDEX_ENTRY_LEN)
-        .map(|e| (u64_at(e, 0), u64_at(e, 8)))
-        .collect();
+    Ok((header, index_offset))
+}
+
+/// The trailing index of a delta stored as a file: (target offset, stream offset) of every
+/// record, in order. Read from the end of the file, without reading the records. The index is
+/// hostile input: entries must be in target and stream order (target offsets from 0, strictly
+/// increasing, inside the target; stream offsets from the end of the header, at least a record
+/// apart, before the end record), the count must fit the file, and the checksum must hold.
+pub fn read_index(
+    file: &impl std::os::unix::fs::FileExt,
+    len: u64,
+) -> Result<(Header, Vec<(u64, u64)>)> {
+    let mut entries: Vec<(u64, u64)> = Vec::new();
+    let mut hb = [0u8; HEADER_LEN];
+    pread(file, &mut hb, 0, len)?;
+    let target_size = Header::decode(&hb)?.target_size;
+    let (header, index_offset) = visit_index(file, len, |i, t, s| {
+        let min_stream = match entries.last() {
+            None => HEADER_LEN as u64,
+            Some(&(_, ps)) => ps + (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64,
+        };
+        let in_order = match entries.last() {
+            None => t == 0,
+            Some(&(pt, _)) => t > pt,
+        };
+        if !in_order || t >= target_size || s < min_stream {
+            return Err(Error::corrupt(
+                s,
+                format!(
+                    "index entry {i} (target {t}, stream {s}) out of order or outside the target"
+                ),
+            ));
+        }
+        entries.push((t, s));
+        Ok(())
+    })?;
+    let end_at = index_offset - END_RECORD_LEN;
+    if let Some(&(_, s)) = entries.last() {
+        let last_end = s.checked_add((RECORD_HEADER_LEN + CHECKSUM_LEN) as u64);
+        if last_end.is_none_or(|e| e > end_at) {
+            return Err(Error::corrupt(
+                index_offset,
+                "index entry past the end record",
+            ));
+        }
+    }
+    // The end record just before the index counts the records: one entry each.
+    let mut end = [0u8; END_RECORD_LEN as usize];
+    pread(file, &mut end, end_at, len)?;
+    let body = END_RECORD_LEN as usize - CHECKSUM_LEN;
+    if end[0] != KIND_END
+        || xxhash_rust::xxh3::xxh3_64(&end[..body]) != u64_at(&end, body)
+        || u64_at(&end, RECORD_HEADER_LEN) != entries.len() as u64
+    {
+        return Err(Error::corrupt(
+            end_at,
+            "the index does not end at an end record counting its entries",
+        ));
+    }
     Ok((header, entries))
 }
 
+/// The records of a delta stored as a file, found through its trailing index without reading
+/// literal payloads ([`read_record_table`]).
+#[derive(Clone, Debug)]
+pub struct RecordTable {
+    pub header: Header,
+    /// Every record before the end record, in target order; together they cover the target.
+    pub records: Vec<RecordHead>,
+    /// The totals, recomputed from the records and equal to the end record's.
+    pub totals: Totals,
+    /// Bytes read from the file to build the table.
+    pub bytes_read: u64,
+}
+
+/// Build the record table of an indexed delta file of `len` bytes from its trailing index,
+/// reading every record header but no literal payload. Checked here: the header, the index
+/// trailer and checksum, that the records lie back to back from the end of the header to the
+/// end record and cover the target exactly, every rule of every record header
+/// ([`RecordHead::check`]), the checksum of every record without payload, and the end record
+/// with its checksum, totals and digest. A literal's checksum covers its payload: it is
+/// checked when the payload is read, with [`read_literal_at`]. Memory grows only with records
+/// that pass these checks, whatever `count` the trailer states.
+pub fn read_record_table(file: &impl std::os::unix::fs::FileExt, len: u64) -> Result<RecordTable> {
+    let mut hb = [0u8; HEADER_LEN];
+    pread(file, &mut hb, 0, len)?;
+    let header = Header::decode(&hb)?;
+    // Where the end record must start follows from the trailer: read it first (visit_index
+    // checks it fully before the first entry).
+    if len < INDEX_TRAILER_LEN as u64 {
+        return Err(Error::Truncated { offset: len });
+    }
+    let mut t = [0u8; INDEX_TRAILER_LEN];
+    pread(file, &mut t, len - INDEX_TRAILER_LEN as u64, len)?;
+    let end_at = u64_at(&t, 8).saturating_sub(END_RECORD_LEN);
+    let mut records: Vec<RecordHead> = Vec::new();
+    let mut totals = Totals {
+        stream_bytes: HEADER_LEN as u64,
+        ..Totals::default()
+    };
+    let mut pos = 0u64;
+    let mut win = Vec::new();
+    let mut win_at = 0u64;
+    let mut bytes_read = 2 * (HEADER_LEN + INDEX_TRAILER_LEN) as u64;
+    let need = (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64;
+    visit_index(file, len, |i, t, s| {
+        let expect_s = totals.stream_bytes;
+        if s != expect_s || t != pos {
+            return Err(Error::corrupt(
+                s,
+                format!(
+                    "index entry {i} says target byte {t} at stream byte {s}; the records put \
+                     it at target byte {pos}, stream byte {expect_s}"
+                ),
+            ));
+        }
+        // The header and, for a record without payload, its checksum: 40 bytes, read through
+        // a window so that neighbouring small records cost one read.
+        if s.checked_add(need).is_none_or(|e| e > end_at) {
+            return Err(Error::corrupt(s, "record runs into the end record"));
+        }
+        if s < win_at || s + need > win_at + win.len() as u64 {
+            let n = (end_at - s).min(HEAD_WINDOW).max(need) as usize;
+            win.resize(n, 0);
+            pread(file, &mut win, s, len)?;
+            win_at = s;
+            bytes_read += n as u64;
+        }
+        let w = &win[(s - win_at) as usize..(s - win_at + need) as usize];
+        let h: &[u8; RECORD_HEADER_LEN] = w[..RECORD_HEADER_LEN].try_into().expect("32 bytes");
+        let head = RecordHead::parse(h, s)?;
+        if head.kind == KIND_END {
+            return Err(Error::corrupt(s, "the index points at the end record"));
+        }
+        if s + head.stream_len() > end_at {
+            return Err(Error::corrupt(s, "record runs into the end record"));
+        }
+        if head.payload_len == 0 && xxhash_rust::xxh3::xxh3_64(h) != u64_at(w, RECORD_HEADER_LEN) {
+            return Err(Error::corrupt(s, "record checksum mismatch"));
+        }
+        head.check(pos, &header)?;
+        totals.add(head.kind, head.length, head.payload_len as u64);
+        totals.stream_bytes = s + head.stream_len();
+        pos += head.length;
+        records.push(head);
+        Ok(())
+    })?;
+    if totals.stream_bytes != end_at {
+        return Err(Error::corrupt(
+            totals.stream_bytes,
+            format!(
+                "the records end at stream byte {}, the end record starts at {end_at}",
+                totals.stream_bytes
+            ),
+        ));
+    }
+    let mut end = [0u8; END_RECORD_LEN as usize];
+    pread(file, &mut end, end_at, len)?;
+    bytes_read += END_RECORD_LEN + records.len() as u64 * INDEX_ENTRY_LEN as u64;
+    let h: &[u8; RECORD_HEADER_LEN] = end[..RECORD_HEADER_LEN].try_into().expect("32 bytes");
+    let head = RecordHead::parse(h, end_at)?;
+    let body = END_RECORD_LEN as usize - CHECKSUM_LEN;
+    if head.kind != KIND_END {
+        return Err(Error::corrupt(end_at, "no end record before the index"));
+    }
+    if xxhash_rust::xxh3::xxh3_64(&end[..body]) != u64_at(&end, body) {
+        return Err(Error::corrupt(end_at, "record checksum mismatch"));
+    }
+    head.check(pos, &header)?;
+    if end[RECORD_HEADER_LEN..body] != totals.encode(&header.target_digest)[..] {
+        return Err(Error::corrupt(
+            end_at,
+            "end record totals or target digest disagree with the stream",
+        ));
+    }
+    Ok(RecordTable {
+        header,
+        records,
+        totals,
+        bytes_read,
+    })
+}
+
+/// Read the whole record `head` describes (from a [`RecordTable`]) into `buf` and return its
+/// payload, after checking that the header in the file is still `head` and that the record's
+/// checksum holds.
+pub fn read_literal_at<'a>(
+    file: &impl std::os::unix::fs::FileExt,
+    len: u64,
+    head: &RecordHead,
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    let at = head.stream_offset;
+    buf.resize(head.stream_len() as usize, 0);
+    pread(file, buf, at, len)?;
+    let body = buf.len() - CHECKSUM_LEN;
+    if buf[..RECORD_HEADER_LEN] != head.encode()[..] {
+        return Err(Error::corrupt(
+            at,
+            "record header differs from the one the index led to",
+        ));
+    }
+    if xxhash_rust::xxh3::xxh3_64(&buf[..body]) != u64_at(buf, body) {
+        return Err(Error::corrupt(at, "record checksum mismatch"));
+    }
+    Ok(&buf[RECORD_HEADER_LEN..body])
+}
+
 fn pread(file: &impl std::os::unix::fs::FileExt, buf: &mut [u8], at: u64, len: u64) -> Result<()> {
-    if at + buf.len() as u64 > len {
+    if at.checked_add(buf.len() as u64).is_none_or(|e| e > len) {
         return Err(Error::Truncated { offset: len });
     }
     file.read_exact_at(buf, at).map_err(Error::Io)
@@ -1164,6 +1489,191 @@ mod tests {
         // Cut anywhere: still detected.
         for cut in index_start..delta.len() {
             assert!(apply_bytes(&source, &delta[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    /// The every-kind delta with a trailing index, in a file.
+    fn indexed_every_kind() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let (source, target, _) = every_kind();
+        let mut h = header(false, &source, &target);
+        h.flags |= FLAG_INDEX;
+        let mut e = Encoder::new(Vec::new(), h, 3).unwrap();
+        e.literal(&[7u8; 100]).unwrap();
+        e.zero(50).unwrap();
+        e.unallocated(30).unwrap();
+        e.copy_source(1000, 500).unwrap();
+        e.copy_target(0, 60).unwrap();
+        let (_, delta) = e.finish().unwrap();
+        (source, target, delta)
+    }
+
+    fn file_of(b: &[u8]) -> std::fs::File {
+        use std::io::Write as _;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b).unwrap();
+        f
+    }
+
+    /// Rewrite the index entries and trailer fields of an indexed delta and sign them again,
+    /// so that only the rule under test can fail.
+    fn forge_index(delta: &[u8], entries: &[(u64, u64)], count: u64, index_offset: u64) -> Vec<u8> {
+        let n = u64_at(delta, delta.len() - INDEX_TRAILER_LEN) as usize;
+        let start = delta.len() - INDEX_TRAILER_LEN - n * INDEX_ENTRY_LEN;
+        let mut out = delta[..start].to_vec();
+        let mut x = Xxh3::new();
+        for &(t, o) in entries {
+            let mut e = [0u8; INDEX_ENTRY_LEN];
+            e[..8].copy_from_slice(&t.to_le_bytes());
+            e[8..].copy_from_slice(&o.to_le_bytes());
+            x.update(&e);
+            out.extend_from_slice(&e);
+        }
+        x.update(&count.to_le_bytes());
+        x.update(&index_offset.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&index_offset.to_le_bytes());
+        out.extend_from_slice(&x.digest().to_le_bytes());
+        out.extend_from_slice(&INDEX_MAGIC);
+        out
+    }
+
+    #[test]
+    fn record_table_matches_the_sequential_decoder() {
+        let (_, _, delta) = indexed_every_kind();
+        let f = file_of(&delta);
+        let t = read_record_table(&f, delta.len() as u64).unwrap();
+        let mut seq = Decoder::new(&delta[..]).unwrap();
+        let mut buf = Vec::new();
+        for head in &t.records {
+            let r = seq.next_record().unwrap().unwrap();
+            assert_eq!((head.offset, head.length), (r.offset(), r.length()));
+            if let Record::Literal { payload, .. } = r {
+                assert_eq!(
+                    read_literal_at(&f, delta.len() as u64, head, &mut buf).unwrap(),
+                    &payload[..]
+                );
+            }
+        }
+        assert_eq!(seq.next_record().unwrap(), None);
+        assert_eq!(Some(t.totals), seq.totals());
+        assert!(t.bytes_read <= delta.len() as u64 + 2 * (HEADER_LEN + INDEX_TRAILER_LEN) as u64);
+    }
+
+    #[test]
+    fn hostile_indexes_are_refused() {
+        let (_, _, delta) = indexed_every_kind();
+        let len = delta.len() as u64;
+        let (_, good) = read_index(&file_of(&delta), len).unwrap();
+        let n = good.len() as u64;
+        let index_offset = len - INDEX_TRAILER_LEN as u64 - n * INDEX_ENTRY_LEN as u64;
+        let mut swapped = good.clone();
+        swapped.swap(1, 2);
+        let mut overlap = good.clone();
+        overlap[2].1 = overlap[1].1 + 8;
+        let mut past_target = good.clone();
+        past_target[4].0 = 1 << 40;
+        let mut past_file = good.clone();
+        past_file[4].1 = u64::MAX - 3;
+        let mut same_target = good.clone();
+        same_target[1].0 = 0;
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "entries out of order",
+                forge_index(&delta, &swapped, n, index_offset),
+            ),
+            (
+                "overlapping records",
+                forge_index(&delta, &overlap, n, index_offset),
+            ),
+            (
+                "target offset past the end",
+                forge_index(&delta, &past_target, n, index_offset),
+            ),
+            (
+                "stream offset past the file end",
+                forge_index(&delta, &past_file, n, index_offset),
+            ),
+            (
+                "two entries at one target offset",
+                forge_index(&delta, &same_target, n, index_offset),
+            ),
+            (
+                "one entry missing",
+                forge_index(&delta, &good[..4], n - 1, index_offset),
+            ),
+            (
+                "huge count",
+                forge_index(&delta, &good, u64::MAX / 16, index_offset),
+            ),
+            ("count fitting the offset", {
+                let c = 1u64 << 40;
+                forge_index(&delta, &good, c, (len - 32).wrapping_sub(c * 16))
+            }),
+            (
+                "index offset past the file",
+                forge_index(&delta, &good, n, u64::MAX - 100),
+            ),
+            (
+                "index offset inside the records",
+                forge_index(&delta, &good, n, HEADER_LEN as u64),
+            ),
+        ];
+        for (what, bad) in cases {
+            let f = file_of(&bad);
+            let l = bad.len() as u64;
+            assert!(read_index(&f, l).is_err(), "read_index: {what}");
+            assert!(
+                read_record_table(&f, l).is_err(),
+                "read_record_table: {what}"
+            );
+        }
+        // A huge sparse file whose trailer claims billions of entries: refused while reading
+        // them, with no allocation sized by the count.
+        let f = tempfile::tempfile().unwrap();
+        use std::os::unix::fs::FileExt as _;
+        f.write_all_at(&delta[..HEADER_LEN], 0).unwrap();
+        let big = 1u64 << 40;
+        let count = (big - 4096) / 64;
+        let trailer = {
+            let mut t = Vec::new();
+            t.extend_from_slice(&count.to_le_bytes());
+            t.extend_from_slice(&(big - 32 - count * 16).to_le_bytes());
+            t.extend_from_slice(&0u64.to_le_bytes());
+            t.extend_from_slice(&INDEX_MAGIC);
+            t
+        };
+        f.write_all_at(&trailer, big - 32).unwrap();
+        assert!(read_index(&f, big).is_err());
+        assert!(read_record_table(&f, big).is_err());
+        // Every damaged byte past the literal payload, and every cut, is refused by the table
+        // reader; a damaged literal payload is caught when it is read.
+        let f = file_of(&delta);
+        let t = read_record_table(&f, len).unwrap();
+        let lit = t.records[0];
+        let payload_end = lit.stream_offset + lit.stream_len() - CHECKSUM_LEN as u64;
+        for i in 0..delta.len() {
+            let mut bad = delta.clone();
+            bad[i] ^= 0x04;
+            let g = file_of(&bad);
+            let r = read_record_table(&g, len);
+            let in_payload = (lit.stream_offset + RECORD_HEADER_LEN as u64..payload_end)
+                .contains(&(i as u64))
+                || (payload_end..payload_end + 8).contains(&(i as u64));
+            if in_payload {
+                let t = r.expect("payload damage is found on reading it");
+                assert!(
+                    read_literal_at(&g, len, &t.records[0], &mut Vec::new()).is_err(),
+                    "byte {i}"
+                );
+            } else {
+                assert!(r.is_err(), "byte {i}");
+            }
+        }
+        for cut in 0..delta.len() {
+            assert!(
+                read_record_table(&file_of(&delta[..cut]), cut as u64).is_err(),
+                "cut {cut}"
+            );
         }
     }
 

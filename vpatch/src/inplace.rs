@@ -196,7 +196,14 @@ pub fn apply_in_place(
             file: &file,
             base_size,
         };
-        let applied = produce(Some(&original), base_chunks, &deltas, &mut sink, true)?;
+        let (applied, _) = produce(
+            Some(&original),
+            base_chunks,
+            &deltas,
+            &mut sink,
+            true,
+            false,
+        )?;
         if target_size < base_size {
             file.set_len(target_size).map_err(&berr)?;
         }

@@ -26,8 +26,11 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::AtomicU64;
 use vdiff::digest;
-use vdiff::format::{self, Decoder, Digest, Header, Record, CHECKSUM_LEN, CHUNK_BYTES};
+use vdiff::format::{
+    self, Decoder, Digest, Header, Record, CHECKSUM_LEN, CHUNK_BYTES, RECORD_HEADER_LEN,
+};
 use vdiff::Image;
 
 pub mod inplace;
@@ -138,8 +141,10 @@ impl Sink for MemSink {
 
 #[derive(Clone, Copy, Debug)]
 enum What {
+    /// Checked against its checksum whenever it is read (`format::read_literal_at`).
     Literal {
-        payload_at: u64,
+        /// Where the record's header starts in the delta file.
+        record_at: u64,
         payload_len: u32,
         stored: bool,
     },
@@ -159,8 +164,14 @@ struct Rec {
 struct Delta {
     name: String,
     file: File,
+    /// The file's length when it was indexed.
+    len: u64,
     header: Header,
     recs: Vec<Rec>,
+    /// Whether the record table came from the trailing index.
+    indexed: bool,
+    /// Bytes read from the file, to build the table and since.
+    bytes_read: AtomicU64,
 }
 
 /// Where a piece of a target window comes from, after resolving through the chain.
@@ -256,16 +267,54 @@ pub fn check_base(
     }
 }
 
+/// Build the record table of one delta: from its trailing index when it has one (no literal
+/// payload is read; each is checked when read), else by decoding the whole stream.
 fn index(input: DeltaInput) -> Result<Delta> {
     let DeltaInput { name, mut file } = input;
     let err = |source| Error::Delta {
         name: name.clone(),
         source,
     };
-    file.seek(SeekFrom::Start(0)).map_err(|e| Error::Io {
+    let io = |e| Error::Io {
         what: name.clone(),
         source: e,
-    })?;
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let mut hb = [0u8; format::HEADER_LEN];
+    let indexed = file.read_exact_at(&mut hb, 0).is_ok()
+        && Header::decode(&hb).is_ok_and(|h| h.flags & format::FLAG_INDEX != 0);
+    if indexed {
+        let table = format::read_record_table(&file, len).map_err(err)?;
+        let recs = table
+            .records
+            .iter()
+            .map(|r| Rec {
+                offset: r.offset,
+                length: r.length,
+                what: match r.kind {
+                    format::KIND_LITERAL => What::Literal {
+                        record_at: r.stream_offset,
+                        payload_len: r.payload_len,
+                        stored: r.flags == format::LITERAL_STORED,
+                    },
+                    format::KIND_ZERO => What::Zero,
+                    format::KIND_UNALLOCATED => What::Unallocated,
+                    format::KIND_COPY_SOURCE => What::CopySource(r.arg),
+                    _ => What::CopyTarget(r.arg),
+                },
+            })
+            .collect();
+        return Ok(Delta {
+            name,
+            file,
+            len,
+            header: table.header,
+            recs,
+            indexed: true,
+            bytes_read: AtomicU64::new(table.bytes_read),
+        });
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
     let mut dec = Decoder::new(BufReader::with_capacity(1 << 20, &file)).map_err(err)?;
     let header = dec.header().clone();
     let mut recs = Vec::new();
@@ -275,7 +324,9 @@ fn index(input: DeltaInput) -> Result<Delta> {
             Record::Literal {
                 stored, payload, ..
             } => What::Literal {
-                payload_at: dec.stream_position() - CHECKSUM_LEN as u64 - payload.len() as u64,
+                record_at: dec.stream_position()
+                    - (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64
+                    - payload.len() as u64,
                 payload_len: payload.len() as u32,
                 stored,
             },
@@ -290,12 +341,16 @@ fn index(input: DeltaInput) -> Result<Delta> {
             what,
         });
     }
+    let read = dec.stream_position();
     drop(dec);
     Ok(Delta {
         name,
         file,
+        len,
         header,
         recs,
+        indexed: false,
+        bytes_read: AtomicU64::new(read),
     })
 }
 
@@ -374,32 +429,40 @@ fn with_literal<T>(
         let d = &deltas[k];
         let r = d.recs[i];
         let What::Literal {
-            payload_at,
+            record_at,
             payload_len,
             stored,
         } = r.what
         else {
             unreachable!("leaf built from a literal record")
         };
-        let mut payload = vec![0u8; payload_len as usize];
-        d.file
-            .read_exact_at(&mut payload, payload_at)
-            .map_err(|e| Error::Io {
-                what: d.name.clone(),
-                source: e,
-            })?;
+        let head = format::RecordHead {
+            kind: format::KIND_LITERAL,
+            flags: if stored { format::LITERAL_STORED } else { 0 },
+            reserved: 0,
+            payload_len,
+            offset: r.offset,
+            length: r.length,
+            arg: 0,
+            stream_offset: record_at,
+        };
+        let mut record = Vec::new();
+        let derr = |source| Error::Delta {
+            name: d.name.clone(),
+            source,
+        };
+        let payload = format::read_literal_at(&d.file, d.len, &head, &mut record).map_err(derr)?;
+        d.bytes_read
+            .fetch_add(head.stream_len(), std::sync::atomic::Ordering::Relaxed);
         let mut bytes = Vec::new();
-        format::literal_bytes(stored, &payload, r.length, &mut bytes).map_err(|source| {
-            Error::Delta {
-                name: d.name.clone(),
-                source: match source {
-                    format::Error::Corrupt { what, .. } => format::Error::Corrupt {
-                        offset: payload_at,
-                        what,
-                    },
-                    e => e,
+        format::literal_bytes(stored, payload, r.length, &mut bytes).map_err(|source| {
+            derr(match source {
+                format::Error::Corrupt { what, .. } => format::Error::Corrupt {
+                    offset: record_at,
+                    what,
                 },
-            }
+                e => e,
+            })
         })?;
         let out = f(&bytes);
         if c.len() == LITERAL_CACHE_ENTRIES {
@@ -416,6 +479,10 @@ struct Window {
     /// (offset in the window, length, leaf kind) with Base and Literal merged into `Data`.
     ranges: Vec<(u64, u64, Out)>,
     buf: Vec<u8>,
+    /// With the base checked on the way: the digest of the base's chunk at the same place.
+    base_digest: Option<Digest>,
+    /// Base bytes read for that digest alone.
+    base_check_bytes: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -427,16 +494,19 @@ enum Out {
     Unallocated,
 }
 
-/// Produce one window (resolve, read, inflate, hash); writing is left to the caller.
-fn window(
+/// What a window task needs besides its place.
+struct Job<'a> {
     run: u64,
-    deltas: &[Delta],
-    base: Option<&dyn Image>,
-    start: u64,
-    len: u64,
+    deltas: &'a [Delta],
+    base: Option<&'a dyn Image>,
     keep: bool,
-    known: Option<Digest>,
-) -> Result<Window> {
+    /// Compute the base's chunk digests on the way ([`ApplyOptions::verify_base`]).
+    verify_base: bool,
+}
+
+/// Produce one window (resolve, read, inflate, hash); writing is left to the caller.
+fn window(job: &Job, start: u64, len: u64, known: Option<Digest>) -> Result<Window> {
+    let (deltas, base, keep) = (job.deltas, job.base, job.keep);
     let mut leaves = Vec::new();
     resolve(deltas, deltas.len() - 1, start, len, &mut leaves);
     let mut ranges: Vec<(u64, u64, Out)> = Vec::new();
@@ -463,44 +533,132 @@ fn window(
                 digest: d,
                 ranges,
                 buf: Vec::new(),
+                base_digest: job.verify_base.then_some(d),
+                base_check_bytes: 0,
             });
         }
     }
-    if ranges.iter().all(|r| r.2 != Out::Data && r.2 != Out::Keep) {
-        return Ok(Window {
-            digest: digest::zero_chunk_of(len),
-            ranges,
-            buf: Vec::new(),
-        });
-    }
-    let mut buf = vec![0u8; len as usize];
-    let mut pos = 0usize;
-    for &(l, leaf) in &leaves {
-        let dst = &mut buf[pos..pos + l as usize];
-        match leaf {
-            Leaf::Zero | Leaf::Unallocated => {}
-            Leaf::Base(s) => base
-                .ok_or_else(|| Error::Usage("copy from a base that is not there".into()))?
-                .read_at(dst, s)?,
-            Leaf::Literal { delta, rec, skip } => with_literal(run, deltas, delta, rec, |b| {
-                dst.copy_from_slice(&b[skip as usize..skip as usize + dst.len()])
-            })?,
+    let mut target_leaves = Vec::new();
+    let (digest, buf) = if ranges.iter().all(|r| r.2 != Out::Data && r.2 != Out::Keep) {
+        (digest::zero_chunk_of(len), Vec::new())
+    } else {
+        let mut buf = vec![0u8; len as usize];
+        let mut pos = 0usize;
+        for &(l, leaf) in &leaves {
+            let dst = &mut buf[pos..pos + l as usize];
+            match leaf {
+                Leaf::Zero | Leaf::Unallocated => {}
+                Leaf::Base(s) => base
+                    .ok_or_else(|| Error::Usage("copy from a base that is not there".into()))?
+                    .read_at(dst, s)?,
+                Leaf::Literal { delta, rec, skip } => {
+                    with_literal(job.run, deltas, delta, rec, |b| {
+                        dst.copy_from_slice(&b[skip as usize..skip as usize + dst.len()])
+                    })?
+                }
+            }
+            pos += l as usize;
         }
-        pos += l as usize;
-    }
-    let digest = match (unchanged, known) {
-        (true, Some(d)) => d,
-        _ => {
-            let mut lv = Vec::new();
-            digest::leaves(&buf, &mut lv);
-            digest::chunk_from_leaves(&lv)
+        let digest = match (unchanged, known) {
+            (true, Some(d)) => d,
+            _ => {
+                digest::leaves(&buf, &mut target_leaves);
+                digest::chunk_from_leaves(&target_leaves)
+            }
+        };
+        (digest, buf)
+    };
+    let (base_digest, base_check_bytes) = match base {
+        Some(b) if job.verify_base && start < b.size() => {
+            base_chunk_digest(b, start, len, &leaves, &target_leaves, digest)?
         }
+        _ => (None, 0),
     };
     Ok(Window {
         digest,
         ranges,
         buf,
+        base_digest,
+        base_check_bytes,
     })
+}
+
+/// The digest of the base's chunk at `start`, reusing what producing the target window there
+/// already learnt: where a 4 KiB leaf of the target is copied from the base at its own offset,
+/// the two leaves are the same bytes and share their digest; only the other leaves of the base
+/// are read (holes are not) and hashed. Returns the digest and the base bytes read for it.
+fn base_chunk_digest(
+    base: &dyn Image,
+    start: u64,
+    len: u64,
+    leaves: &[(u64, Leaf)],
+    target_leaves: &[Digest],
+    target_digest: Digest,
+) -> Result<(Option<Digest>, u64)> {
+    let base_len = CHUNK_BYTES.min(base.size() - start);
+    if base_len == len && matches!(leaves, [(_, Leaf::Base(s))] if *s == start) {
+        return Ok((Some(target_digest), 0));
+    }
+    const LEAF: u64 = format::LEAF_BYTES;
+    let nleaves = base_len.div_ceil(LEAF) as usize;
+    // Which base leaves equal the target's: wholly inside a same-offset copy of the base, with
+    // the same length in both (the last leaf of either may be short).
+    let mut same = vec![false; nleaves];
+    if !target_leaves.is_empty() {
+        let mut pos = 0u64;
+        for &(l, leaf) in leaves {
+            if matches!(leaf, Leaf::Base(s) if s == start + pos) {
+                let end = pos + l;
+                let mut j = pos.div_ceil(LEAF);
+                while j < nleaves as u64 && j * LEAF < end {
+                    let target_end = ((j + 1) * LEAF).min(len);
+                    if target_end > end {
+                        break;
+                    }
+                    same[j as usize] = target_end == ((j + 1) * LEAF).min(base_len);
+                    j += 1;
+                }
+            }
+            pos += l;
+        }
+    }
+    let mut digests = vec![[0u8; 32]; nleaves];
+    let mut read = 0u64;
+    let mut buf = Vec::new();
+    let mut layout = Vec::new();
+    let mut j = 0;
+    while j < nleaves {
+        if same[j] {
+            digests[j] = target_leaves[j];
+            j += 1;
+            continue;
+        }
+        let run_start = j;
+        while j < nleaves && !same[j] {
+            j += 1;
+        }
+        let (a, b) = (run_start as u64 * LEAF, (j as u64 * LEAF).min(base_len));
+        buf.resize((b - a) as usize, 0);
+        base.read_layout(&mut buf, start + a, &mut layout)?;
+        read += layout
+            .iter()
+            .filter(|r| r.2 == vdiff::Kind::Data)
+            .map(|r| r.1)
+            .sum::<u64>();
+        for (n, chunk) in buf.chunks(LEAF as usize).enumerate() {
+            let leaf_at = start + a + n as u64 * LEAF;
+            let hole = chunk.len() as u64 == LEAF
+                && layout.iter().any(|&(o, l, kind)| {
+                    kind != vdiff::Kind::Data && o <= leaf_at && leaf_at + LEAF <= o + l
+                });
+            digests[run_start + n] = if hole {
+                digest::zero_leaf()
+            } else {
+                digest::leaf(chunk)
+            };
+        }
+    }
+    Ok((Some(digest::chunk_from_leaves(&digests)), read))
 }
 
 /// Decode `deltas` (already checked with [`read_headers`] and [`check_base`]) and write the
@@ -521,8 +679,66 @@ pub fn apply_verified(
     deltas: Vec<DeltaInput>,
     sink: &mut dyn Sink,
 ) -> Result<Applied> {
+    let opts = ApplyOptions {
+        base_chunks,
+        verify_base: false,
+    };
+    Ok(apply_with(base, deltas, sink, &opts)?.applied)
+}
+
+/// Options of [`apply_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyOptions<'a> {
+    /// The base's chunk digests, from [`check_base`] with its digest check: a target chunk
+    /// copied whole from the same place of the base takes them instead of being hashed.
+    /// Default none.
+    pub base_chunks: Option<&'a [Digest]>,
+    /// Check the base's image digest against the first delta's source digest *while*
+    /// producing the target, instead of reading the whole base up front with [`check_base`]:
+    /// a base chunk the target copies at its own place is hashed once for both digests, and
+    /// of the others only the leaves that change are read. A wrong base is then found at the
+    /// end ([`Error::WrongBase`], before the target digest is compared), after the sink got
+    /// the output: the caller must discard it, as on any error. Default false.
+    pub verify_base: bool,
+}
+
+/// What [`apply_with`] did and read.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub applied: Applied,
+    /// Deltas whose records were found through their trailing index (literal payloads read
+    /// only where the target needs them) rather than by decoding the whole stream.
+    pub indexed_deltas: usize,
+    /// The deltas' sizes, added up.
+    pub delta_bytes: u64,
+    /// Bytes read from the delta files, added up: record tables, then literal records.
+    pub delta_bytes_read: u64,
+    /// Base bytes read only to check its digest (with `verify_base`; holes are not read).
+    pub base_check_bytes: u64,
+}
+
+/// [`apply`] with options, reporting what was read. With `verify_base`, only the base's size
+/// needs checking up front (`check_base(.., false)`).
+pub fn apply_with(
+    base: Option<&dyn Image>,
+    deltas: Vec<DeltaInput>,
+    sink: &mut dyn Sink,
+    opts: &ApplyOptions,
+) -> Result<Report> {
     let deltas = prepare(base, deltas)?;
-    produce(base, base_chunks, &deltas, sink, false)
+    let verify = opts.verify_base && base.is_some();
+    let (applied, base_check_bytes) =
+        produce(base, opts.base_chunks, &deltas, sink, false, verify)?;
+    Ok(Report {
+        applied,
+        indexed_deltas: deltas.iter().filter(|d| d.indexed).count(),
+        delta_bytes: deltas.iter().map(|d| d.len).sum(),
+        delta_bytes_read: deltas
+            .iter()
+            .map(|d| d.bytes_read.load(std::sync::atomic::Ordering::Relaxed))
+            .sum(),
+        base_check_bytes,
+    })
 }
 
 /// Decode every delta into its record index, and check that each applies to what precedes it.
@@ -551,25 +767,39 @@ fn prepare(base: Option<&dyn Image>, deltas: Vec<DeltaInput>) -> Result<Vec<Delt
     Ok(deltas)
 }
 
+/// Windows produced at a time, in parallel.
+const BATCH: u64 = 32;
+
 /// Produce the target window by window into `sink`. With `keep`, ranges copied from the base at
 /// their own offset are read (for the digest) but not handed to the sink: the base is the
-/// output.
+/// output. With `verify_base`, the base's image digest is computed on the way and compared
+/// with the first delta's source digest before the target digest. Returns what was applied
+/// and the base bytes read for the base check alone.
 fn produce(
     base: Option<&dyn Image>,
     base_chunks: Option<&[Digest]>,
     deltas: &[Delta],
     sink: &mut dyn Sink,
     keep: bool,
-) -> Result<Applied> {
+    verify_base: bool,
+) -> Result<(Applied, u64)> {
     let last = &deltas[deltas.len() - 1].header;
     let size = last.target_size;
     let expect = last.target_digest;
     let nchunks = size.div_ceil(CHUNK_BYTES);
-    let run = NEXT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let job = Job {
+        run: NEXT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        deltas,
+        base,
+        keep,
+        verify_base,
+    };
+    let base_size = base.map_or(0, |b| b.size());
+    let mut base_hasher = digest::ImageHasher::new(base_size);
+    let mut base_check_bytes = 0;
     let mut hasher = digest::ImageHasher::new(size);
     let mut written = 0;
     let mut c = 0;
-    const BATCH: u64 = 32;
     while c < nchunks {
         let n = BATCH.min(nchunks - c);
         let res: Vec<Result<Window>> = (c..c + n)
@@ -579,19 +809,23 @@ fn produce(
                 let len = CHUNK_BYTES.min(size - start);
                 // The base's digest of this chunk, if the target chunk is the same range.
                 let known = base_chunks.and_then(|c| {
-                    let base_len = base.map_or(0, |b| b.size()).saturating_sub(start);
+                    let base_len = base_size.saturating_sub(start);
                     if base_len.min(CHUNK_BYTES) == len {
                         c.get(i as usize).copied()
                     } else {
                         None
                     }
                 });
-                window(run, deltas, base, start, len, keep, known)
+                window(&job, start, len, known)
             })
             .collect();
         for (i, r) in (c..c + n).zip(res) {
             let w = r?;
             hasher.chunk(&w.digest);
+            if let Some(d) = w.base_digest {
+                base_hasher.chunk(&d);
+                base_check_bytes += w.base_check_bytes;
+            }
             let start = i * CHUNK_BYTES;
             let io = |e| Error::Io {
                 what: "writing the output".into(),
@@ -612,13 +846,40 @@ fn produce(
         }
         c += n;
     }
+    if let (true, Some(b)) = (verify_base, base) {
+        // The base's chunks past the target's end: read and hashed alone.
+        let mut c = nchunks;
+        let base_nchunks = base_size.div_ceil(CHUNK_BYTES);
+        while c < base_nchunks {
+            let n = BATCH.min(base_nchunks - c);
+            let res: Vec<Result<(Option<Digest>, u64)>> = (c..c + n)
+                .into_par_iter()
+                .map(|i| base_chunk_digest(b, i * CHUNK_BYTES, 0, &[], &[], [0; 32]))
+                .collect();
+            for r in res {
+                let (d, read) = r?;
+                base_hasher.chunk(&d.expect("a base chunk digest"));
+                base_check_bytes += read;
+            }
+            c += n;
+        }
+        if base_hasher.finish() != deltas[0].header.source_digest {
+            return Err(Error::WrongBase(format!(
+                "{}: made for another base (image digest differs)",
+                deltas[0].name
+            )));
+        }
+    }
     let got = hasher.finish();
     if got != expect {
         return Err(Error::TargetDigest);
     }
-    Ok(Applied {
-        target_size: size,
-        target_digest: got,
-        written_bytes: written,
-    })
+    Ok((
+        Applied {
+            target_size: size,
+            target_digest: got,
+            written_bytes: written,
+        },
+        base_check_bytes,
+    ))
 }

@@ -195,9 +195,17 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         .map(|p| open_delta(p))
         .collect::<Result<Vec<_>, _>>()?;
     let headers = vpatch::read_headers(&mut deltas).map_err(fail)?;
+    // In place, a wrong base is refused before the base is touched: its digest is checked up
+    // front. Into a new OUT, the base digest is checked while the output is produced (one read
+    // of the base serves both), and OUT is published only when both digests hold.
+    let check_up_front = cli.in_place && !cli.trust_base;
     let base_chunks =
-        vpatch::check_base(base, &headers[0], &deltas[0].name, !cli.trust_base).map_err(fail)?;
+        vpatch::check_base(base, &headers[0], &deltas[0].name, check_up_front).map_err(fail)?;
     let base_chunks = base_chunks.as_deref();
+    let opts = vpatch::ApplyOptions {
+        base_chunks,
+        verify_base: !cli.trust_base && !cli.in_place,
+    };
 
     if cli.in_place {
         let (Some(path), Some(disk)) = (base_path, base_disk.as_ref()) else {
@@ -224,8 +232,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         // after the target digest checked out; dropped on error, it removes them.
         let mut w =
             VmdkWriter::create(out, sub, size, &WriteOptions::default()).map_err(write_fail)?;
-        vpatch::apply_verified(base, base_chunks, deltas, &mut vpatch::VmdkSink(&mut w))
-            .map_err(fail)?;
+        vpatch::apply_with(base, deltas, &mut vpatch::VmdkSink(&mut w), &opts).map_err(fail)?;
         w.finish().map_err(write_fail)?;
         return Ok(Exit::Ok);
     }
@@ -240,13 +247,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         .map_err(io_fail)?;
     tmp.as_file().set_len(size).map_err(io_fail)?;
     // On any error `tmp` is dropped and removed: no output.
-    vpatch::apply_verified(
-        base,
-        base_chunks,
-        deltas,
-        &mut vpatch::RawSink(tmp.as_file()),
-    )
-    .map_err(fail)?;
+    vpatch::apply_with(base, deltas, &mut vpatch::RawSink(tmp.as_file()), &opts).map_err(fail)?;
     tmp.persist(out).map_err(|e| io_fail(e.error))?;
     Ok(Exit::Ok)
 }

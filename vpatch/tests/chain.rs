@@ -8,9 +8,16 @@ use common_gen::*;
 use proptest::prelude::*;
 use std::io::{Seek, Write};
 use vdiff::{diff, DiffOptions, Image, MemImage};
-use vpatch::{apply, apply_verified, check_base, read_headers, DeltaInput, Error, MemSink};
+use vpatch::{
+    apply, apply_verified, apply_with, check_base, read_headers, ApplyOptions, DeltaInput, Error,
+    MemSink, Report,
+};
 
 fn delta_file(a: Option<&MemImage>, b: &MemImage) -> DeltaInput {
+    delta_file_with(a, b, false)
+}
+
+fn delta_file_with(a: Option<&MemImage>, b: &MemImage, index: bool) -> DeltaInput {
     let mut f = tempfile::tempfile().unwrap();
     diff(
         a.map(|a| a as &dyn Image),
@@ -18,7 +25,7 @@ fn delta_file(a: Option<&MemImage>, b: &MemImage) -> DeltaInput {
         DiffOptions {
             block_size: 4096,
             level: 1,
-            index: false,
+            index,
         },
         &mut f,
     )
@@ -76,6 +83,172 @@ proptest! {
         let base = if full { None } else { Some(&imgs[0]) };
         let out = run(base, deltas).expect("apply");
         prop_assert_eq!(out, imgs[n].data.clone());
+    }
+
+    /// The same with indexed deltas (record tables from the trailing index, literals checked
+    /// when read) mixed with plain ones, and the base digest checked on the way.
+    #[test]
+    fn indexed_chain_with_the_base_checked_on_the_way(
+        s0 in image_spec(), s1 in image_spec(), s2 in image_spec(), s3 in image_spec(),
+        n in 1usize..=3, index in prop::collection::vec(any::<bool>(), 3)
+    ) {
+        let mut imgs = vec![build(&s0, None)];
+        for s in [&s1, &s2, &s3] {
+            let next = build(s, imgs.last());
+            imgs.push(next);
+        }
+        let deltas: Vec<_> = (0..n)
+            .map(|k| delta_file_with(Some(&imgs[k]), &imgs[k + 1], index[k]))
+            .collect();
+        let (out, report) = run_with(Some(&imgs[0]), deltas, true).expect("apply");
+        prop_assert_eq!(out, imgs[n].data.clone());
+        prop_assert_eq!(report.indexed_deltas, index[..n].iter().filter(|&&i| i).count());
+        prop_assert!(report.base_check_bytes <= imgs[0].data.len() as u64);
+    }
+}
+
+/// Apply with [`apply_with`]: the base's size checked up front, its digest on the way when
+/// `verify_base`.
+fn run_with(
+    base: Option<&MemImage>,
+    mut deltas: Vec<DeltaInput>,
+    verify_base: bool,
+) -> Result<(Vec<u8>, Report), Error> {
+    let headers = read_headers(&mut deltas)?;
+    check_base(base.map(|b| b as &dyn Image), &headers[0], "d0", false)?;
+    let mut sink = MemSink::default();
+    let opts = ApplyOptions {
+        base_chunks: None,
+        verify_base,
+    };
+    let report = apply_with(base.map(|b| b as &dyn Image), deltas, &mut sink, &opts)?;
+    assert_eq!(sink.data.len() as u64, headers.last().unwrap().target_size);
+    Ok((sink.data, report))
+}
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in v.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    v
+}
+
+/// vrepo's case: a long chain of indexed deltas stored as files. Each stored literal byte is
+/// read about once, whatever the chain length: a delta's record table comes from its index,
+/// and a literal is read only where the target still needs it.
+#[test]
+fn long_indexed_chain_reads_each_literal_about_once() {
+    const N: usize = 50;
+    let mut imgs = vec![MemImage::new(random(1, 6 << 20))];
+    for k in 0..N {
+        let mut next = imgs[k].data.clone();
+        // 64 KiB of new data per link, at a different place each time, and a move.
+        let at = (k * 97 * 4096) % ((6 << 20) - (64 << 10));
+        next[at..at + (64 << 10)].copy_from_slice(&random(100 + k as u64, 64 << 10));
+        next.copy_within(0..8192, (5 << 20) + k * 8192);
+        imgs.push(MemImage::new(next));
+    }
+    let deltas: Vec<_> = (0..N)
+        .map(|k| delta_file_with(Some(&imgs[k]), &imgs[k + 1], true))
+        .collect();
+    let (out, r) = run_with(Some(&imgs[0]), deltas, true).unwrap();
+    assert!(out == imgs[N].data, "the chain gives the last image");
+    assert_eq!(r.indexed_deltas, N);
+    assert!(
+        r.delta_bytes_read * 100 <= r.delta_bytes * 125,
+        "read {} of {} delta bytes",
+        r.delta_bytes_read,
+        r.delta_bytes
+    );
+    // Plain deltas are decoded whole first, then their literals read again.
+    let deltas: Vec<_> = (0..N)
+        .map(|k| delta_file_with(Some(&imgs[k]), &imgs[k + 1], false))
+        .collect();
+    let (out, plain) = run_with(Some(&imgs[0]), deltas, false).unwrap();
+    assert!(out == imgs[N].data);
+    assert_eq!(plain.indexed_deltas, 0);
+    assert!(plain.delta_bytes_read >= plain.delta_bytes);
+}
+
+/// Literals that a later delta of the chain overwrites are never read.
+#[test]
+fn overwritten_literals_are_not_read() {
+    let a = MemImage::new(random(1, 4 << 20));
+    let b = MemImage::new(random(2, 4 << 20));
+    let c = MemImage::new(random(3, 4 << 20));
+    let deltas = vec![
+        delta_file_with(None, &a, true),
+        delta_file_with(Some(&a), &b, true),
+        delta_file_with(Some(&b), &c, true),
+    ];
+    let last_len = deltas[2].file.metadata().unwrap().len();
+    let (out, r) = run_with(None, deltas, false).unwrap();
+    assert!(out == c.data);
+    assert!(
+        r.delta_bytes_read < last_len + (64 << 10),
+        "read {} bytes; the last delta alone has {last_len}",
+        r.delta_bytes_read
+    );
+}
+
+/// A damaged literal payload in an indexed delta is found when it is read: an error, never
+/// output that the target digest would have to catch.
+#[test]
+fn damaged_literal_in_an_indexed_delta_is_a_checksum_error() {
+    let a = MemImage::new(random(1, 2 << 20));
+    let b = MemImage::new(random(2, 2 << 20));
+    let d = delta_file_with(Some(&a), &b, true);
+    use std::os::unix::fs::FileExt;
+    let mut byte = [0u8; 1];
+    d.file.read_exact_at(&mut byte, 5000).unwrap();
+    d.file.write_all_at(&[byte[0] ^ 1], 5000).unwrap();
+    let r = run_with(Some(&a), vec![d], true);
+    match r {
+        Err(Error::Delta { source, .. }) => {
+            assert!(source.to_string().contains("checksum"), "{source}")
+        }
+        other => panic!("{:?}", other.map(|x| x.1)),
+    }
+}
+
+/// With the base digest checked on the way, a wrong base of the right size is still refused
+/// as a wrong base (not only as a target mismatch), whether the target grows or shrinks, and
+/// only the base's changed leaves are read for the check.
+#[test]
+fn base_checked_on_the_way() {
+    let a = MemImage::new(random(1, (3 << 20) + 5000));
+    for new_len in [(3 << 20) + 5000, (2 << 20) + 100, (5 << 20) + 4096] {
+        let mut b = a.data.clone();
+        b.resize(new_len, 0);
+        b[10_000..30_000].copy_from_slice(&random(7, 20_000));
+        b[(2 << 20) + 50..(2 << 20) + 90].fill(9);
+        let b = MemImage::new(b);
+        let (out, r) = run_with(Some(&a), vec![delta_file(Some(&a), &b)], true).unwrap();
+        assert!(out == b.data, "size {new_len}");
+        let past_target = (a.data.len() as u64).saturating_sub(new_len as u64);
+        assert!(
+            r.base_check_bytes <= 64 << 10 || r.base_check_bytes <= past_target + (2 << 20),
+            "size {new_len}: read {} base bytes for the check",
+            r.base_check_bytes
+        );
+        // The same size, other content: refused as a wrong base.
+        let mut other = a.data.clone();
+        other[3 << 20] ^= 1;
+        let r = run_with(
+            Some(&MemImage::new(other)),
+            vec![delta_file(Some(&a), &b)],
+            true,
+        );
+        assert!(
+            matches!(r, Err(Error::WrongBase(_))),
+            "size {new_len}: {:?}",
+            r.map(|x| x.1)
+        );
     }
 }
 
