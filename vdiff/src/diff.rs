@@ -169,6 +169,7 @@ fn block_digest(leaves: &[Digest]) -> BlockDigest {
     d[..16].try_into().expect("16 bytes")
 }
 
+/// Read and hash the 1 MiB chunk at `start` (into a per-thread buffer).
 pub fn scan_chunk(
     img: &dyn Image,
     start: u64,
@@ -178,8 +179,30 @@ pub fn scan_chunk(
 ) -> Result<ChunkScan> {
     let len = CHUNK_BYTES.min(img.size() - start);
     BUF.with(|b| {
-        let (buf, layout, leaves) = &mut *b.borrow_mut();
-        buf.resize(len as usize, 0);
+        let mut own = std::mem::take(&mut b.borrow_mut().0);
+        own.resize(len as usize, 0);
+        let r = scan_chunk_into(img, start, block_size, keep_blocks, want_weak, &mut own);
+        b.borrow_mut().0 = own;
+        r
+    })
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Vec<(u64, u64, Kind)>, Vec<Digest>)> = Default::default();
+}
+
+/// [`scan_chunk`] into `buf` (the chunk's length), which keeps the chunk's bytes.
+pub fn scan_chunk_into(
+    img: &dyn Image,
+    start: u64,
+    block_size: u64,
+    keep_blocks: bool,
+    want_weak: bool,
+    buf: &mut [u8],
+) -> Result<ChunkScan> {
+    let len = buf.len() as u64;
+    SCRATCH.with(|b| {
+        let (layout, leaves) = &mut *b.borrow_mut();
         img.read_layout(buf, start, layout)?;
         let nblocks = len.div_ceil(block_size) as usize;
         let mut out = ChunkScan {
@@ -534,63 +557,234 @@ pub fn diff_scanned<W: Write>(
     opts: DiffOptions,
     out: W,
 ) -> Result<Summary> {
-    let level = opts.level;
-    let bs = new_scan.block_size;
     let header = Header {
         flags: if old_scan.is_none() { FLAG_FULL } else { 0 }
             | if opts.index { FLAG_INDEX } else { 0 },
-        block_size: bs,
+        block_size: new_scan.block_size,
         source_size: old_scan.as_ref().map_or(0, |s| s.size),
         target_size: new_scan.size,
         source_digest: old_scan.as_ref().map_or([0; 32], |s| s.digest),
         target_digest: new_scan.digest,
     };
-    let mut enc = Encoder::new(out, header.clone(), level)?;
-    let mut summary = Summary {
-        source_size: header.source_size,
-        target_size: header.target_size,
-        identical: old_scan
-            .as_ref()
-            .is_some_and(|o| o.size == new_scan.size && o.digest == new_scan.digest),
-        source_digest: header.source_digest,
-        target_digest: header.target_digest,
-        ..Summary::default()
-    };
-
-    // Index OLD's data blocks by digest (first occurrence wins).
-    let mut old_index: HashMap<BlockDigest, u32> = HashMap::new();
-    if let Some(o) = &old_scan {
-        old_index.reserve(o.kinds.iter().filter(|&&k| k == K_DATA).count());
-        for (i, (d, &k)) in o.blocks.iter().zip(&o.kinds).enumerate() {
-            if k == K_DATA {
-                old_index.entry(*d).or_insert(i as u32);
-            }
+    let enc = Encoder::new(out, header.clone(), opts.level)?;
+    let mut eng = Engine::new(old_scan.as_ref(), enc, opts.level, &header);
+    eng.summary.identical = old_scan
+        .as_ref()
+        .is_some_and(|o| o.size == new_scan.size && o.digest == new_scan.digest);
+    for i in 0..new_scan.kinds.len() {
+        eng.decide(&new_scan, i);
+        if eng.pending_literal >= BATCH_LITERAL_BYTES {
+            eng.flush(new, &new_scan, None)?;
         }
     }
-    let mut new_index: HashMap<BlockDigest, u32> = HashMap::new();
-    let b = bs as u64;
-    let old_block = |off: u64| -> Option<(u8, &BlockDigest)> {
-        let o = old_scan.as_ref()?;
+    eng.flush(new, &new_scan, None)?;
+    let (totals, _) = eng.enc.finish()?;
+    eng.summary.totals = totals;
+    Ok(eng.summary)
+}
+
+/// Bytes of NEW read in the current batch of a one-pass diff: the batch's start and, per 1 MiB
+/// chunk, whether it was read (chunks supplied by the caller are not).
+struct BatchBytes<'a> {
+    start: u64,
+    bytes: &'a [u8],
+    read: &'a [bool],
+}
+
+impl BatchBytes<'_> {
+    /// The bytes of `[offset, offset + len)`, when they were all read in this batch.
+    fn get(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if offset < self.start || end > self.start + self.bytes.len() as u64 {
+            return None;
+        }
+        let c0 = ((offset - self.start) / CHUNK_BYTES) as usize;
+        let c1 = ((end - self.start).div_ceil(CHUNK_BYTES)) as usize;
+        if !self.read[c0..c1].iter().all(|&r| r) {
+            return None;
+        }
+        Some(&self.bytes[(offset - self.start) as usize..(end - self.start) as usize])
+    }
+}
+
+/// A diff in one pass over NEW: each batch of 1 MiB chunks is read and hashed (in parallel),
+/// its blocks are matched, and its literals are compressed from the bytes still in memory;
+/// NEW is read once. Chunk `i` is taken from `known(i)` instead when it answers (rows and
+/// digest, as in [`scan_composed`]; such chunks are not read unless a literal needs them).
+///
+/// NEW's image digest is known only at the end, so it is written into the end record and
+/// then into the header, which is rewritten in place: `out` is a file, written from its
+/// start. Returns the summary, NEW's scan and its chunk digests.
+pub fn diff_one_pass(
+    old_scan: Option<&Scan>,
+    new: &dyn Image,
+    known: &(dyn Fn(u64) -> Result<Option<ChunkScan>> + Sync),
+    opts: DiffOptions,
+    out: &std::fs::File,
+) -> Result<(Summary, Scan, Vec<Digest>)> {
+    use std::os::unix::fs::FileExt;
+    check_block_size(opts.block_size)?;
+    let bs = opts.block_size;
+    let size = new.size();
+    let header = Header {
+        flags: if old_scan.is_none() { FLAG_FULL } else { 0 }
+            | if opts.index { FLAG_INDEX } else { 0 },
+        block_size: bs,
+        source_size: old_scan.as_ref().map_or(0, |s| s.size),
+        target_size: size,
+        source_digest: old_scan.as_ref().map_or([0; 32], |s| s.digest),
+        // Rewritten at the end, once known.
+        target_digest: [0; 32],
+    };
+    let w = std::io::BufWriter::with_capacity(1 << 20, out);
+    let enc = Encoder::new(w, header.clone(), opts.level)?;
+    let mut eng = Engine::new(old_scan, enc, opts.level, &header);
+    let nblocks = size.div_ceil(bs as u64) as usize;
+    let mut scan = Scan {
+        size,
+        block_size: bs,
+        digest: [0; 32],
+        blocks: Vec::with_capacity(nblocks),
+        kinds: Vec::with_capacity(nblocks),
+        weaks: Vec::with_capacity(nblocks),
+    };
+    let mut hasher = digest::ImageHasher::new(size);
+    let nchunks = size.div_ceil(CHUNK_BYTES);
+    let mut chunks = Vec::with_capacity(nchunks as usize);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut c = 0;
+    while c < nchunks {
+        let n = BATCH_CHUNKS.min(nchunks - c);
+        let start = c * CHUNK_BYTES;
+        let blen = (n * CHUNK_BYTES).min(size - start) as usize;
+        buf.resize(blen, 0);
+        let res: Vec<Result<(ChunkScan, bool)>> = buf
+            .par_chunks_mut(CHUNK_BYTES as usize)
+            .enumerate()
+            .map(|(k, dst)| {
+                let i = c + k as u64;
+                if let Some(cs) = known(i)? {
+                    return Ok((cs, false));
+                }
+                let cs = scan_chunk_into(new, i * CHUNK_BYTES, bs as u64, true, true, dst)?;
+                Ok((cs, true))
+            })
+            .collect();
+        let mut read = Vec::with_capacity(n as usize);
+        let first_block = scan.blocks.len();
+        for r in res {
+            let (cs, was_read) = r?;
+            hasher.chunk(&cs.digest);
+            chunks.push(cs.digest);
+            scan.blocks.extend_from_slice(&cs.blocks);
+            scan.kinds.extend_from_slice(&cs.kinds);
+            scan.weaks.extend_from_slice(&cs.weaks);
+            read.push(was_read);
+        }
+        if scan.blocks.len() != (((start + blen as u64).div_ceil(bs as u64)) as usize) {
+            return Err(Error::Input(format!(
+                "a known chunk in the batch at byte {start} has the wrong number of block rows"
+            )));
+        }
+        for i in first_block..scan.blocks.len() {
+            eng.decide(&scan, i);
+        }
+        let batch = BatchBytes {
+            start,
+            bytes: &buf,
+            read: &read,
+        };
+        eng.flush(new, &scan, Some(&batch))?;
+        c += n;
+    }
+    scan.digest = hasher.finish();
+    eng.enc.set_target_digest(scan.digest);
+    let (totals, w) = eng.enc.finish()?;
+    w.into_inner()
+        .map_err(|e| Error::Io(e.into_error()))?
+        .write_all_at(
+            &Header {
+                target_digest: scan.digest,
+                ..header
+            }
+            .encode(),
+            0,
+        )?;
+    eng.summary.totals = totals;
+    eng.summary.target_digest = scan.digest;
+    eng.summary.identical = old_scan.is_some_and(|o| o.size == size && o.digest == scan.digest);
+    Ok((eng.summary, scan, chunks))
+}
+
+/// The matching and writing shared by both ways of diffing: decide each block of NEW in
+/// order, then [`Engine::flush`] the pending records (literals compressed in parallel).
+struct Engine<'a, W: Write> {
+    enc: Encoder<W>,
+    old: Option<&'a Scan>,
+    old_index: HashMap<BlockDigest, u32>,
+    new_index: HashMap<BlockDigest, u32>,
+    weak_index: WeakIndex,
+    pending: Vec<Op>,
+    pending_literal: u64,
+    summary: Summary,
+    level: i32,
+}
+
+impl<'a, W: Write> Engine<'a, W> {
+    fn new(old: Option<&'a Scan>, enc: Encoder<W>, level: i32, header: &Header) -> Self {
+        // Index OLD's data blocks by digest (first occurrence wins).
+        let mut old_index: HashMap<BlockDigest, u32> = HashMap::new();
+        if let Some(o) = old {
+            old_index.reserve(o.kinds.iter().filter(|&&k| k == K_DATA).count());
+            for (i, (d, &k)) in o.blocks.iter().zip(&o.kinds).enumerate() {
+                if k == K_DATA {
+                    old_index.entry(*d).or_insert(i as u32);
+                }
+            }
+        }
+        Engine {
+            enc,
+            old,
+            old_index,
+            new_index: HashMap::new(),
+            weak_index: WeakIndex::new(old),
+            pending: Vec::new(),
+            pending_literal: 0,
+            summary: Summary {
+                source_size: header.source_size,
+                target_size: header.target_size,
+                source_digest: header.source_digest,
+                target_digest: header.target_digest,
+                ..Summary::default()
+            },
+            level,
+        }
+    }
+
+    /// OLD's kind and digest of the block at `off`, when `off` starts a block of OLD.
+    fn old_block(&self, off: u64) -> Option<(u8, &'a BlockDigest)> {
+        let o = self.old?;
+        let b = o.block_size as u64;
         if off % b != 0 || off >= o.size {
             return None;
         }
         let i = (off / b) as usize;
         Some((o.kinds[i], &o.blocks[i]))
-    };
+    }
 
-    let weak_index = WeakIndex::new(old_scan.as_ref());
-    let mut pending: Vec<Op> = Vec::new();
-    let mut pending_literal = 0u64;
-    for i in 0..new_scan.kinds.len() {
+    /// Choose the record for block `i` of NEW (`scan` holds at least blocks `0..=i`).
+    fn decide(&mut self, scan: &Scan, i: usize) {
+        let b = scan.block_size as u64;
         let off = i as u64 * b;
-        let len = new_scan.block_len(i);
-        let kind = new_scan.kinds[i];
-        let d = &new_scan.blocks[i];
-        let same_as_old = match old_block(off) {
+        let len = scan.block_len(i);
+        let kind = scan.kinds[i];
+        let d = scan.blocks[i];
+        let old = self.old;
+        let same_as_old = match self.old_block(off) {
             Some((ok, od)) => {
-                old_scan.as_ref().is_some_and(|o| o.block_len(i) == len)
+                old.is_some_and(|o| o.block_len(i) == len)
                     && match (ok, kind) {
-                        (K_DATA, K_DATA) => od == d,
+                        (K_DATA, K_DATA) => *od == d,
                         (K_DATA, _) | (_, K_DATA) => false,
                         _ => true,
                     }
@@ -598,25 +792,25 @@ pub fn diff_scanned<W: Write>(
             None => false,
         };
         if !same_as_old {
-            summary.changed_bytes += len;
+            self.summary.changed_bytes += len;
         }
         let op = match kind {
             K_UNALLOCATED => Op::Unallocated(len),
             K_ZERO => Op::Zero(len),
             _ => {
-                let cont_src = match pending.last() {
+                let cont_src = match self.pending.last() {
                     Some(Op::CopySource { from, length }) => Some(from + length),
                     _ => None,
                 };
-                let cont_tgt = match pending.last() {
+                let cont_tgt = match self.pending.last() {
                     Some(Op::CopyTarget { from, length, at }) if from + length + len <= *at => {
                         Some(from + length)
                     }
                     _ => None,
                 };
                 let is_old = |o: u64| {
-                    matches!(old_block(o), Some((K_DATA, od)) if od == d)
-                        && old_scan.as_ref().is_some_and(|s| s.size - o >= len)
+                    matches!(self.old_block(o), Some((K_DATA, od)) if *od == d)
+                        && old.is_some_and(|s| s.size - o >= len)
                 };
                 if let Some(s) = cont_src.filter(|&s| is_old(s)) {
                     Op::CopySource {
@@ -628,7 +822,7 @@ pub fn diff_scanned<W: Write>(
                         from: off,
                         length: len,
                     }
-                } else if let Some(&j) = old_index.get(d) {
+                } else if let Some(&j) = self.old_index.get(&d) {
                     Op::CopySource {
                         from: j as u64 * b,
                         length: len,
@@ -636,18 +830,19 @@ pub fn diff_scanned<W: Write>(
                 } else if let Some(t) = cont_tgt.filter(|&t| {
                     t % b == 0
                         && t < off
-                        && new_scan.kinds[(t / b) as usize] == K_DATA
-                        && &new_scan.blocks[(t / b) as usize] == d
-                        && new_scan.block_len((t / b) as usize) == len
+                        && scan.kinds[(t / b) as usize] == K_DATA
+                        && scan.blocks[(t / b) as usize] == d
+                        && scan.block_len((t / b) as usize) == len
                 }) {
                     Op::CopyTarget {
                         from: t,
                         length: len,
                         at: off,
                     }
-                } else if let Some(&j) = new_index
-                    .get(d)
-                    .filter(|&&j| new_scan.block_len(j as usize) == len)
+                } else if let Some(&j) = self
+                    .new_index
+                    .get(&d)
+                    .filter(|&&j| scan.block_len(j as usize) == len)
                 {
                     Op::CopyTarget {
                         from: j as u64 * b,
@@ -655,8 +850,8 @@ pub fn diff_scanned<W: Write>(
                         at: off,
                     }
                 } else {
-                    new_index.insert(*d, i as u32);
-                    pending_literal += len;
+                    self.new_index.insert(d, i as u32);
+                    self.pending_literal += len;
                     Op::Literal {
                         offset: off,
                         length: len,
@@ -666,35 +861,28 @@ pub fn diff_scanned<W: Write>(
         };
         if let Op::CopySource { from, .. } = op {
             if from == off {
-                summary.unchanged_bytes += len;
+                self.summary.unchanged_bytes += len;
             }
         }
-        push_op(&mut pending, op);
-        if pending_literal >= BATCH_LITERAL_BYTES {
-            flush(
-                &mut enc,
-                new,
-                &new_scan,
-                old_scan.as_ref(),
-                &weak_index,
-                &mut pending,
-                level,
-            )?;
-            pending_literal = 0;
-        }
+        push_op(&mut self.pending, op);
     }
-    flush(
-        &mut enc,
-        new,
-        &new_scan,
-        old_scan.as_ref(),
-        &weak_index,
-        &mut pending,
-        level,
-    )?;
-    let (totals, _) = enc.finish()?;
-    summary.totals = totals;
-    Ok(summary)
+
+    /// Write the pending records: literals read (or taken from `batch`) and compressed in
+    /// parallel, after looking for OLD's blocks at unaligned offsets in them.
+    fn flush(&mut self, new: &dyn Image, scan: &Scan, batch: Option<&BatchBytes>) -> Result<()> {
+        flush(
+            &mut self.enc,
+            new,
+            scan,
+            self.old,
+            &self.weak_index,
+            &mut self.pending,
+            self.level,
+            batch,
+        )?;
+        self.pending_literal = 0;
+        Ok(())
+    }
 }
 
 /// Append `op`, merging it into the last op when it continues it.
@@ -866,6 +1054,7 @@ fn split_unaligned(
 
 /// Read and compress the pending literals in parallel (after looking for OLD's blocks at
 /// unaligned offsets in them), then write every pending op in order.
+#[allow(clippy::too_many_arguments)]
 fn flush<W: Write>(
     enc: &mut Encoder<W>,
     new: &dyn Image,
@@ -874,24 +1063,34 @@ fn flush<W: Write>(
     idx: &WeakIndex,
     ops: &mut Vec<Op>,
     level: i32,
+    batch: Option<&BatchBytes>,
 ) -> Result<()> {
     let b = scan.block_size as u64;
     let payloads: Vec<Result<Vec<Part>>> = ops
         .par_iter()
         .map(|op| match *op {
             Op::Literal { offset, length } => {
-                let mut buf = vec![0u8; length as usize];
-                new.read_at(&mut buf, offset)?;
-                // The bytes must be those the first pass hashed.
-                let mut leaves = Vec::new();
-                for (k, block) in buf.chunks(b as usize).enumerate() {
-                    digest::leaves(block, &mut leaves);
-                    let i = (offset / b) as usize + k;
-                    if block_digest(&leaves) != scan.blocks[i] {
-                        return Err(Error::Changed(offset + k as u64 * b));
+                let owned;
+                let buf: &[u8] = match batch.and_then(|bb| bb.get(offset, length)) {
+                    // Read once, in this batch: the bytes that were hashed.
+                    Some(bytes) => bytes,
+                    None => {
+                        let mut v = vec![0u8; length as usize];
+                        new.read_at(&mut v, offset)?;
+                        // The bytes must be those the first pass hashed.
+                        let mut leaves = Vec::new();
+                        for (k, block) in v.chunks(b as usize).enumerate() {
+                            digest::leaves(block, &mut leaves);
+                            let i = (offset / b) as usize + k;
+                            if block_digest(&leaves) != scan.blocks[i] {
+                                return Err(Error::Changed(offset + k as u64 * b));
+                            }
+                        }
+                        owned = v;
+                        &owned
                     }
-                }
-                split_unaligned(&buf, old, idx)
+                };
+                split_unaligned(buf, old, idx)
                     .into_iter()
                     .map(|(at, len, copy)| match copy {
                         Some(from) => Ok(Part::Copy {

@@ -111,3 +111,96 @@ fn content_shifted_by_a_few_bytes_is_found() {
     assert!(s.totals.literal_bytes <= 2 * 4096, "{:?}", s.totals);
     assert_eq!(apply_bytes(&a.data, &out).unwrap(), b.data);
 }
+
+/// The one-pass differ, into a temporary file.
+fn delta_one_pass(a: Option<&MemImage>, b: &MemImage, block_size: u32) -> Vec<u8> {
+    let f = tempfile::tempfile().unwrap();
+    let old = a.map(|a| vdiff::diff::scan(a, block_size, true).unwrap());
+    let none = |_: u64| -> vdiff::Result<Option<vdiff::diff::ChunkScan>> { Ok(None) };
+    let opts = DiffOptions {
+        block_size,
+        level: 1,
+        index: true,
+    };
+    let (_, scan, _) = vdiff::diff::diff_one_pass(old.as_ref(), b, &none, opts, &f).unwrap();
+    assert_eq!(scan.digest, vdiff::diff::image_digest(b).unwrap());
+    read_all(&f)
+}
+
+fn read_all(mut f: &std::fs::File) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    f.rewind().unwrap();
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).unwrap();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// On images of one batch, one pass writes the very stream two passes write.
+    #[test]
+    fn one_pass_equals_two_passes(sa in image_spec(), sb in image_spec()) {
+        let a = build(&sa, None);
+        let b = build(&sb, Some(&a));
+        let mut two = Vec::new();
+        diff(Some(&a as &dyn vdiff::Image), &b,
+            DiffOptions { block_size: 4096, level: 1, index: true }, &mut two).unwrap();
+        let one = delta_one_pass(Some(&a), &b, 4096);
+        prop_assert_eq!(&one, &two);
+        prop_assert_eq!(apply_bytes(&a.data, &one).expect("apply"), b.data.clone());
+    }
+}
+
+/// Several batches (32 MiB each): blocks moved and duplicated across batch boundaries, zero
+/// and unallocated ranges, known chunks taken from OLD without reading them.
+#[test]
+fn one_pass_over_several_batches() {
+    const MB: usize = 1 << 20;
+    let mut old = vec![0u8; 70 * MB];
+    for (i, b) in old.iter_mut().enumerate() {
+        *b = ((i / 4096) as u32)
+            .wrapping_mul(2_654_435_761)
+            .to_le_bytes()[i % 4]
+            ^ (i as u8);
+    }
+    let mut new = old.clone();
+    new.copy_within(3 * MB..4 * MB, 40 * MB); // moved across batches
+    new.copy_within(5 * MB..5 * MB + 8192, 66 * MB + 4096); // duplicated later
+    new[33 * MB..33 * MB + 4096].copy_from_slice(&[7u8; 4096]); // changed
+    new[35 * MB..36 * MB].fill(0); // zeroed
+    let a = MemImage::new(old);
+    let mut b = MemImage::new(new);
+    b.holes = vec![(60 * MB as u64, 2 * MB as u64, vdiff::Kind::Unallocated)];
+    b.data[60 * MB..62 * MB].fill(0);
+    let d = delta_one_pass(Some(&a), &b, 4096);
+    assert_eq!(apply_bytes(&a.data, &d).expect("apply"), b.data);
+    let full = delta_one_pass(None, &b, 4096);
+    assert_eq!(apply_bytes(&[], &full).expect("apply full"), b.data);
+    // Changed bytes only are literals: the one changed block (the duplicate is a copy).
+    let mut dec = Decoder::new(&d[..]).unwrap();
+    let mut literal = 0;
+    while let Some(r) = dec.next_record().unwrap() {
+        if let Record::Literal { length, .. } = r {
+            literal += length;
+        }
+    }
+    assert_eq!(literal, 4096);
+    // Chunks supplied as known (the unchanged first 3 MiB) are not read and give the same
+    // delta.
+    let old_scan = vdiff::diff::scan(&a, 4096, true).unwrap();
+    let (_, chunks) = vdiff::diff::scan_with_chunks(&a, 4096, true, true, None).unwrap();
+    let known = |i: u64| -> vdiff::Result<Option<vdiff::diff::ChunkScan>> {
+        Ok((i < 3).then(|| old_scan.chunk_rows(i, chunks[i as usize])))
+    };
+    let f = tempfile::tempfile().unwrap();
+    let opts = DiffOptions {
+        block_size: 4096,
+        level: 1,
+        index: true,
+    };
+    let again = vdiff::diff::scan(&a, 4096, true).unwrap();
+    let (_, scan, _) = vdiff::diff::diff_one_pass(Some(&again), &b, &known, opts, &f).unwrap();
+    assert_eq!(scan.digest, vdiff::diff::image_digest(&b).unwrap());
+    assert_eq!(read_all(&f), d);
+}

@@ -21,7 +21,6 @@ use crate::volume::{layout, Part, Source, VolumeImage};
 use crate::workarea::{self, Content};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 use vdiff::diff::{ChunkScan, DiffOptions};
 use vdiff::format::{Digest, CHUNK_BYTES};
@@ -185,30 +184,45 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
         };
         Ok(Some(pd.scan.chunk_rows(pc, *d)))
     };
-    let (scan, chunks) =
-        vdiff::diff::scan_composed(&vol, bs, true, true, &known_fn).map_err(|e| match e {
-            vdiff::Error::Io(source) => Error::Io {
-                what: "saving".into(),
-                source,
-            },
-            other => Error::from(other),
-        })?;
-
-    // Per-file digests: BLAKE3 over the size and the file's chunk digests.
-    let file_digest = |off: u64, size: u64| -> String {
-        let mut h = blake3::Hasher::new();
-        h.update(&size.to_le_bytes());
-        let c0 = (off / CHUNK_BYTES) as usize;
-        let n = size.div_ceil(CHUNK_BYTES) as usize;
-        for d in &chunks[c0..c0 + n] {
-            h.update(d);
-        }
-        hex(h.finalize().as_bytes())
-    };
-
-    // Write the entry's files into a temporary folder.
+    // Write the entry's files into a temporary folder: the delta in one pass over the
+    // working area, then the block and chunk digests that pass computed.
     let tmp = repo.tmp_dir("save")?;
     let result = (|| -> Result<Entry> {
+        let delta_path = tmp.join(store::DELTA);
+        let out = File::create(&delta_path).at(&delta_path)?;
+        let dopts = DiffOptions {
+            block_size: bs,
+            level: opts.level,
+            index: true,
+        };
+        let parent_scan = parent_data.as_ref().map(|pd| &pd.scan);
+        let (summary, scan, chunks) =
+            vdiff::diff::diff_one_pass(parent_scan, &vol, &known_fn, dopts, &out).map_err(|e| {
+                match e {
+                    vdiff::Error::Io(source) => Error::Io {
+                        what: format!("saving into {}", delta_path.display()),
+                        source,
+                    },
+                    other => Error::from(other),
+                }
+            })?;
+        out.sync_all().at(&delta_path)?;
+        drop(out);
+        // A file that changed while it was read makes a torn copy: refuse it.
+        for f in &wa.files {
+            if let Content::Path(p) = &f.content {
+                let now = std::fs::metadata(p).at(p)?;
+                if now.len() != f.size || workarea::mtime_ns(&now) != f.mtime_ns {
+                    return Err(Error::Io {
+                        what: p.display().to_string(),
+                        source: std::io::Error::other(
+                            "changed while it was saved (is the VM running? power it off, \
+                             or snapshot it and save --at-snapshot); nothing was stored",
+                        ),
+                    });
+                }
+            }
+        }
         let sig_path = tmp.join(store::SIGNATURE);
         let map = |c: u64| candidates.get(&c).copied();
         store::write_signature(
@@ -221,40 +235,17 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
         let chunks_path = tmp.join(store::CHUNKS);
         store::write_chunks(&chunks_path, &chunks)?;
         let volume_digest: Digest = scan.digest;
-        let delta_path = tmp.join(store::DELTA);
-        let out = File::create(&delta_path).at(&delta_path)?;
-        let mut w = BufWriter::with_capacity(1 << 20, Named(out, delta_path.display().to_string()));
-        let dopts = DiffOptions {
-            block_size: bs,
-            level: opts.level,
-            index: true,
+        // Per-file digests: BLAKE3 over the size and the file's chunk digests.
+        let file_digest = |off: u64, size: u64| -> String {
+            let mut h = blake3::Hasher::new();
+            h.update(&size.to_le_bytes());
+            let c0 = (off / CHUNK_BYTES) as usize;
+            let n = size.div_ceil(CHUNK_BYTES) as usize;
+            for d in &chunks[c0..c0 + n] {
+                h.update(d);
+            }
+            hex(h.finalize().as_bytes())
         };
-        let summary =
-            vdiff::diff::diff_scanned(parent_data.map(|pd| pd.scan), scan, &vol, dopts, &mut w)
-                .map_err(|e| match e {
-                    vdiff::Error::Changed(at) => {
-                        let k = offsets.partition_point(|&o| o <= at).saturating_sub(1);
-                        let name = wa.files.get(k).map_or("a file", |f| f.rel.as_str());
-                        Error::Io {
-                            what: format!("{}/{name}", wa.root.display()),
-                            source: std::io::Error::other(
-                                "changed while it was saved (is the VM running? power it off, \
-                                 or snapshot it and save --at-snapshot); nothing was stored",
-                            ),
-                        }
-                    }
-                    vdiff::Error::Io(source) => Error::Io {
-                        what: "saving".into(),
-                        source,
-                    },
-                    other => Error::from(other),
-                })?;
-        let out = w
-            .into_inner()
-            .map_err(|e| Error::io(&delta_path, e.into_error()))?
-            .0;
-        out.sync_all().at(&delta_path)?;
-        drop(out);
         stats.read_bytes = vol.read.load(std::sync::atomic::Ordering::Relaxed);
         stats.changed_bytes = summary.changed_bytes;
         stats.literal_bytes = summary.totals.literal_bytes;
@@ -341,18 +332,4 @@ fn stored_of(path: &Path) -> Result<Stored> {
         size,
         blake3: hex(&digest),
     })
-}
-
-/// A writer whose errors name its file.
-struct Named(File, String);
-
-impl std::io::Write for Named {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .write(b)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", self.1)))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
 }

@@ -70,7 +70,7 @@ pub fn role_str(r: Role) -> String {
     role_name(r)
 }
 
-fn mtime_ns(m: &fs::Metadata) -> i64 {
+pub fn mtime_ns(m: &fs::Metadata) -> i64 {
     m.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(m.mtime_nsec())
