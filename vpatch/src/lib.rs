@@ -412,7 +412,12 @@ static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 thread_local! {
     static LITERALS: RefCell<LiteralCache> = const { RefCell::new(Vec::new()) };
 }
-const LITERAL_CACHE_ENTRIES: usize = 4;
+/// Per thread, the inflated records kept: up to this many bytes (and entries). A window of an
+/// incremental chain interleaves pieces of one big record of the full delta with small records
+/// of the later deltas; the cache must hold the big one across those pieces, or it is
+/// inflated again for each piece (measured: a 3-link build took 2x the full one with 4 slots).
+const LITERAL_CACHE_BYTES: usize = 24 << 20;
+const LITERAL_CACHE_ENTRIES: usize = 256;
 
 fn with_literal<T>(
     run: u64,
@@ -424,7 +429,11 @@ fn with_literal<T>(
     LITERALS.with(|c| {
         let mut c = c.borrow_mut();
         if let Some(pos) = c.iter().position(|(key, _)| *key == (run, k, i)) {
-            return Ok(f(&c[pos].1));
+            // Least recently used goes first: move a hit to the end.
+            let hit = c.remove(pos);
+            c.push(hit);
+            let last = c.len() - 1;
+            return Ok(f(&c[last].1));
         }
         let d = &deltas[k];
         let r = d.recs[i];
@@ -465,10 +474,12 @@ fn with_literal<T>(
             })
         })?;
         let out = f(&bytes);
-        if c.len() == LITERAL_CACHE_ENTRIES {
+        c.push(((run, k, i), bytes));
+        let mut held: usize = c.iter().map(|(_, b)| b.len()).sum();
+        while c.len() > 1 && (held > LITERAL_CACHE_BYTES || c.len() > LITERAL_CACHE_ENTRIES) {
+            held -= c[0].1.len();
             c.remove(0);
         }
-        c.push(((run, k, i), bytes));
         Ok(out)
     })
 }
