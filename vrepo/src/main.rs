@@ -84,10 +84,11 @@ enum Command {
         /// consistently.
         #[arg(long)]
         at_snapshot: bool,
-        /// zstd level for new data.
+        /// zstd level for new data (1, the default, is the fastest; 3 stores about 5% less on
+        /// a disk of installed software and takes about 1.4x the CPU time).
         #[arg(
             long,
-            default_value_t = 3,
+            default_value_t = DEFAULT_LEVEL,
             allow_negative_numbers = true,
             value_name = "L"
         )]
@@ -179,6 +180,9 @@ enum Command {
         guest: bool,
     },
 }
+
+/// zstd level of new data.
+const DEFAULT_LEVEL: i32 = 1;
 
 fn exit_of(k: ErrorKind) -> Exit {
     match k {
@@ -547,7 +551,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Rm { entry, rebase } => {
             let (repo, _lock) = open_as(&common, "rm", LockMode::Exclusive)?;
             let e = repo.resolve(&entry).map_err(fail)?;
-            let r = vrepo::rewrite::remove(&repo, &e, rebase, 3).map_err(fail)?;
+            let r = vrepo::rewrite::remove(&repo, &e, rebase, DEFAULT_LEVEL).map_err(fail)?;
             report_rewrite(&mut stdout, cli.json, &r)?;
         }
         Command::Consolidate { entry, full } => {
@@ -556,7 +560,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             if e.parent.is_none() {
                 eprintln!("vrepo: {} is a full entry already; nothing to do", e.name);
             }
-            let r = vrepo::rewrite::consolidate(&repo, &e, full, 3).map_err(fail)?;
+            let r = vrepo::rewrite::consolidate(&repo, &e, full, DEFAULT_LEVEL).map_err(fail)?;
             report_rewrite(&mut stdout, cli.json, &r)?;
         }
         Command::Prune {
@@ -580,7 +584,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 weekly: keep_weekly,
                 monthly: keep_monthly,
             };
-            let plan = vrepo::rewrite::prune(&repo, r, dry_run, 3).map_err(fail)?;
+            let plan = vrepo::rewrite::prune(&repo, r, dry_run, DEFAULT_LEVEL).map_err(fail)?;
             if cli.json {
                 print_json(&plan)?;
             } else {
