@@ -115,7 +115,7 @@ impl Fixture {
             if dest.exists() {
                 fs::remove_dir_all(&dest).unwrap();
             }
-            let o = repo.output(&["build", &name, s(&dest)]);
+            let o = repo.output(&["build", name, s(&dest)]);
             assert!(
                 o.status.success(),
                 "{label}: build {name}: {}",

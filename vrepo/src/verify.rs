@@ -89,6 +89,9 @@ fn check_entry(repo: &Repo, e: &Entry, parent: Option<&Entry>, opts: VerifyOptio
                 ));
             }
             match parent {
+                // A parent that is named but cannot be read makes this entry unbuildable,
+                // not damaged: its own delta is not to blame.
+                None if e.parent.is_some() => {}
                 None if !h.is_full() => problems.push(format!(
                     "{}: a full entry's delta needs a source",
                     store::DELTA
@@ -212,10 +215,15 @@ pub fn verify(repo: &Repo, names: &[String], opts: VerifyOptions) -> Result<Repo
     for &n in &wanted {
         let problems = match loaded.get(&n) {
             Some(Ok(e)) => {
-                let parent = e
+                let pn = e
                     .parent
                     .as_deref()
-                    .and_then(crate::manifest::parse_entry_name)
+                    .and_then(crate::manifest::parse_entry_name);
+                // The link to the parent's volume is checked only against a sound parent
+                // (checked first: parents are earlier entries): a damaged parent's record
+                // must not get its children called damaged rather than unbuildable.
+                let parent = pn
+                    .filter(|p| own.get(p).is_none_or(|pp| pp.is_empty()))
                     .and_then(|p| loaded.get(&p))
                     .and_then(|r| r.as_ref().ok());
                 check_entry(repo, e, parent, opts)

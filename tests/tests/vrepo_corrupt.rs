@@ -1,0 +1,397 @@
+//! Damaged repositories (issue 6): a flipped byte or a truncation in every kind of repository
+//! file. `verify --read-data` must report the damaged entry (exit 1), naming the entries that
+//! can no longer be built and the ones still fine; `build` of an affected entry must fail with
+//! exit 3 (or, for files build does not read and for descendants that do not need the damaged
+//! bytes, give exactly the saved bytes) and never leave
+//! wrong bytes in the working area: a working area built into with `--force` keeps its files
+//! as they were, a fresh one stays empty. Unaffected entries still build.
+//!
+//! The repository: E1 full, E2 on E1, E3 on E2, E4 on E1. Damage to E2 makes E3 unbuildable
+//! and leaves E1 and E4 fine; damage to E1 leaves nothing buildable.
+
+mod common;
+mod vrepo_support;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use vrepo_support::*;
+
+struct Fixture {
+    _t: tempfile::TempDir,
+    dir: PathBuf,
+    template: PathBuf,
+    states: BTreeMap<String, PathBuf>,
+    counter: std::cell::Cell<u32>,
+}
+
+fn fixture() -> Fixture {
+    let t = tempdir();
+    let dir = t.path().to_path_buf();
+    let template = dir.join("template");
+    let repo = Repo::init(&template, &[]);
+    let wa = make_vm(&dir.join("wa"), 12, 4, 9);
+    let mut states = BTreeMap::new();
+    let mut save = |wa: &Path, n: u32, extra: &[&str]| {
+        let name = repo.save_name(wa, extra);
+        assert_eq!(name, format!("E{n}"));
+        states.insert(name.clone(), keep(wa, &dir.join(format!("state-{name}"))));
+    };
+    save(&wa, 1, &[]);
+    guest_write(&wa.join("disk.vmdk"), 5 * MIB, 2 * MIB, 91);
+    save(&wa, 2, &[]);
+    guest_write(&wa.join("disk.vmdk"), 8 * MIB, MIB, 92);
+    fs::write(wa.join("vm.nvram"), rand_bytes(93, 8684)).unwrap();
+    save(&wa, 3, &[]);
+    guest_write(&wa.join("disk.vmdk"), 3 * MIB, MIB, 94);
+    save(&wa, 4, &["--parent", "E1"]);
+    Fixture {
+        _t: t,
+        dir,
+        template,
+        states,
+        counter: Default::default(),
+    }
+}
+
+impl Fixture {
+    fn path(&self, what: &str) -> PathBuf {
+        let n = self.counter.get() + 1;
+        self.counter.set(n);
+        self.dir.join(format!("{what}-{n}"))
+    }
+
+    fn copy(&self) -> Repo {
+        let to = self.path("repo");
+        common::run(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&self.template)
+                .arg(&to),
+        );
+        Repo::at(&to)
+    }
+}
+
+/// Where things are in a delta (docs/delta-format.md): the header, the payload of the first
+/// literal record, the end record, the index entries, the index trailer.
+struct DeltaPlaces {
+    header: u64,
+    literal: u64,
+    end: u64,
+    index: u64,
+    trailer: u64,
+}
+
+fn delta_places(path: &Path) -> DeltaPlaces {
+    let b = fs::read(path).unwrap();
+    let len = b.len();
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    assert_eq!(&b[len - 8..], b"VMLDIDX\0", "an indexed delta");
+    let count = u64_at(len - 32) as usize;
+    let index_offset = u64_at(len - 24) as usize;
+    let mut literal = None;
+    for i in 0..count {
+        let so = u64_at(index_offset + 16 * i + 8) as usize;
+        if b[so] == 1 {
+            let plen = u32::from_le_bytes(b[so + 4..so + 8].try_into().unwrap()) as usize;
+            literal = Some((so + 32 + plen / 2) as u64);
+            break;
+        }
+    }
+    DeltaPlaces {
+        header: 20,
+        literal: literal.expect("a literal record"),
+        // The end record: 32-byte header, 96-byte payload, 8-byte checksum.
+        end: (index_offset - 136 + 32 + 40) as u64,
+        index: (index_offset + 16 * (count / 2) + 9) as u64,
+        trailer: (len - 20) as u64,
+    }
+}
+
+enum Damage {
+    Flip(u64),
+    Truncate(u64),
+}
+
+fn damage(path: &Path, d: &Damage) {
+    match d {
+        Damage::Flip(at) => flip(path, *at),
+        Damage::Truncate(len) => truncate(path, *len),
+    }
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Run one damage case on a fresh copy: `file` of `entry` damaged; `affected`: the entries
+/// that must not build; `fine`: the ones that must. `build_reads`: whether build reads this
+/// file (then an affected build must fail; otherwise it may succeed with the exact bytes).
+fn case(fx: &Fixture, entry: &str, file: &str, d: Damage, build_reads: bool) {
+    let label = format!(
+        "{entry}/{file} {}",
+        match &d {
+            Damage::Flip(at) => format!("byte {at} flipped"),
+            Damage::Truncate(l) => format!("cut to {l} bytes"),
+        }
+    );
+    let repo = fx.copy();
+    damage(&repo.entry_file(entry, file), &d);
+    let (damaged, unbuildable, fine) = match entry {
+        "E1" => (strs(&["E1"]), strs(&["E2", "E3", "E4"]), strs(&[])),
+        "E2" => (strs(&["E2"]), strs(&["E3"]), strs(&["E1", "E4"])),
+        _ => unreachable!(),
+    };
+    // verify --read-data finds it and names everything.
+    let o = repo.output(&["--json", "verify", "--read-data"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{label}: verify: {err}");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(names(&r["damaged"]), damaged, "{label}: {r}");
+    assert_eq!(names(&r["unbuildable"]), unbuildable, "{label}: {r}");
+    assert_eq!(names(&r["ok"]), fine, "{label}: {r}");
+    let line = err.lines().last().unwrap_or("");
+    for (what, list) in [("damaged: ", &damaged), ("cannot be built: ", &unbuildable)] {
+        assert!(
+            line.contains(&format!("{what}{}", list.join(", "))),
+            "{label}: {line}"
+        );
+    }
+    assert!(line.contains("fine: "), "{label}: {line}");
+    // The damaged entry's problems name the file.
+    let own = r["checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["entry"] == entry)
+        .unwrap();
+    assert!(
+        own["problems"].to_string().contains(file) || file == "entry.json",
+        "{label}: problems {}",
+        own["problems"]
+    );
+    // A shorter verify of just the damaged entry's descendants finds it too.
+    if entry == "E2" {
+        let o = repo.output(&["--json", "verify", "--read-data", "E3"]);
+        assert_eq!(o.status.code(), Some(1), "{label}: verify E3");
+    }
+
+    // Build of every affected entry: exit 3, nothing wrong written.
+    for name in damaged.iter().chain(&unbuildable) {
+        let fresh = fx.path("fresh");
+        let o = repo.output(&["build", name, s(&fresh)]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        match o.status.code() {
+            Some(3) => {
+                assert!(
+                    files_of(&fresh).is_empty(),
+                    "{label}: build {name} left files"
+                );
+                assert_eq!(err.lines().count(), 1, "{label}: {err}");
+                assert!(err.starts_with("vrepo: "), "{label}: {err}");
+            }
+            // A descendant may not need the damaged bytes (its own delta replaced them),
+            // and build of a file it does not read may succeed: then with the exact bytes.
+            Some(0) if !build_reads || name.as_str() != entry => {
+                assert_same_files(&fx.states[name], &fresh, &format!("{label}: build {name}"));
+                continue;
+            }
+            c => panic!("{label}: build {name}: exit {c:?}: {err}"),
+        }
+        // Into a working area holding another entry's state: --force must leave it as it was.
+        let wa = keep(&fx.states["E4"], &fx.path("wa"));
+        let o = repo.output(&["build", name, s(&wa), "--force"]);
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "{label}: build --force {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_same_files(
+            &fx.states["E4"],
+            &wa,
+            &format!("{label}: build --force {name}"),
+        );
+    }
+    // The others still build.
+    for name in &fine {
+        assert_builds(&repo, name, &fx.states[name], &fx.path("ok"));
+    }
+    eprintln!("{label}: found");
+}
+
+#[test]
+fn damaged_deltas() {
+    let fx = fixture();
+    for entry in ["E2", "E1"] {
+        let p = Repo::at(&fx.template).entry_file(entry, "delta.vdelta");
+        let places = delta_places(&p);
+        let len = fs::metadata(&p).unwrap().len();
+        for at in [
+            places.header,
+            places.literal,
+            places.end,
+            places.index,
+            places.trailer,
+        ] {
+            case(&fx, entry, "delta.vdelta", Damage::Flip(at), true);
+        }
+        for cut in [len / 2, len - 1] {
+            case(&fx, entry, "delta.vdelta", Damage::Truncate(cut), true);
+        }
+        if entry == "E1" {
+            case(&fx, entry, "delta.vdelta", Damage::Truncate(0), true);
+        }
+    }
+}
+
+#[test]
+fn damaged_signatures_and_chunk_digests() {
+    let fx = fixture();
+    for entry in ["E2", "E1"] {
+        for file in ["signature.zst", "chunks.bin"] {
+            let len = fs::metadata(Repo::at(&fx.template).entry_file(entry, file))
+                .unwrap()
+                .len();
+            for d in [
+                Damage::Flip(len / 2),
+                Damage::Flip(len - 1),
+                Damage::Truncate(len - 1),
+                Damage::Truncate(0),
+            ] {
+                case(&fx, entry, file, d, false);
+            }
+        }
+    }
+}
+
+/// Offsets in an entry.json of the first occurrence of `pat`, plus `plus`.
+fn json_offset(path: &Path, pat: &str, plus: u64) -> u64 {
+    let t = fs::read_to_string(path).unwrap();
+    t.find(pat).unwrap_or_else(|| panic!("{pat} in {t}")) as u64 + plus
+}
+
+#[test]
+fn damaged_entry_json() {
+    let fx = fixture();
+    for entry in ["E2", "E1"] {
+        let p = Repo::at(&fx.template).entry_file(entry, "entry.json");
+        let len = fs::metadata(&p).unwrap().len();
+        let mut places = vec![
+            // A field name, the mode, a number, a digest, a file's offset in the volume.
+            json_offset(&p, "\"schema\"", 2),
+            json_offset(&p, "\"mode\": \"", 10),
+            json_offset(&p, "\"size\": ", 9),
+            json_offset(&p, "\"digest\": \"", 12),
+            json_offset(&p, "\"offset\": ", 11),
+            len - 2,
+        ];
+        if entry == "E2" {
+            places.push(json_offset(&p, "\"parent\": \"E", 12));
+        }
+        for at in places {
+            case(&fx, entry, "entry.json", Damage::Flip(at), true);
+        }
+        for cut in [len / 2, 0] {
+            case(&fx, entry, "entry.json", Damage::Truncate(cut), true);
+        }
+    }
+}
+
+/// A flipped bit in a stored file's name in entry.json (`vm.nvram` -> `vm.nvbam`) leaves
+/// valid JSON and a valid name: nothing covers entry.json itself with a digest, so verify
+/// calls the entry ok and build writes the file under the wrong name.
+#[test]
+#[ignore = "vrepo bug: entry.json has no digest of its own; a flipped byte in a stored path, message, source or role goes undetected (see the report of issue 6's tests)"]
+fn damaged_stored_path_in_entry_json() {
+    let fx = fixture();
+    let p = Repo::at(&fx.template).entry_file("E2", "entry.json");
+    let at = json_offset(&p, "\"path\": \"vm.nvram\"", 14);
+    case(&fx, "E2", "entry.json", Damage::Flip(at), true);
+}
+
+#[test]
+fn damaged_repository_and_working_area_records() {
+    let fx = fixture();
+    // vrepo.json: the repository cannot be opened; every command says so (exit 3) and no
+    // build writes anything.
+    let len = fs::metadata(fx.template.join("vrepo.json")).unwrap().len();
+    for (i, d) in [
+        Damage::Flip(json_offset(
+            &fx.template.join("vrepo.json"),
+            "\"schema\"",
+            2,
+        )),
+        Damage::Flip(json_offset(
+            &fx.template.join("vrepo.json"),
+            "\"block_size\": ",
+            15,
+        )),
+        Damage::Truncate(len / 2),
+        Damage::Truncate(0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let repo = fx.copy();
+        damage(&repo.root.join("vrepo.json"), &d);
+        let label = format!("vrepo.json case {i}");
+        let err = repo.fails(&["verify", "--read-data"], 3);
+        assert!(err.contains("vrepo.json"), "{label}: {err}");
+        let fresh = fx.path("fresh");
+        repo.fails(&["build", "E2", s(&fresh)], 3);
+        assert!(files_of(&fresh).is_empty(), "{label}");
+        let wa = keep(&fx.states["E4"], &fx.path("wa"));
+        repo.fails(&["build", "E2", s(&wa), "--force"], 3);
+        assert_same_files(&fx.states["E4"], &wa, &label);
+    }
+    // A working-area record only names a default parent: damaged, it is ignored (the next
+    // save is full), and every entry is fine.
+    let rec_dir = fx.template.join("workareas");
+    let rec = fs::read_dir(&rec_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let len = fs::metadata(&rec).unwrap().len();
+    for (i, d) in [
+        Damage::Flip(json_offset(&rec, "\"entry\": \"E", 11)),
+        Damage::Flip(2),
+        Damage::Truncate(len / 2),
+        Damage::Truncate(0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let repo = fx.copy();
+        let rec = repo.root.join("workareas").join(rec.file_name().unwrap());
+        damage(&rec, &d);
+        let label = format!("workarea record case {i}");
+        let v = repo.json(&["verify", "--read-data"]);
+        assert_eq!(
+            names(&v["ok"]),
+            strs(&["E1", "E2", "E3", "E4"]),
+            "{label}: {v}"
+        );
+        for (name, state) in &fx.states {
+            assert_builds(&repo, name, state, &fx.path("ok"));
+        }
+        // The recorded working area saves again (full: its record is gone).
+        let wa = fx.dir.join("wa");
+        let e = repo.save(&wa, &[]);
+        assert_eq!(e["mode"], "full", "{label}: {e}");
+        let st = keep(&wa, &fx.path("st"));
+        assert_builds(&repo, "E5", &st, &fx.path("ok"));
+    }
+}
