@@ -157,11 +157,13 @@ fn roll(w: u32, out: u8, inn: u8, len: u32) -> u32 {
     a2 | (b2 << 16)
 }
 
-/// Per-thread buffers of the scan: chunk bytes, its layout, its leaf digests.
-type ScanBuffers = (Vec<u8>, Vec<(u64, u64, Kind)>, Vec<Digest>);
+/// Per-thread scratch of the scan: a chunk's layout and its leaf digests.
+type ScanScratch = (Vec<(u64, u64, Kind)>, Vec<Digest>);
 
 thread_local! {
-    static BUF: std::cell::RefCell<ScanBuffers> = Default::default();
+    /// Per-thread chunk bytes for [`scan_chunk`].
+    static BUF: std::cell::RefCell<Vec<u8>> = Default::default();
+    static SCRATCH: std::cell::RefCell<ScanScratch> = Default::default();
 }
 
 fn block_digest(leaves: &[Digest]) -> BlockDigest {
@@ -179,16 +181,12 @@ pub fn scan_chunk(
 ) -> Result<ChunkScan> {
     let len = CHUNK_BYTES.min(img.size() - start);
     BUF.with(|b| {
-        let mut own = std::mem::take(&mut b.borrow_mut().0);
+        let mut own = std::mem::take(&mut *b.borrow_mut());
         own.resize(len as usize, 0);
         let r = scan_chunk_into(img, start, block_size, keep_blocks, want_weak, &mut own);
-        b.borrow_mut().0 = own;
+        *b.borrow_mut() = own;
         r
     })
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<(Vec<(u64, u64, Kind)>, Vec<Digest>)> = Default::default();
 }
 
 /// [`scan_chunk`] into `buf` (the chunk's length), which keeps the chunk's bytes.
