@@ -101,6 +101,13 @@ impl Repo {
         let holder = fs::read_to_string(self.root.join(LOCK_INFO))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            // A holder killed with SIGKILL leaves lock.json behind: name only a live one.
+            .filter(|v| {
+                v["host"].as_str() != Some(hostname().as_str())
+                    || v["pid"]
+                        .as_u64()
+                        .is_some_and(|p| crate::repo::pid_alive(p as u32))
+            })
             .map(|v| {
                 format!(
                     "vrepo {} (pid {} on {}, since {})",
@@ -111,14 +118,14 @@ impl Repo {
                 )
             });
         match (mode, holder) {
-            (LockMode::Shared, Some(h)) => {
+            (_, Some(h)) => {
                 format!("{}: repository locked by {h}{waited}", self.root.display())
             }
             (LockMode::Shared, None) => format!(
                 "{}: repository locked by a command that rewrites entries{waited}",
                 self.root.display()
             ),
-            (LockMode::Exclusive, _) => format!(
+            (LockMode::Exclusive, None) => format!(
                 "{}: repository in use by other commands (save, build, list...){waited}",
                 self.root.display()
             ),
