@@ -718,6 +718,148 @@ fn in_place_updates_raw_images_and_puts_them_back_on_failure() {
     );
 }
 
+/// `--in-place` on flat VMDKs made by qemu-img (monolithicFlat, twoGbMaxExtentFlat, and a
+/// vmfs descriptor over the same flat file): the flat extents are written through the
+/// descriptor, qemu-img reads the target, and a failure puts the extents back.
+#[test]
+fn in_place_updates_flat_vmdks() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let a = raw_old(dir);
+    let b = raw_new(dir, &a);
+    // Flat VMDKs keep their size: the same 8 MiB target.
+    let mut b8 = fs::read(&b).unwrap();
+    b8.truncate(8 << 20);
+    let b8p = dir.join("b8.raw");
+    fs::write(&b8p, &b8).unwrap();
+    let ab = dir.join("ab");
+    assert!(Command::new(bin("vdiff"))
+        .args([&a, &b8p])
+        .arg("-o")
+        .arg(&ab)
+        .status()
+        .unwrap()
+        .success());
+    let a_bytes = fs::read(&a).unwrap();
+    for sub in [
+        "monolithicFlat",
+        "twoGbMaxExtentFlat",
+        "vmfs",
+        "two extents",
+    ] {
+        let d = dir.join(sub);
+        fs::create_dir(&d).unwrap();
+        let vm = d.join("v.vmdk");
+        if sub == "two extents" {
+            // Two FLAT extents: writes are split between them.
+            fs::write(d.join("x1.bin"), &a_bytes[..4 << 20]).unwrap();
+            fs::write(d.join("x2.bin"), &a_bytes[4 << 20..]).unwrap();
+            fs::write(
+                &vm,
+                "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+                 createType=\"twoGbMaxExtentFlat\"\n\n# Extent description\n\
+                 RW 8192 FLAT \"x1.bin\" 0\nRW 8192 FLAT \"x2.bin\" 0\n\n\
+                 # The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = \"4\"\n\
+                 ddb.geometry.cylinders = \"16\"\nddb.geometry.heads = \"16\"\n\
+                 ddb.geometry.sectors = \"63\"\nddb.adapterType = \"ide\"\n",
+            )
+            .unwrap();
+            compare("vmdk", &vm, &a);
+        }
+        let qsub = if sub == "vmfs" { "monolithicFlat" } else { sub };
+        if sub != "two extents" {
+            qemu_img(&[
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                &format!("subformat={qsub}"),
+                a.to_str().unwrap(),
+                vm.to_str().unwrap(),
+            ]);
+        }
+        if sub == "vmfs" {
+            let desc = fs::read_to_string(&vm).unwrap();
+            let desc = desc
+                .replace("createType=\"monolithicFlat\"", "createType=\"vmfs\"")
+                .replace(" FLAT \"v-flat.vmdk\" 0", " VMFS \"v-flat.vmdk\"");
+            assert!(desc.contains("VMFS"), "{desc}");
+            fs::write(&vm, desc).unwrap();
+        }
+        let o = Command::new(bin("vpatch"))
+            .args([&vm, &ab])
+            .arg("--in-place")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{sub}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        compare("vmdk", &vm, &b8p);
+        assert!(!d.join("v.vmdk.vpatch-undo").exists());
+        // A wrong base let through with --trust-base: written, found wrong, put back.
+        let extent = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let p = p.to_string_lossy();
+                p.contains("-f001") || p.ends_with("-flat.vmdk") || p.ends_with("x1.bin")
+            })
+            .unwrap();
+        let mut wrong = fs::read(&extent).unwrap();
+        wrong[12345] ^= 1; // in a block the delta copies unchanged
+        fs::write(&extent, &wrong).unwrap();
+        let before = fs::read(&extent).unwrap();
+        let descriptor = fs::read(&vm).unwrap();
+        let o = Command::new(bin("vpatch"))
+            .args([&vm, &ab])
+            .args(["--in-place", "--trust-base"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "{sub}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            fs::read(&extent).unwrap() == before,
+            "{sub}: extent put back"
+        );
+        assert!(
+            fs::read(&vm).unwrap() == descriptor,
+            "{sub}: descriptor untouched"
+        );
+        assert!(!d.join("v.vmdk.vpatch-undo").exists());
+    }
+    // A flat VMDK keeps its size: a growing delta is refused (exit 5) before anything is
+    // written.
+    let grow = dir.join("grow");
+    assert!(Command::new(bin("vdiff"))
+        .args([&b8p, &b])
+        .arg("-o")
+        .arg(&grow)
+        .status()
+        .unwrap()
+        .success());
+    let vm = dir.join("monolithicFlat").join("v.vmdk");
+    let o = Command::new(bin("vpatch"))
+        .args([&vm, &grow])
+        .args(["--in-place", "--trust-base"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 #[test]
 fn deltas_and_signatures_are_refused_on_a_terminal() {
     // `script` gives the command a pseudo-terminal as stdout.

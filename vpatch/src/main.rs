@@ -33,8 +33,10 @@ struct Cli {
     /// The output file (a sparse raw image, or a VMDK with --format).
     #[arg(short, long, value_name = "OUT", required_unless_present_any = ["in_place", "restore"])]
     output: Option<PathBuf>,
-    /// Update BASE, a raw image, directly: only changed ranges are written, after their old
-    /// contents were saved to an undo file; on any failure BASE is put back.
+    /// Update BASE, a raw image or a flat VMDK (monolithicFlat, twoGbMaxExtentFlat, vmfs; its
+    /// flat extents are written through the descriptor), directly: only changed ranges are
+    /// written, after their old contents were saved to an undo file; on any failure BASE is
+    /// put back.
     #[arg(long, conflicts_with_all = ["output", "full", "format"])]
     in_place: bool,
     /// The undo file of --in-place (default: BASE.vpatch-undo); it must not exist.
@@ -156,7 +158,11 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         let [base] = cli.inputs.as_slice() else {
             return Err(Failure::new(Exit::Usage, "--restore UNDO takes BASE alone"));
         };
-        vpatch::inplace::restore(undo, base).map_err(fail)?;
+        let opts = OpenOptions {
+            allow_outside: cli.allow_outside,
+            ..OpenOptions::default()
+        };
+        vpatch::inplace::restore_with(undo, base, &opts).map_err(fail)?;
         return Ok(Exit::Ok);
     }
     let (base_path, delta_paths) = if cli.full {
@@ -211,10 +217,21 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         let (Some(path), Some(disk)) = (base_path, base_disk.as_ref()) else {
             return Err(Failure::new(Exit::Usage, "--in-place needs BASE"));
         };
-        if disk.links.len() != 1 || disk.links[0].format != vmdk_parse::LinkFormat::Raw {
+        if let Some(why) = vpatch::inplace::unsupported(disk) {
             return Err(Failure::new(
                 Exit::Unsupported,
-                format!("{}: --in-place updates raw images only", path.display()),
+                format!("{}: --in-place: {why}", path.display()),
+            ));
+        }
+        let target_size = headers.last().map_or(0, |h| h.target_size);
+        if disk.links[0].format != vmdk_parse::LinkFormat::Raw && target_size != disk.size() {
+            return Err(Failure::new(
+                Exit::Unsupported,
+                format!(
+                    "{}: --in-place keeps a flat VMDK's size ({} bytes); the target has {target_size}",
+                    path.display(),
+                    disk.size()
+                ),
             ));
         }
         let undo = cli.undo.clone().unwrap_or_else(|| {
@@ -222,7 +239,8 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             u.push(".vpatch-undo");
             PathBuf::from(u)
         });
-        vpatch::inplace::apply_in_place(disk, base_chunks, path, deltas, &undo).map_err(fail)?;
+        vpatch::inplace::apply_in_place_disk(disk, base_chunks, path, deltas, &undo)
+            .map_err(fail)?;
         return Ok(Exit::Ok);
     }
     let out = cli.output.as_ref().expect("clap requires -o");
