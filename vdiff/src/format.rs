@@ -996,13 +996,13 @@ pub fn read_index(
     let (header, index_offset) = visit_index(file, len, |i, t, s| {
         let min_stream = match entries.last() {
             None => HEADER_LEN as u64,
-            Some(&(_, ps)) => ps + (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64,
+            Some(&(_, ps)) => ps.saturating_add((RECORD_HEADER_LEN + CHECKSUM_LEN) as u64),
         };
         let in_order = match entries.last() {
             None => t == 0,
             Some(&(pt, _)) => t > pt,
         };
-        if !in_order || t >= target_size || s < min_stream {
+        if !in_order || t >= target_size || s < min_stream || s >= len {
             return Err(Error::corrupt(
                 s,
                 format!(
@@ -1675,6 +1675,16 @@ mod tests {
                 "cut {cut}"
             );
         }
+    }
+
+    /// Fuzz finds, kept as regressions: each is refused without a panic.
+    #[test]
+    fn fuzz_regressions_are_refused() {
+        // `index`: a stream offset near u64::MAX overflowed the order check.
+        let b = include_bytes!("../fuzz/regressions/index-stream-offset-overflow.bin");
+        let f = file_of(b);
+        assert!(read_index(&f, b.len() as u64).is_err());
+        assert!(read_record_table(&f, b.len() as u64).is_err());
     }
 
     #[test]
