@@ -242,7 +242,11 @@ pub fn apply_journal(repo: &Repo, j: &Journal) -> Result<()> {
         repo.bump_last(n)?;
     }
     let mut trash = Vec::new();
-    for r in &j.remove {
+    // Newest first: a parent is always an earlier entry, so every entry still present (one
+    // to be removed included) keeps its whole chain until it goes itself.
+    let mut remove: Vec<&String> = j.remove.iter().collect();
+    remove.sort_by_key(|r| std::cmp::Reverse(parse_entry_name(r)));
+    for r in remove {
         let d = repo.entry_dir(r);
         if d.exists() {
             let t = repo.tmp_dir("removed")?;
