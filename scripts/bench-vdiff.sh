@@ -12,8 +12,11 @@
 #   rdiff signature RAW0 S; rdiff delta S RAW1 D
 #   qemu-img compare RAW1 VMDK1          (the read-speed reference: the same disk twice, so it
 #                                         reads both to the end; RAW0 vs RAW1 stops early)
-#   vpatch RAW0 D -o OUT (and with --trust-base: no up-front read of the base),
-#   xdelta3 -d -s RAW0 D OUT, rdiff patch RAW0 D OUT
+#   vpatch RAW0 D -o OUT (base digest checked on the way), the same with D made with
+#   `vdiff --index` (read through its trailing index), vpatch --trust-base (no base digest),
+#   and xdelta3 -d -s RAW0 D OUT: interleaved, BENCH_PATCH_RUNS rounds, medians, each run
+#   after a `sync` so that writeback of the previous output is not billed to the next;
+#   rdiff patch RAW0 D OUT
 # Every patched output is compared with state 1 byte for byte: a fast wrong answer fails.
 # Prints sizes, times, peak memory and the ratios the issue sets as goals.
 #
@@ -26,6 +29,7 @@
 #   BENCH_DISK_GIB   size of the ext4 file system, GiB [4]
 #   BENCH_CHURN_PCT  percent of the data written anew, and of files deleted/rewritten [10]
 #   BENCH_SKIP_XDELTA_BIG  set to 1 to skip the large-window xdelta3 run (slow, memory-hungry) [0]
+#   BENCH_PATCH_RUNS rounds of the interleaved patch runs (medians reported) [3]
 #
 # Exit codes: 0 done, 1 an output differs or a command failed, 2 usage or setup error,
 # 3 a goal missed with --strict.
@@ -38,10 +42,11 @@ data_mib=${BENCH_DATA_MIB:-1024}
 disk_gib=${BENCH_DISK_GIB:-4}
 churn=${BENCH_CHURN_PCT:-10}
 skip_big=${BENCH_SKIP_XDELTA_BIG:-0}
+patch_runs=${BENCH_PATCH_RUNS:-3}
 # shellcheck source=scripts/bench-lib.sh
 source "$repo/scripts/bench-lib.sh"
 bench_args "$@"
-for n in "$data_mib" "$disk_gib" "$churn"; do
+for n in "$data_mib" "$disk_gib" "$churn" "$patch_runs"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
 done
 
@@ -199,17 +204,30 @@ timed rdiff_delta rdiff delta "$out/sig" "$raw1" "$out/d.rdiff"
 ((t_status == 0)) || die "rdiff failed: $(cat "$work/rdiff_delta.err")"
 say "qemu-img compare (read-speed reference)"
 timed qemu_compare qemu-img compare -f raw -F vmdk "$raw1" "$vmdk1"
-say "vpatch"
-timed vpatch "$p" "$raw0" "$out/d.vdiff" -o "$out/o.raw"
-((t_status == 0)) || die "vpatch failed: $(cat "$work/vpatch.err")"
-check_out vpatch "$out/o.raw"
-say "vpatch --trust-base"
-timed vpatch_trust "$p" --trust-base "$raw0" "$out/d.vdiff" -o "$out/o.raw"
-((t_status == 0)) || die "vpatch --trust-base failed: $(cat "$work/vpatch_trust.err")"
-check_out "vpatch --trust-base" "$out/o.raw"
-say "xdelta3 -d"
-timed xdelta_d xdelta3 -d -f -s "$raw0" "$out/d.xd" "$out/o.raw"
-check_out "xdelta3 -d" "$out/o.raw"
+"$v" --index "$raw0" "$raw1" -o "$out/di.vdiff" || die "vdiff --index failed"
+# patch_run NAME ROUND CMD...: one timed run after a sync, its output checked.
+patch_run() {
+    local name=$1 round=$2
+    shift 2
+    sync
+    timed "${name}_$round" "$@"
+    ((t_status == 0)) || die "$name failed: $(cat "$work/${name}_$round.err")"
+    check_out "$name" "$out/o.raw"
+}
+for ((r = 1; r <= patch_runs; r++)); do
+    say "patch round $r of $patch_runs: vpatch, vpatch (indexed delta), vpatch --trust-base, xdelta3 -d"
+    patch_run vpatch "$r" "$p" "$raw0" "$out/d.vdiff" -o "$out/o.raw"
+    patch_run vpatch_index "$r" "$p" "$raw0" "$out/di.vdiff" -o "$out/o.raw"
+    patch_run vpatch_trust "$r" "$p" --trust-base "$raw0" "$out/d.vdiff" -o "$out/o.raw"
+    patch_run xdelta_d "$r" xdelta3 -d -f -s "$raw0" "$out/d.xd" "$out/o.raw"
+done
+for n in vpatch vpatch_index vpatch_trust xdelta_d; do
+    ws="" cs="" rs=""
+    for ((r = 1; r <= patch_runs; r++)); do
+        ws+=" ${wall[${n}_$r]}" cs+=" ${cpu[${n}_$r]}" rs+=" ${rss[${n}_$r]}"
+    done
+    wall[$n]=$(median "$ws") cpu[$n]=$(median "$cs") rss[$n]=$(maxof "$rs")
+done
 say "rdiff patch"
 timed rdiff_patch rdiff patch "$raw0" "$out/d.rdiff" "$out/o.raw"
 check_out "rdiff patch" "$out/o.raw"
@@ -237,6 +255,7 @@ row "rdiff signature" rdiff_sig ""
 row "rdiff delta" rdiff_delta "$(mib "$s_r")"
 row "qemu-img compare" qemu_compare ""
 row "vpatch" vpatch ""
+row "vpatch, indexed delta" vpatch_index ""
 row "vpatch --trust-base" vpatch_trust ""
 row "xdelta3 -d" xdelta_d ""
 row "rdiff patch" rdiff_patch ""
@@ -258,6 +277,7 @@ goal "delta $(ratio "$s_v" "$s_r")x rdiff's (goal <= 0.2)" "$(ge 0.2 "$(ratio "$
 goal "vpatch $(ratio "${wall[xdelta_d]}" "${wall[vpatch]}")x faster than xdelta3 -d (goal 5x)" "$(ge "$(ratio "${wall[xdelta_d]}" "${wall[vpatch]}")" 5)"
 goal "vdiff peak RSS $(mib $((rss[vdiff] * 1024))) MiB (goal < 256 for a 4 GiB pair)" "$(ge 262144 "${rss[vdiff]}")"
 printf '  info  vpatch --trust-base %sx faster than xdelta3 -d\n' "$(ratio "${wall[xdelta_d]}" "${wall[vpatch_trust]}")"
+printf '  info  vpatch on the indexed delta %sx faster than xdelta3 -d\n' "$(ratio "${wall[xdelta_d]}" "${wall[vpatch_index]}")"
 printf '  info  vdiff %s x qemu-img compare time; %s x rdiff signature+delta time\n' \
     "$(ratio "${wall[vdiff]}" "${wall[qemu_compare]}")" "$(ratio "$rdiff_t" "${wall[vdiff]}")"
 

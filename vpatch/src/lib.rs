@@ -5,19 +5,27 @@
 //!
 //! ## How a chain is applied in one pass
 //! 1. Headers first: each delta's source size and digest must equal the previous delta's
-//!    target (or the base's size, and with `verify_base` its digest, for the first delta). A
-//!    delta made for another base is refused before anything is written.
-//! 2. Every delta is decoded once, sequentially, checking every record checksum and the end
-//!    record; only an index of its records is kept (40 bytes per record; literal payloads stay
-//!    in the delta file and are read back by offset). A delta read from a pipe is spooled to an
-//!    anonymous temporary file first, by the binary.
+//!    target (or the base's size for the first delta). A delta made for another base is refused
+//!    before anything is written when the base's digest is checked up front ([`check_base`]);
+//!    with [`ApplyOptions::verify_base`] it is checked instead while the target is produced
+//!    (one read of the base serves both digests) and the caller discards the output on
+//!    [`Error::WrongBase`].
+//! 2. Each delta gets a table of its records (40 bytes per record; literal payloads stay in the
+//!    delta file and are read back by offset). A delta with a trailing index (`FLAG_INDEX`)
+//!    gets it from the index: every record header is read and checked, no literal payload is
+//!    read, and a literal's checksum is checked when (and only if) the target needs its bytes,
+//!    so a chain of stored deltas reads each needed literal about once and overwritten ones
+//!    never. A delta without an index is decoded once, sequentially, checking every record
+//!    checksum and the end record; its literals are checked again when read. A delta read
+//!    from a pipe is spooled to an anonymous temporary file first, by the binary.
 //! 3. The target is produced in 1 MiB windows, in parallel batches. Each window is resolved
 //!    through the chain before anything is read: a copy-source of delta k is looked up in delta
 //!    k-1, down to the base; a copy-target in the same delta's earlier records. Each output byte
 //!    is then written exactly once, and zero and unallocated ranges are not written at all
 //!    (the output is sparse).
-//! 4. The image digest of what was produced is compared with the last delta's target digest;
-//!    the caller publishes the output only if it matches (the binary renames a temporary file).
+//! 4. The image digest of what was produced is compared with the last delta's target digest
+//!    (after the base digest, when it is checked on the way); the caller publishes the output
+//!    only if both match (the binary renames a temporary file).
 //!
 //! The library never prints. Output goes to a [`Sink`]: a file, or memory in tests.
 

@@ -50,8 +50,9 @@ struct Cli {
     /// unallocated; separate extent files go next to OUT).
     #[arg(long, value_enum, default_value_t = Format::Raw)]
     format: Format,
-    /// Skip reading the whole base to check its digest up front (default: check it). The size
-    /// is still checked, and a wrong base still fails the target digest check at the end.
+    /// Do not check the base's image digest (default: check it, while the output is produced,
+    /// or up front with --in-place). The size is still checked, and a wrong base still fails
+    /// the target digest check at the end.
     #[arg(long)]
     trust_base: bool,
     /// Follow extent and parent paths that leave the base's folder (default: refuse them).
