@@ -1617,7 +1617,14 @@ fn edit_entry(repo: &Repo, name: &str, f: impl FnOnce(&mut Value)) {
     let p = repo.root.join("entries").join(name).join("entry.json");
     let mut v: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
     f(&mut v);
-    fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let bytes = serde_json::to_vec_pretty(&v).unwrap();
+    fs::write(&p, &bytes).unwrap();
+    // Keep its checksum right, so that validation itself is what is tested.
+    fs::write(
+        p.with_file_name("entry.json.b3"),
+        format!("{}\n", blake3::hash(&bytes).to_hex()),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -144,7 +144,13 @@ fn assert_entry_folders_complete(repo: &Repo) -> Vec<String> {
         let d = dir.join(n);
         assert_eq!(
             names_in(&d),
-            ["chunks.bin", "delta.vdelta", "entry.json", "signature.zst"],
+            [
+                "chunks.bin",
+                "delta.vdelta",
+                "entry.json",
+                "entry.json.b3",
+                "signature.zst"
+            ],
             "entries/{n}: files"
         );
         let e: Value = serde_json::from_slice(&fs::read(d.join("entry.json")).unwrap())

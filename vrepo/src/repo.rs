@@ -103,6 +103,21 @@ fn remove_leftover(p: &Path) -> Result<()> {
     }
 }
 
+/// The checksum of `entry.json`: its BLAKE3, in hex.
+pub const ENTRY_SUM: &str = "entry.json.b3";
+
+/// Write `entry.json` and its checksum into an entry folder being prepared, fsynced.
+pub fn write_manifest(dir: &Path, entry: &Entry) -> Result<()> {
+    let text = serde_json::to_string_pretty(entry).expect("serializable") + "\n";
+    let sum = format!("{}\n", blake3::hash(text.as_bytes()).to_hex());
+    for (name, bytes) in [("entry.json", text.as_bytes()), (ENTRY_SUM, sum.as_bytes())] {
+        let p = dir.join(name);
+        let mut f = File::create(&p).at(&p)?;
+        f.write_all(bytes).and_then(|_| f.sync_all()).at(&p)?;
+    }
+    fsync_dir(dir)
+}
+
 /// Read at most `cap` bytes of a small file; larger is corrupt.
 pub fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>> {
     let f = File::open(path).at(path)?;
@@ -302,6 +317,19 @@ impl Repo {
             )));
         }
         let bytes = read_small(&path, MAX_MANIFEST_BYTES)?;
+        // entry.json has its own checksum: a flipped bit in a name or a message is still
+        // valid JSON.
+        let sum_path = self.entry_dir(name).join(ENTRY_SUM);
+        let sum = read_small(&sum_path, 256).map_err(|_| {
+            Error::Corrupt(format!(
+                "entry {name}: {ENTRY_SUM} is missing or unreadable"
+            ))
+        })?;
+        if String::from_utf8_lossy(&sum).trim() != blake3::hash(&bytes).to_hex().as_str() {
+            return Err(Error::Corrupt(format!(
+                "entry {name}: entry.json is damaged (its BLAKE3 differs from {ENTRY_SUM})"
+            )));
+        }
         let e: Entry = serde_json::from_slice(&bytes)
             .map_err(|err| Error::Corrupt(format!("entry {name}: entry.json: {err}")))?;
         e.validate(name)?;
@@ -438,13 +466,7 @@ impl Repo {
             entry.name = format!("E{n}");
             // Tags are unique: check against entries as they are now.
             self.check_tags_free(&entry.tags)?;
-            let text = serde_json::to_string_pretty(&*entry).expect("serializable") + "\n";
-            let mf = tmp.join("entry.json");
-            let mut f = File::create(&mf).at(&mf)?;
-            f.write_all(text.as_bytes())
-                .and_then(|_| f.sync_all())
-                .at(&mf)?;
-            fsync_dir(tmp)?;
+            write_manifest(tmp, entry)?;
             let dest = entries.join(&entry.name);
             match fs::rename(tmp, &dest) {
                 Ok(()) => {

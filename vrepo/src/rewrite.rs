@@ -141,13 +141,7 @@ pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -
     })();
     match result {
         Ok(ne) => {
-            let text = serde_json::to_string_pretty(&ne).expect("serializable") + "\n";
-            let mf = staged.join("entry.json");
-            let mut f = File::create(&mf).at(&mf)?;
-            f.write_all(text.as_bytes())
-                .and_then(|_| f.sync_all())
-                .at(&mf)?;
-            fsync_dir(&staged)?;
+            crate::repo::write_manifest(&staged, &ne)?;
             Ok(staged)
         }
         Err(err) => {
@@ -207,7 +201,7 @@ pub fn apply_journal(repo: &Repo, j: &Journal) -> Result<()> {
             Ok(e) => e.parent == s.new_parent,
             Err(_) => false,
         };
-        if done || !staged.join("entry.json").exists() {
+        if done || !staged.join(crate::repo::ENTRY_SUM).exists() {
             continue;
         }
         if cur.exists() {
