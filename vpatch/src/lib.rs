@@ -97,6 +97,24 @@ impl Sink for RawSink<'_> {
     }
 }
 
+/// A sparse raw file, already sized to the target, written like [`RawSink`] except that the
+/// 4 KiB-aligned middle of each data range goes through an `O_DIRECT` handle when there is one
+/// (vmdk-parse's `SparseOut`, as `vmdk-parse cat -o` writes): copying the output through the
+/// page cache was most of vpatch's kernel time.
+pub struct DirectRawSink<'a>(pub vmdk_parse::cat::SparseOut<'a>);
+
+impl Sink for DirectRawSink<'_> {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_at(bytes, offset)
+    }
+    fn zero(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn unallocated(&mut self, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A VMDK being written by vmdk-parse's writer: zero and unallocated ranges are passed on as
 /// such, and the writer's options decide how zero ranges are stored (by default unallocated:
 /// some readers mishandle zero grains). Call `finish` on the writer only after [`apply`]
@@ -497,7 +515,8 @@ struct Window {
     digest: Digest,
     /// (offset in the window, length, leaf kind) with Base and Literal merged into `Data`.
     ranges: Vec<(u64, u64, Out)>,
-    buf: Vec<u8>,
+    /// The window's bytes, aligned in memory for `O_DIRECT` writes ([`DirectRawSink`]).
+    buf: Buf,
     /// With the base checked on the way: the digest of the base's chunk at the same place.
     base_digest: Option<Digest>,
     /// Base bytes read for that digest alone.
@@ -511,6 +530,25 @@ enum Out {
     Keep,
     Zero,
     Unallocated,
+}
+
+/// A window's bytes: none (nothing to write), or an aligned buffer.
+#[derive(Default)]
+struct Buf(Option<vmdk_parse::cat::AlignedBuf>, usize);
+
+impl Buf {
+    fn new(len: usize) -> Buf {
+        Buf(Some(vmdk_parse::cat::AlignedBuf::new(len)), len)
+    }
+    fn get(&self) -> &[u8] {
+        self.0.as_ref().map_or(&[], |b| b.get(self.1))
+    }
+    fn get_mut(&mut self) -> &mut [u8] {
+        match &mut self.0 {
+            Some(b) => b.get_mut(self.1),
+            None => &mut [],
+        }
+    }
 }
 
 /// What a window task needs besides its place.
@@ -551,7 +589,7 @@ fn window(job: &Job, start: u64, len: u64, known: Option<Digest>) -> Result<Wind
             return Ok(Window {
                 digest: d,
                 ranges,
-                buf: Vec::new(),
+                buf: Buf::default(),
                 base_digest: job.verify_base.then_some(d),
                 base_check_bytes: 0,
             });
@@ -559,9 +597,10 @@ fn window(job: &Job, start: u64, len: u64, known: Option<Digest>) -> Result<Wind
     }
     let mut target_leaves = Vec::new();
     let (digest, buf) = if ranges.iter().all(|r| r.2 != Out::Data && r.2 != Out::Keep) {
-        (digest::zero_chunk_of(len), Vec::new())
+        (digest::zero_chunk_of(len), Buf::default())
     } else {
-        let mut buf = vec![0u8; len as usize];
+        let mut aligned = Buf::new(len as usize);
+        let buf = aligned.get_mut();
         let mut pos = 0usize;
         for &(l, leaf) in &leaves {
             let dst = &mut buf[pos..pos + l as usize];
@@ -581,11 +620,11 @@ fn window(job: &Job, start: u64, len: u64, known: Option<Digest>) -> Result<Wind
         let digest = match (unchanged, known) {
             (true, Some(d)) => d,
             _ => {
-                digest::leaves(&buf, &mut target_leaves);
+                digest::leaves(buf, &mut target_leaves);
                 digest::chunk_from_leaves(&target_leaves)
             }
         };
-        (digest, buf)
+        (digest, aligned)
     };
     let (base_digest, base_check_bytes) = match base {
         Some(b) if job.verify_base && start < b.size() => {
@@ -853,7 +892,7 @@ fn produce(
             for &(o, l, kind) in &w.ranges {
                 match kind {
                     Out::Data => {
-                        sink.data(start + o, &w.buf[o as usize..(o + l) as usize])
+                        sink.data(start + o, &w.buf.get()[o as usize..(o + l) as usize])
                             .map_err(io)?;
                         written += l;
                     }

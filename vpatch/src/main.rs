@@ -266,7 +266,11 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         .map_err(io_fail)?;
     tmp.as_file().set_len(size).map_err(io_fail)?;
     // On any error `tmp` is dropped and removed: no output.
-    vpatch::apply_with(base, deltas, &mut vpatch::RawSink(tmp.as_file()), &opts).map_err(fail)?;
+    let mut sink = vpatch::DirectRawSink(vmdk_parse::cat::SparseOut {
+        file: tmp.as_file(),
+        direct: vmdk_parse::cat::open_direct(tmp.path()),
+    });
+    vpatch::apply_with(base, deltas, &mut sink, &opts).map_err(fail)?;
     tmp.persist(out).map_err(|e| io_fail(e.error))?;
     Ok(Exit::Ok)
 }
