@@ -641,6 +641,11 @@ fn window(job: &Job, start: u64, len: u64, known: Option<Digest>) -> Result<Wind
     })
 }
 
+thread_local! {
+    static BASE_SCRATCH: RefCell<(Vec<u8>, Vec<(u64, u64, vdiff::Kind)>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// The digest of the base's chunk at `start`, reusing what producing the target window there
 /// already learnt: where a 4 KiB leaf of the target is copied from the base at its own offset,
 /// the two leaves are the same bytes and share their digest; only the other leaves of the base
@@ -682,40 +687,43 @@ fn base_chunk_digest(
     }
     let mut digests = vec![[0u8; 32]; nleaves];
     let mut read = 0u64;
-    let mut buf = Vec::new();
-    let mut layout = Vec::new();
-    let mut j = 0;
-    while j < nleaves {
-        if same[j] {
-            digests[j] = target_leaves[j];
-            j += 1;
-            continue;
+    // One buffer per thread, reused: a fresh zeroed MiB per chunk cost page faults.
+    BASE_SCRATCH.with(|s| -> Result<()> {
+        let (buf, layout) = &mut *s.borrow_mut();
+        let mut j = 0;
+        while j < nleaves {
+            if same[j] {
+                digests[j] = target_leaves[j];
+                j += 1;
+                continue;
+            }
+            let run_start = j;
+            while j < nleaves && !same[j] {
+                j += 1;
+            }
+            let (a, b) = (run_start as u64 * LEAF, (j as u64 * LEAF).min(base_len));
+            buf.resize((b - a) as usize, 0);
+            base.read_layout(buf, start + a, layout)?;
+            read += layout
+                .iter()
+                .filter(|r| r.2 == vdiff::Kind::Data)
+                .map(|r| r.1)
+                .sum::<u64>();
+            for (n, chunk) in buf.chunks(LEAF as usize).enumerate() {
+                let leaf_at = start + a + n as u64 * LEAF;
+                let hole = chunk.len() as u64 == LEAF
+                    && layout.iter().any(|&(o, l, kind)| {
+                        kind != vdiff::Kind::Data && o <= leaf_at && leaf_at + LEAF <= o + l
+                    });
+                digests[run_start + n] = if hole {
+                    digest::zero_leaf()
+                } else {
+                    digest::leaf(chunk)
+                };
+            }
         }
-        let run_start = j;
-        while j < nleaves && !same[j] {
-            j += 1;
-        }
-        let (a, b) = (run_start as u64 * LEAF, (j as u64 * LEAF).min(base_len));
-        buf.resize((b - a) as usize, 0);
-        base.read_layout(&mut buf, start + a, &mut layout)?;
-        read += layout
-            .iter()
-            .filter(|r| r.2 == vdiff::Kind::Data)
-            .map(|r| r.1)
-            .sum::<u64>();
-        for (n, chunk) in buf.chunks(LEAF as usize).enumerate() {
-            let leaf_at = start + a + n as u64 * LEAF;
-            let hole = chunk.len() as u64 == LEAF
-                && layout.iter().any(|&(o, l, kind)| {
-                    kind != vdiff::Kind::Data && o <= leaf_at && leaf_at + LEAF <= o + l
-                });
-            digests[run_start + n] = if hole {
-                digest::zero_leaf()
-            } else {
-                digest::leaf(chunk)
-            };
-        }
-    }
+        Ok(())
+    })?;
     Ok((Some(digest::chunk_from_leaves(&digests)), read))
 }
 
