@@ -641,9 +641,11 @@ fn window(job: &Job, start: u64, len: u64, known: Option<Digest>) -> Result<Wind
     })
 }
 
+/// A base chunk's bytes and layout, reused by each thread.
+type BaseScratch = (Vec<u8>, Vec<(u64, u64, vdiff::Kind)>);
+
 thread_local! {
-    static BASE_SCRATCH: RefCell<(Vec<u8>, Vec<(u64, u64, vdiff::Kind)>)> =
-        const { RefCell::new((Vec::new(), Vec::new())) };
+    static BASE_SCRATCH: RefCell<BaseScratch> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The digest of the base's chunk at `start`, reusing what producing the target window there
