@@ -914,7 +914,7 @@ impl<R: Read> Decoder<R> {
 const INDEX_BATCH: usize = 4096;
 /// Bytes read at a time when walking record headers from the index: the headers of records
 /// without payload sit next to each other, a literal's payload is skipped.
-const HEAD_WINDOW: u64 = 4 << 10;
+const HEAD_WINDOW: u64 = 1 << 10;
 
 /// Read and check the trailer of an indexed delta file of `len` bytes, then hand every index
 /// entry `(i, target_offset, stream_offset)` to `visit`, reading the entries in batches, and

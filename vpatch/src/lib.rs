@@ -870,8 +870,12 @@ fn produce(
     let mut c = 0;
     while c < nchunks {
         let n = BATCH.min(nchunks - c);
+        // Runs of neighbouring windows per task: a literal record spanning two windows is then
+        // mostly inflated once (the per-thread cache) rather than once per thread.
         let res: Vec<Result<Window>> = (c..c + n)
+            .collect::<Vec<u64>>()
             .into_par_iter()
+            .with_min_len(4)
             .map(|i| {
                 let start = i * CHUNK_BYTES;
                 let len = CHUNK_BYTES.min(size - start);
