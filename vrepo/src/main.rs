@@ -17,7 +17,7 @@ use vrepo::{query, Error, ErrorKind, Mode, Repo};
 ///
 /// A working area is a folder holding one VM (.vmx, disks, snapshot chain, nvram...). Entries
 /// are named E1, E2, ... in the order they are made, by a tag, or `latest`. Layout of the
-/// repository: docs/vrepo.md. Exit codes: 0 ok, 1 no (diff found changes with -q), 2 usage,
+/// repository: docs/vrepo.md. Exit codes: 0 ok, 1 no (verify found damage), 2 usage,
 /// 3 corrupt input or repository, 4 missing (entry, file, repository), 5 unsupported, 6 I/O
 /// error, 7 refused (running VM, non-empty working area, unsafe path), 8 locked
 /// (docs/exit-codes.md).
