@@ -442,7 +442,7 @@ thread_local! {
 /// incremental chain interleaves pieces of one big record of the full delta with small records
 /// of the later deltas; the cache must hold the big one across those pieces, or it is
 /// inflated again for each piece (measured: a 3-link build took 2x the full one with 4 slots).
-const LITERAL_CACHE_BYTES: usize = 24 << 20;
+const LITERAL_CACHE_BYTES: usize = 16 << 20;
 const LITERAL_CACHE_ENTRIES: usize = 256;
 
 fn with_literal<T>(
@@ -867,12 +867,13 @@ fn produce(
     let mut base_check_bytes = 0;
     let mut hasher = digest::ImageHasher::new(size);
     let mut written = 0;
-    let mut c = 0;
-    while c < nchunks {
-        let n = BATCH.min(nchunks - c);
+    // Windows are produced a batch at a time on every core, and handed to the sink in order
+    // on this thread while the next batch is produced: a sink that waits (a device behind
+    // O_DIRECT, a pipe) no longer stalls the cores.
+    let compute = |c: u64, n: u64| -> Vec<Result<Window>> {
         // Runs of neighbouring windows per task: a literal record spanning two windows is then
         // mostly inflated once (the per-thread cache) rather than once per thread.
-        let res: Vec<Result<Window>> = (c..c + n)
+        (c..c + n)
             .collect::<Vec<u64>>()
             .into_par_iter()
             .with_min_len(4)
@@ -890,33 +891,52 @@ fn produce(
                 });
                 window(&job, start, len, known)
             })
-            .collect();
-        for (i, r) in (c..c + n).zip(res) {
-            let w = r?;
-            hasher.chunk(&w.digest);
-            if let Some(d) = w.base_digest {
-                base_hasher.chunk(&d);
-                base_check_bytes += w.base_check_bytes;
-            }
-            let start = i * CHUNK_BYTES;
-            let io = |e| Error::Io {
-                what: "writing the output".into(),
-                source: e,
-            };
-            for &(o, l, kind) in &w.ranges {
-                match kind {
-                    Out::Data => {
-                        sink.data(start + o, &w.buf.get()[o as usize..(o + l) as usize])
-                            .map_err(io)?;
-                        written += l;
+            .collect()
+    };
+    let mut c = 0;
+    let mut cur = (nchunks > 0).then(|| compute(0, BATCH.min(nchunks)));
+    while let Some(res) = cur.take() {
+        let n = res.len() as u64;
+        let next_c = c + n;
+        let (next, consumed) = std::thread::scope(|s| {
+            let next = (next_c < nchunks).then(|| {
+                let nn = BATCH.min(nchunks - next_c);
+                s.spawn(move || compute(next_c, nn))
+            });
+            let consumed = (|| -> Result<()> {
+                for (i, r) in (c..c + n).zip(res) {
+                    let w = r?;
+                    hasher.chunk(&w.digest);
+                    if let Some(d) = w.base_digest {
+                        base_hasher.chunk(&d);
+                        base_check_bytes += w.base_check_bytes;
                     }
-                    Out::Keep => {}
-                    Out::Zero => sink.zero(start + o, l).map_err(io)?,
-                    Out::Unallocated => sink.unallocated(start + o, l).map_err(io)?,
+                    let start = i * CHUNK_BYTES;
+                    let io = |e| Error::Io {
+                        what: "writing the output".into(),
+                        source: e,
+                    };
+                    for &(o, l, kind) in &w.ranges {
+                        match kind {
+                            Out::Data => {
+                                sink.data(start + o, &w.buf.get()[o as usize..(o + l) as usize])
+                                    .map_err(io)?;
+                                written += l;
+                            }
+                            Out::Keep => {}
+                            Out::Zero => sink.zero(start + o, l).map_err(io)?,
+                            Out::Unallocated => sink.unallocated(start + o, l).map_err(io)?,
+                        }
+                    }
                 }
-            }
-        }
-        c += n;
+                Ok(())
+            })();
+            let next = next.map(|h| h.join().expect("a window batch thread panicked"));
+            (next, consumed)
+        });
+        consumed?;
+        c = next_c;
+        cur = next;
     }
     if let (true, Some(b)) = (verify_base, base) {
         // The base's chunks past the target's end: read and hashed alone.

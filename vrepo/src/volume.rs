@@ -212,7 +212,7 @@ enum Job {
 }
 
 /// Jobs queued for the writer thread (each at most a 1 MiB window's range).
-const QUEUE: usize = 32;
+const QUEUE: usize = 16;
 
 impl FilesSink {
     /// `files`: `(volume offset, size, file, path)` in volume order; the files exist at their
