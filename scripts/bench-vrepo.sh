@@ -32,8 +32,34 @@
 # of them into unallocated grains). The final state is also saved --full into a repository of its
 # own, and building entry BENCH_CHAIN is timed against building that full entry (3 times
 # interleaved, median), both checked byte for byte.
+# Then the rewrites (issue 6; skipped with BENCH_SKIP_REWRITE=1, or run alone with
+# BENCH_ONLY_REWRITE=1), each on a `cp -a` copy so every run starts from the same repository:
+#   consolidate   `vrepo consolidate --full E<BENCH_CHAIN>` of the chain's copy, timed once.
+#   prune         `vrepo prune --keep-last N/2` of a copy of a repository of N = BENCH_PRUNE_ENTRIES
+#                 entries made like the chain (E1 full, then incremental saves after the same
+#                 random in-place writes); the entries it rewrites (kept entries whose parent is
+#                 removed) are read from `prune --dry-run`'s plan. Timed once.
+#   The reference for both, "reading the bytes it must rewrite once": for each rewritten entry,
+#   `vrepo build ENTRY` into an empty folder (reads every stored byte the entry needs once and
+#   writes its volume's files) plus `cat` of the built files to /dev/null (after `sync`; build
+#   writes disks with O_DIRECT, so this may read the device), both from the copy before the
+#   rewrite. Goal: rewrite time / (build + cat time) <= 1. For information: the time to `cat` the
+#   stored deltas of the entry's chain (`vrepo deps`), and `vrepo save --full` of the built folder
+#   into a scratch repository (what rebuilding the entry by hand would cost on top of the build).
+#   Correctness: the rewritten entries, one entry in the middle and the last entry are built
+#   before and after the rewrite, and must give the same files, byte for byte.
+#   verify        `vrepo verify --read-data` of the three-state repository against
+#                 `restic check --read-data` of restic's (BENCH_RUNS times interleaved, medians);
+#                 goal: vrepo at least 3x faster. `vrepo verify` (structure only) and `restic
+#                 check` (no data) once each, for information.
+# With BENCH_ONLY_REWRITE=1 the saves, builds and chain timings are skipped: the three-state vrepo
+# and restic repositories, the chain and the prune repository are reused when present and
+# complete (vrepo's has exactly E3, restic's 3 snapshots, the chain exactly E<BENCH_CHAIN>, the
+# prune repository exactly E<BENCH_PRUNE_ENTRIES>; their contents are not compared with the
+# settings), else made again. A normal run makes them all anew.
 # Wall seconds and peak RSS come from /usr/bin/time; nothing is dropped from the page cache (the
-# inputs are read from it by every contender), and `sync` runs before each timed build.
+# inputs are read from it by every contender), and `sync` runs before each timed build. The load
+# (`uptime`) is printed with the figures.
 #
 # Usage: scripts/bench-vrepo.sh [--strict]
 #   --strict   exit 3 when a goal is missed (default: report it, exit 0)
@@ -49,6 +75,9 @@
 #   BENCH_CHAIN_KIB  KiB written into the disk before each chain save [4096]
 #   BENCH_RUNS       timed repetitions of each build [3]
 #   BENCH_SKIP_VREPO set to 1 to run only restic, borg and cp (vrepo not built) [0]
+#   BENCH_SKIP_REWRITE  set to 1 to skip the rewrites and verify part [0]
+#   BENCH_ONLY_REWRITE  set to 1 to run only the rewrites and verify part [0]
+#   BENCH_PRUNE_ENTRIES entries of the repository pruned to its newest half (at least 2) [100]
 #
 # Exit codes: 0 done, 1 a restored working area differs or a command failed, 2 usage or setup
 # error, 3 a goal missed with --strict.
@@ -64,14 +93,22 @@ chain=${BENCH_CHAIN:-50}
 chain_kib=${BENCH_CHAIN_KIB:-4096}
 runs=${BENCH_RUNS:-3}
 skip_vrepo=${BENCH_SKIP_VREPO:-0}
+skip_rewrite=${BENCH_SKIP_REWRITE:-0}
+only_rewrite=${BENCH_ONLY_REWRITE:-0}
+prune_n=${BENCH_PRUNE_ENTRIES:-100}
 # shellcheck source=scripts/bench-lib.sh
 source "$repo/scripts/bench-lib.sh"
 bench_args "$@"
-for n in "$data_mib" "$disk_gib" "$churn" "$chain" "$chain_kib" "$runs"; do
+for n in "$data_mib" "$disk_gib" "$churn" "$chain" "$chain_kib" "$runs" "$prune_n"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
 done
 ((churn <= 50)) || die "BENCH_CHURN_PCT must be at most 50, got $churn"
 ((chain >= 2)) || die "BENCH_CHAIN must be at least 2, got $chain"
+((prune_n >= 2)) || die "BENCH_PRUNE_ENTRIES must be at least 2, got $prune_n"
+if [[ $only_rewrite == 1 ]]; then
+    [[ $skip_vrepo != 1 ]] || die "BENCH_ONLY_REWRITE=1 needs vrepo (BENCH_SKIP_VREPO=1 given)"
+    [[ $skip_rewrite != 1 ]] || die "BENCH_ONLY_REWRITE=1 and BENCH_SKIP_REWRITE=1 leave nothing to do"
+fi
 
 need mke2fs e2fsprogs
 need debugfs e2fsprogs
@@ -81,7 +118,7 @@ need /usr/bin/time time
 need cmp diffutils
 need python3 python3
 need restic restic
-need borg borgbackup
+[[ $only_rewrite == 1 ]] || need borg borgbackup
 
 mkdir -p "$work/bin" "$work/log"
 work=$(cd "$work" && pwd)
@@ -312,13 +349,267 @@ check_tree() {
     done < <(cd "$want" && find . -type f -printf '%P\0')
 }
 
+missed=0
+goal() { # goal TEXT OK
+    if [[ $2 == 1 ]]; then printf '  ok    %s\n' "$1"; else
+        printf '  MISS  %s\n' "$1"
+        missed=1
+    fi
+}
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }' && echo 1 || echo 0; }
+# add A B: A + B with two decimals.
+add() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a + b }'; }
+
 repos=$work/repos
 wa=$work/workarea
 dest=$work/dest
-rm -rf "$repos" "$wa" "$dest" "$work/cache" "$work/chainwa"
-mkdir -p "$repos" "$work/cache"
+vsize=$((disk_gib * 1024 * MIB))
 export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$work/cache/restic
 export BORG_BASE_DIR=$work/cache/borg BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+
+# save_states TOOL...: the working area takes states 0, 1 and 2 in turn, each saved by every TOOL
+# (vrepo, restic, borg) into its repository under $repos, timed as save_TOOL_N.
+save_states() {
+    local n f t
+    for n in 0 1 2; do
+        if ((n == 0)); then
+            rm -rf "$wa"
+            cp -a "$work/wa0" "$wa"
+        else
+            # The files that changed are copied over the working area's (same inodes), then touched
+            # as a running VM's would be; the .vmx is left alone.
+            for f in bench.vmdk bench.nvram; do
+                cmp -s "$work/wa$n/$f" "$wa/$f" || cp "$work/wa$n/$f" "$wa/$f"
+            done
+        fi
+        touch "$wa/bench.vmdk" "$wa/bench.nvram"
+        cat "$wa"/* >/dev/null # read once: every contender reads it from the page cache
+        for t in "$@"; do
+            say "state $n: $t save"
+            case $t in
+            vrepo) timed "save_vrepo_$n" "$vr" -r "$repos/vrepo" save "$wa" -m "state $n" --json ;;
+            restic) timed "save_restic_$n" restic -r "$repos/restic" backup "$wa" ;;
+            borg) timed "save_borg_$n" env -C "$work" borg create "$repos/borg::s$n" workarea ;;
+            esac
+        done
+    done
+}
+
+# series REPO WA N NAME: a new vrepo repository REPO given N entries saved from the working area
+# WA: E1 full, then incremental saves, each after chain_kib KiB of random bytes written in place
+# into WA's disk (see the header). Saves timed as NAME_save_E.
+series() {
+    local r=$1 w=$2 n=$3 name=$4 e
+    "$vr" -r "$r" init >"$log/vrepo-init-$name.log" 2>&1 || die "vrepo init failed: $(tail -n3 "$log/vrepo-init-$name.log")"
+    say "$name: $n saves, $chain_kib KiB written in place before each but the first"
+    for ((e = 1; e <= n; e++)); do
+        if ((e > 1)); then
+            rm -rf "$work/ranges"
+            py random "$vsize" "$chain_kib" "$work/ranges" >"$work/ranges.cmds"
+            inplace "$w/bench.vmdk" "$work/ranges.cmds"
+        fi
+        timed "${name}_save_$e" "$vr" -r "$r" save "$w" -m "$name $e" --json
+    done
+    rm -rf "$work/ranges"
+}
+
+# complete REPO N: REPO is a vrepo repository whose newest entry is EN.
+complete() { [[ -d $1/entries/E$2 && ! -e $1/entries/E$(($2 + 1)) ]]; }
+
+# ensure_series REPO WA N NAME: REPO reused when complete with N entries, else made by series from
+# a copy of state 2.
+ensure_series() {
+    if complete "$1" "$3"; then
+        say "reusing $1 (E$3)"
+        return
+    fi
+    rm -rf "$1" "$2"
+    cp -a "$work/wa2" "$2"
+    series "$@"
+}
+
+# --- The rewrites (issue 6) --------------------------------------------------------------------
+
+rw=$work/rewrite
+declare -A rwf # the rewrites' figures
+
+# ref_read NAME REPO ENTRY DIR: the reference for a rewrite of ENTRY: build it into DIR (kept,
+# the bytes before the rewrite), then cat the built files to /dev/null; the chain's stored
+# deltas are also read with cat (info), and DIR is saved --full into a scratch repository (info).
+ref_read() {
+    local name=$1 r=$2 e=$3 d=$4 x deltas=()
+    rm -rf "$d" "$rw/scratch"
+    mkdir -p "$d"
+    sync
+    timed "${name}_refbuild" "$vr" -r "$r" build "$e" "$d"
+    sync
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    timed "${name}_refcat" sh -c 'find "$1" -type f -exec cat {} + >/dev/null' sh "$d"
+    while read -r x _; do
+        deltas+=("$r/entries/$x/delta.vdelta")
+    done < <("$vr" -r "$r" deps "$e")
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    timed "${name}_refdeltas" sh -c 'cat "$@" >/dev/null' sh "${deltas[@]}"
+    rwf[${name}_deltabytes]=$(cat "${deltas[@]}" | wc -c)
+    "$vr" -r "$rw/scratch" init >/dev/null 2>&1 || die "vrepo init failed"
+    timed "${name}_reffull" "$vr" -r "$rw/scratch" save "$d" --full -m full --json
+    rm -rf "$rw/scratch"
+}
+
+# before NAME REPO ENTRY...: build each ENTRY of REPO into $rw/NAME-ENTRY (the bytes before a
+# rewrite). after NAME REPO ENTRY...: build each again and compare with those.
+before() {
+    local name=$1 r=$2 e
+    shift 2
+    for e in "$@"; do
+        rm -rf "${rw:?}/$name-$e"
+        "$vr" -r "$r" build "$e" "$rw/$name-$e" >"$log/$name-before-$e.log" 2>&1 || die "$name: build $e before the rewrite failed: $(tail -n3 "$log/$name-before-$e.log")"
+    done
+}
+after() {
+    local name=$1 r=$2 e
+    shift 2
+    for e in "$@"; do
+        rm -rf "$dest"
+        if "$vr" -r "$r" build "$e" "$dest" >"$log/$name-after-$e.log" 2>&1; then
+            check_tree "$name: $e after the rewrite" "$dest" "$rw/$name-$e"
+        else
+            say "WRONG: $name: build $e after the rewrite failed: $(tail -n3 "$log/$name-after-$e.log")"
+            wrong=1
+        fi
+        rm -rf "$dest" "${rw:?}/$name-$e"
+    done
+    rwf[${name}_checked]="$*"
+}
+
+rewrites() {
+    local e p plan mid db keep=$((prune_n / 2)) kept=() rewritten=() ws vs t r
+    rm -rf "$rw"
+    mkdir -p "$rw"
+    rwf[load_before]=$(uptime)
+
+    # consolidate --full of the chain's last entry
+    say "consolidate: copying the chain"
+    cp -a "$repos/chain" "$rw/chain"
+    say "consolidate: the reference (build E$chain, cat)"
+    ref_read cons "$rw/chain" "E$chain" "$rw/cons-E$chain"
+    mid=E$(((chain + 1) / 2))
+    before cons "$rw/chain" "$mid"
+    sync
+    say "consolidate --full E$chain"
+    timed cons "$vr" -r "$rw/chain" consolidate --full "E$chain"
+    after cons "$rw/chain" "E$chain" "$mid"
+    rm -rf "$rw/chain"
+
+    # prune --keep-last N/2 of the N-entry repository
+    ensure_series "$repos/prune" "$work/prunewa" "$prune_n" prune
+    say "prune: copying the $prune_n-entry repository"
+    cp -a "$repos/prune" "$rw/prune"
+    plan=$("$vr" -r "$rw/prune" prune --keep-last "$keep" --dry-run) || die "prune --dry-run failed"
+    printf '%s\n' "$plan" >"$log/prune-plan.txt"
+    while read -r _ verb e _; do
+        [[ $verb == rewrite ]] && rewritten+=("${e%:}")
+    done <<<"$plan"
+    read -r -a kept < <(sed -n 's/^would keep [0-9]* entries: //p' <<<"$plan" | tr -d ',')
+    ((${#kept[@]} > 0)) || die "prune --dry-run: no kept entries in its plan (see $log/prune-plan.txt)"
+    rwf[prune_removed]=$(grep -c '^would remove ' <<<"$plan" || true)
+    rwf[prune_rewritten]=${rewritten[*]:-none}
+    rwf[prune_refbuild]=0 rwf[prune_refcat]=0 rwf[prune_refdeltas]=0 rwf[prune_reffull]=0 rwf[prune_deltabytes]=0
+    for e in "${rewritten[@]}"; do
+        say "prune: the reference (build $e, cat)"
+        ref_read "prune$e" "$rw/prune" "$e" "$rw/prune-$e"
+        for t in refbuild refcat refdeltas reffull; do
+            rwf[prune_$t]=$(add "${rwf[prune_$t]}" "${wall[prune${e}_$t]}")
+        done
+        db=${rwf[prune${e}_deltabytes]}
+        rwf[prune_deltabytes]=$((rwf[prune_deltabytes] + db))
+    done
+    mid=${kept[${#kept[@]} / 2]}
+    before prune "$rw/prune" "$mid" "${kept[-1]}"
+    sync
+    say "prune --keep-last $keep"
+    timed prune "$vr" -r "$rw/prune" prune --keep-last "$keep"
+    after prune "$rw/prune" "${rewritten[@]}" "$mid" "${kept[-1]}"
+    rm -rf "$rw/prune"
+
+    # verify --read-data against restic check --read-data
+    ws="" vs=""
+    for ((r = 1; r <= runs; r++)); do
+        if ((r % 2)); then p=(vrepo restic); else p=(restic vrepo); fi
+        for t in "${p[@]}"; do
+            say "verify $r/$runs: $t"
+            if [[ $t == vrepo ]]; then
+                timed "verify_vrepo_$r" "$vr" -r "$repos/vrepo" verify --read-data
+                vs+=" ${wall[verify_vrepo_$r]}"
+            else
+                timed "verify_restic_$r" restic -r "$repos/restic" check --read-data
+                ws+=" ${wall[verify_restic_$r]}"
+            fi
+        done
+    done
+    rwf[verify_vrepo]=$(median "$vs")
+    rwf[verify_restic]=$(median "$ws")
+    rwf[verify_vrepo_runs]=${vs# }
+    rwf[verify_restic_runs]=${ws# }
+    timed verify_vrepo_struct "$vr" -r "$repos/vrepo" verify
+    timed verify_restic_struct restic -r "$repos/restic" check
+    rwf[load_after]=$(uptime)
+    rm -rf "$rw"
+}
+
+report_rewrites() {
+    local cref pref rc rp rv
+    cref=$(add "${wall[cons_refbuild]}" "${wall[cons_refcat]}")
+    pref=$(add "${rwf[prune_refbuild]}" "${rwf[prune_refcat]}")
+    rc=$(ratio "${wall[cons]}" "$cref")
+    rp=$(ratio "${wall[prune]}" "$pref")
+    rv=$(ratio "${rwf[verify_restic]}" "${rwf[verify_vrepo]}")
+    printf '\nrewrites (%s)\n' "$rev"
+    printf '  load before: %s\n  load after:  %s\n' "${rwf[load_before]# }" "${rwf[load_after]# }"
+    printf '  consolidate --full E%d of the %d-entry chain: %s s (peak RSS %s MiB)\n' "$chain" "$chain" "${wall[cons]}" "$(kib2mib "${rss[cons]}")"
+    printf '    reference: build E%d %s s + cat of the built files %s s = %s s\n' "$chain" "${wall[cons_refbuild]}" "${wall[cons_refcat]}" "$cref"
+    printf '    info: cat of the chain'"'"'s %d stored deltas (%s MiB) %s s; save --full of the built folder %s s\n' \
+        "$chain" "$(mib "${rwf[cons_deltabytes]}")" "${wall[cons_refdeltas]}" "${wall[cons_reffull]}"
+    printf '    built the same bytes before and after: %s\n' "${rwf[cons_checked]}"
+    printf '  prune --keep-last %d of %d entries: %s s (peak RSS %s MiB); removed %s, rewrote %s\n' \
+        "$((prune_n / 2))" "$prune_n" "${wall[prune]}" "$(kib2mib "${rss[prune]}")" "${rwf[prune_removed]}" "${rwf[prune_rewritten]}"
+    printf '    reference: build of the rewritten entries %s s + cat of the built files %s s = %s s\n' "${rwf[prune_refbuild]}" "${rwf[prune_refcat]}" "$pref"
+    printf '    info: cat of their chains'"'"' stored deltas (%s MiB) %s s; save --full of the built folders %s s\n' \
+        "$(mib "${rwf[prune_deltabytes]}")" "${rwf[prune_refdeltas]}" "${rwf[prune_reffull]}"
+    printf '    built the same bytes before and after: %s\n' "${rwf[prune_checked]}"
+    printf '  verify of the three states (medians of %d): vrepo verify --read-data %s s (%s), restic check --read-data %s s (%s)\n' \
+        "$runs" "${rwf[verify_vrepo]}" "${rwf[verify_vrepo_runs]}" "${rwf[verify_restic]}" "${rwf[verify_restic_runs]}"
+    printf '    info: vrepo verify (structure) %s s, restic check (no data) %s s\n' "${wall[verify_vrepo_struct]}" "${wall[verify_restic_struct]}"
+    printf '\ngoals (rewrites):\n'
+    goal "consolidate --full E$chain ${rc}x the time of building E$chain and reading the built files once (goal <= 1)" "$(ge 1 "$rc")"
+    goal "prune of $((prune_n - prune_n / 2)) of $prune_n entries ${rp}x the time of building the entries it rewrites and reading them once (goal <= 1)" "$(ge 1 "$rp")"
+    goal "verify --read-data ${rv}x faster than restic check --read-data (goal >= 3)" "$(ge "$rv" 3)"
+}
+
+# --- Only the rewrites -------------------------------------------------------------------------
+
+if [[ $only_rewrite == 1 ]]; then
+    mkdir -p "$repos" "$work/cache"
+    nsnap=$(restic -r "$repos/restic" snapshots --json 2>/dev/null | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)
+    if complete "$repos/vrepo" 3 && [[ $nsnap == 3 ]]; then
+        say "reusing $repos/vrepo and $repos/restic (3 states)"
+    else
+        rm -rf "$repos/vrepo" "$repos/restic"
+        restic -r "$repos/restic" init >"$log/restic-init.log" 2>&1 || die "restic init failed: $(tail -n3 "$log/restic-init.log")"
+        "$vr" -r "$repos/vrepo" init >"$log/vrepo-init.log" 2>&1 || die "vrepo init failed: $(tail -n3 "$log/vrepo-init.log")"
+        save_states vrepo restic
+    fi
+    ensure_series "$repos/chain" "$work/chainwa" "$chain" chain
+    rewrites
+    report_rewrites
+    rm -rf "$dest"
+    ((wrong == 0)) || exit 1
+    ((strict == 1 && missed == 1)) && exit 3
+    exit 0
+fi
+
+rm -rf "$repos" "$wa" "$dest" "$work/cache" "$work/chainwa" "$work/prunewa"
+mkdir -p "$repos" "$work/cache"
 restic -r "$repos/restic" init >"$log/restic-init.log" 2>&1 || die "restic init failed: $(tail -n3 "$log/restic-init.log")"
 borg init --encryption none "$repos/borg" >"$log/borg-init.log" 2>&1 || die "borg init failed: $(tail -n3 "$log/borg-init.log")"
 if [[ $skip_vrepo != 1 ]]; then
@@ -327,27 +618,7 @@ fi
 
 # --- Saves of the three states -----------------------------------------------------------------
 
-for n in 0 1 2; do
-    if ((n == 0)); then
-        cp -a "$work/wa0" "$wa"
-    else
-        # The files that changed are copied over the working area's (same inodes), then touched
-        # as a running VM's would be; the .vmx is left alone.
-        for f in bench.vmdk bench.nvram; do
-            cmp -s "$work/wa$n/$f" "$wa/$f" || cp "$work/wa$n/$f" "$wa/$f"
-        done
-    fi
-    touch "$wa/bench.vmdk" "$wa/bench.nvram"
-    cat "$wa"/* >/dev/null # read once: every contender reads it from the page cache
-    if [[ $skip_vrepo != 1 ]]; then
-        say "state $n: vrepo save"
-        timed "save_vrepo_$n" "$vr" -r "$repos/vrepo" save "$wa" -m "state $n" --json
-    fi
-    say "state $n: restic backup"
-    timed "save_restic_$n" restic -r "$repos/restic" backup "$wa"
-    say "state $n: borg create"
-    timed "save_borg_$n" env -C "$work" borg create "$repos/borg::s$n" workarea
-done
+if [[ $skip_vrepo != 1 ]]; then save_states vrepo restic borg; else save_states restic borg; fi
 declare -A size
 for t in vrepo restic borg; do
     [[ -d $repos/$t ]] && size[$t]=$(du -sb "$repos/$t" | cut -f1)
@@ -426,21 +697,12 @@ done
 if [[ $skip_vrepo != 1 ]]; then
     cw=$work/chainwa
     cp -a "$work/wa2" "$cw"
-    vsize=$((disk_gib * 1024 * MIB))
-    "$vr" -r "$repos/chain" init >"$log/vrepo-init-chain.log" 2>&1 || die "vrepo init failed: $(tail -n3 "$log/vrepo-init-chain.log")"
-    say "chain: $chain saves, $chain_kib KiB written in place before each but the first"
+    series "$repos/chain" "$cw" "$chain" chain
     chain_ws="" chain_rs=""
     for ((e = 1; e <= chain; e++)); do
-        if ((e > 1)); then
-            rm -rf "$work/ranges"
-            py random "$vsize" "$chain_kib" "$work/ranges" >"$work/ranges.cmds"
-            inplace "$cw/bench.vmdk" "$work/ranges.cmds"
-        fi
-        timed "chain_save_$e" "$vr" -r "$repos/chain" save "$cw" -m "chain $e" --json
         ((e > 1)) && chain_ws+=" ${wall[chain_save_$e]}"
         chain_rs+=" ${rss[chain_save_$e]}"
     done
-    rm -rf "$work/ranges"
     size[chain]=$(du -sb "$repos/chain" | cut -f1)
     "$vr" -r "$repos/chainfull" init >"$log/vrepo-init-chainfull.log" 2>&1 || die "vrepo init failed"
     say "chain: the final state saved --full into another repository"
@@ -503,14 +765,6 @@ for t in vrepo restic borg; do
     [[ -n ${size[$t]:-} ]] && printf '%-34s %10s\n' "$t" "$(mib "${size[$t]}")"
 done
 
-missed=0
-goal() { # goal TEXT OK
-    if [[ $2 == 1 ]]; then printf '  ok    %s\n' "$1"; else
-        printf '  MISS  %s\n' "$1"
-        missed=1
-    fi
-}
-ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }' && echo 1 || echo 0; }
 if [[ $skip_vrepo != 1 ]]; then
     printf '\nchain of %d entries (%s KiB written before each save; repository %s MiB)\n' "$chain" "$chain_kib" "$(mib "${size[chain]}")"
     printf '  E1 (full) saved in %s s; incremental saves: median %s s, max %s s; peak RSS %s MiB; full save of the final state %s s\n' \
@@ -546,6 +800,11 @@ else
         "$(ratio "${wall[save_restic_0]}" "${wall[save_borg_0]}")" "$(ratio "${wall[save_restic_1]}" "${wall[save_borg_1]}")" \
         "$(ratio "${bmed[restic]}" "${bmed[borg]}")" "$(ratio "${size[borg]}" "${size[restic]}")"
     printf '  info  restic restore %sx cp -a'"'"'s time; borg extract %sx\n' "$(ratio "${bmed[restic]}" "${bmed[cp]}")" "$(ratio "${bmed[borg]}" "${bmed[cp]}")"
+fi
+
+if [[ $skip_vrepo != 1 && $skip_rewrite != 1 ]]; then
+    rewrites
+    report_rewrites
 fi
 
 rm -rf "$dest"
