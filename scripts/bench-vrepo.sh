@@ -483,7 +483,7 @@ after() {
 }
 
 rewrites() {
-    local e p plan mid db keep=$((prune_n / 2)) kept=() rewritten=() ws vs t r
+    local e p plan mid db keep=$((prune_n / 2)) kept=() rewritten=() check=() more=() ws vs t r
     rm -rf "$rw"
     mkdir -p "$rw"
     rwf[load_before]=$(uptime)
@@ -525,11 +525,15 @@ rewrites() {
         rwf[prune_deltabytes]=$((rwf[prune_deltabytes] + db))
     done
     mid=${kept[${#kept[@]} / 2]}
-    before prune "$rw/prune" "$mid" "${kept[-1]}"
+    # The entries checked: the rewritten ones (built by ref_read), the middle kept one, the last;
+    # each once (they may coincide when few entries are kept).
+    mapfile -t check < <(printf '%s\n' "${rewritten[@]}" "$mid" "${kept[-1]}" | awk '!seen[$0]++')
+    mapfile -t more < <(printf '%s\n' "${check[@]}" | grep -vxF -f <(printf '%s\n' "${rewritten[@]}" ""))
+    before prune "$rw/prune" "${more[@]}"
     sync
     say "prune --keep-last $keep"
     timed prune "$vr" -r "$rw/prune" prune --keep-last "$keep"
-    after prune "$rw/prune" "${rewritten[@]}" "$mid" "${kept[-1]}"
+    after prune "$rw/prune" "${check[@]}"
     rm -rf "$rw/prune"
 
     # verify --read-data against restic check --read-data
