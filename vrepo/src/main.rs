@@ -242,19 +242,8 @@ fn open_as(cli: &CliCommon, command: &str, mode: LockMode) -> Result<(Repo, Repo
             "no repository: give -r REPO or set VREPO_REPOSITORY",
         ));
     };
-    let repo = Repo::open(r).map_err(fail)?;
     let wait = cli.wait.map(std::time::Duration::from_secs);
-    // A rewrite killed half-way is finished first, by whoever can get the exclusive lock.
-    if mode == LockMode::Shared && repo.root.join(vrepo::rewrite::JOURNAL).exists() {
-        if let Ok(_x) = repo.lock(LockMode::Exclusive, "recover", None) {
-            vrepo::rewrite::recover(&repo).map_err(fail)?;
-        }
-    }
-    let lock = repo.lock(mode, command, wait).map_err(fail)?;
-    if mode == LockMode::Exclusive {
-        vrepo::rewrite::recover(&repo).map_err(fail)?;
-    }
-    Ok((repo, lock))
+    vrepo::rewrite::open_locked(r, mode, command, wait).map_err(fail)
 }
 
 fn open(cli: &CliCommon, command: &str) -> Result<(Repo, RepoLock), Failure> {

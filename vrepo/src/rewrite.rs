@@ -14,7 +14,7 @@
 //! folders of a rewrite killed before its journal are removed like any leftover.
 
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{hex, parse_entry_name, Entry, Mode, Stored};
+use crate::manifest::{parse_entry_name, Entry, Mode};
 use crate::query::Scratch;
 use crate::repo::{fsync_dir, read_small, write_atomic, Repo, ENTRIES, TMP};
 use crate::store;
@@ -120,13 +120,7 @@ pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -
             .into_inner()
             .map_err(|err| Error::io(&dp, err.into_error()))?;
         out.sync_all().at(&dp)?;
-        let stored = |p: &Path| -> Result<Stored> {
-            let (size, d) = store::blake3_file(p)?;
-            Ok(Stored {
-                size,
-                blake3: hex(&d),
-            })
-        };
+        let stored = store::stored_of;
         let mut ne = e.clone();
         ne.parent = new_parent.map(|p| p.name.clone());
         ne.mode = match new_parent {
@@ -527,6 +521,29 @@ pub fn prune(repo: &Repo, r: Retention, dry_run: bool, level: i32) -> Result<Pru
         },
     )?;
     Ok(plan)
+}
+
+/// Open the repository at `path` for `command` and take its lock (`wait`: how long to wait for
+/// it). A rewrite a killed command left half-done is finished first, by whoever can get the
+/// exclusive lock: an exclusive command always, a shared one when no one else holds the lock.
+pub fn open_locked(
+    path: &Path,
+    mode: crate::lock::LockMode,
+    command: &str,
+    wait: Option<std::time::Duration>,
+) -> Result<(Repo, crate::lock::RepoLock)> {
+    use crate::lock::LockMode;
+    let repo = Repo::open(path)?;
+    if mode == LockMode::Shared && journal_path(&repo).exists() {
+        if let Ok(_x) = repo.lock(LockMode::Exclusive, "recover", None) {
+            recover(&repo)?;
+        }
+    }
+    let lock = repo.lock(mode, command, wait)?;
+    if mode == LockMode::Exclusive {
+        recover(&repo)?;
+    }
+    Ok((repo, lock))
 }
 
 #[cfg(test)]

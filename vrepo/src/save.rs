@@ -12,9 +12,7 @@
 //!    as the next entry in one rename.
 
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{
-    hex, Entry, FileEntry, Mode, SaveStats, Stored, StoredFiles, Volume, ENTRY_SCHEMA,
-};
+use crate::manifest::{hex, Entry, FileEntry, Mode, SaveStats, StoredFiles, Volume, ENTRY_SCHEMA};
 use crate::repo::{check_tag, now_rfc3339, Repo};
 use crate::store;
 use crate::volume::{layout, Part, Source, VolumeImage};
@@ -287,9 +285,9 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             files,
             skipped: wa.skipped.clone(),
             stored: StoredFiles {
-                delta: stored_of(&delta_path)?,
-                signature: stored_of(&sig_path)?,
-                chunks: stored_of(&chunks_path)?,
+                delta: store::stored_of(&delta_path)?,
+                signature: store::stored_of(&sig_path)?,
+                chunks: store::stored_of(&chunks_path)?,
             },
             stats: stats.clone(),
         })
@@ -323,13 +321,4 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
     let notes: Vec<String> = [note, warning, recorded].into_iter().flatten().collect();
     let note = (!notes.is_empty()).then(|| notes.join("; "));
     Ok(Saved { entry, note })
-}
-
-/// Size and BLAKE3 of a file just written.
-fn stored_of(path: &Path) -> Result<Stored> {
-    let (size, digest) = store::blake3_file(path)?;
-    Ok(Stored {
-        size,
-        blake3: hex(&digest),
-    })
 }

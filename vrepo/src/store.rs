@@ -47,6 +47,15 @@ pub fn blake3_file(path: &Path) -> Result<(u64, [u8; 32])> {
     Ok((n, *h.finalize().as_bytes()))
 }
 
+/// Size and BLAKE3 of a stored file just written, as `entry.json` records them.
+pub fn stored_of(path: &Path) -> Result<Stored> {
+    let (size, d) = blake3_file(path)?;
+    Ok(Stored {
+        size,
+        blake3: hex(&d),
+    })
+}
+
 fn check_at(repo: &Repo, entry: &Entry, file: &str, want: &Stored) -> Result<()> {
     let path = repo.entry_dir(&entry.name).join(file);
     let (size, d) = blake3_file(&path)?;

@@ -125,8 +125,8 @@ fn check_entry(repo: &Repo, e: &Entry, parent: Option<&Entry>, opts: VerifyOptio
             ]
         };
         for (name, want) in files {
-            match store::blake3_file(&dir.join(name)) {
-                Ok((size, d)) if size == want.size && crate::manifest::hex(&d) == want.blake3 => {}
+            match store::stored_of(&dir.join(name)) {
+                Ok(got) if &got == *want => {}
                 Ok(_) => problems.push(format!("{name}: its BLAKE3 differs from entry.json")),
                 Err(err) => problems.push(format!("{name}: {err}")),
             }
