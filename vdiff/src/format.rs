@@ -628,7 +628,20 @@ impl<W: Write> Encoder<W> {
     /// Compress `data` (at most `MAX_LITERAL_BYTES`) into a literal payload: zstd, or the
     /// bytes as they are when zstd does not shrink them. Returns (stored, payload).
     pub fn compress(data: &[u8], level: i32) -> Result<(bool, Vec<u8>)> {
-        let z = zstd::bulk::compress(data, level)?;
+        thread_local! {
+            // One compression context per thread and level, reused: making a context per
+            // record cost more than compressing a small record.
+            static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let z = CCTX.with(|c| -> Result<Vec<u8>> {
+            let mut c = c.borrow_mut();
+            if !matches!(&*c, Some((l, _)) if *l == level) {
+                *c = Some((level, zstd::bulk::Compressor::new(level)?));
+            }
+            let (_, cx) = c.as_mut().expect("set above");
+            Ok(cx.compress(data)?)
+        })?;
         Ok(if z.len() < data.len() {
             (false, z)
         } else {
