@@ -35,7 +35,10 @@ use foldhash::HashMap;
 use std::io::Write;
 
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
-/// Target bytes per literal record the differ writes (the format allows up to 4 MiB).
+/// Target bytes per literal record the differ writes (the format allows up to 4 MiB). A
+/// record never crosses a 1 MiB boundary of the target either: vpatch produces the target in
+/// 1 MiB windows on every core, and a record inside one window is inflated once, by the
+/// thread producing that window.
 pub const LITERAL_RECORD_BYTES: u64 = 1 << 20;
 /// Chunks hashed per parallel batch, and literal bytes compressed per batch.
 const BATCH_CHUNKS: u64 = 32;
@@ -960,7 +963,10 @@ fn push_op(ops: &mut Vec<Op>, op: Op) {
                     offset: o,
                     length: l,
                 },
-            ) if *offset + *length == o && *length + l <= LITERAL_RECORD_BYTES => {
+            ) if *offset + *length == o
+                && *length + l <= LITERAL_RECORD_BYTES
+                && *offset / CHUNK_BYTES == (o + l - 1) / CHUNK_BYTES =>
+            {
                 *length += l;
                 return;
             }

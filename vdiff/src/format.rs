@@ -310,19 +310,59 @@ pub fn literal_bytes(stored: bool, payload: &[u8], length: u64, out: &mut Vec<u8
     out.clear();
     if stored {
         out.extend_from_slice(payload);
-    } else {
-        let mut dec = zstd::stream::read::Decoder::with_buffer(payload)?;
-        // Read one byte more than promised so an over-long frame is caught, never more.
-        let n = (&mut dec)
-            .take(length + 1)
-            .read_to_end(out)
-            .map_err(|e| Error::corrupt(0, format!("literal does not inflate: {e}")))?;
-        if n as u64 != length {
-            return Err(Error::corrupt(
-                0,
-                format!("literal inflates to {n} bytes, {length} expected"),
-            ));
+        return Ok(());
+    }
+    if length > MAX_LITERAL_BYTES as u64 {
+        return Err(Error::corrupt(0, "literal too long"));
+    }
+    // Room for one byte more than promised, so an over-long frame is caught (by zstd, when it
+    // does not fit, or by the count), never more; inflated straight into the spare capacity
+    // (nothing zeroed first).
+    out.reserve_exact(length as usize + 1);
+    let n = inflate(payload, out)?;
+    check_inflated(n, length)
+}
+
+/// Inflate a literal payload into `out`, which must be exactly its length: the same checks
+/// as [`literal_bytes`], with no buffer of its own (vpatch inflates straight into the
+/// output window).
+pub fn literal_into(stored: bool, payload: &[u8], out: &mut [u8]) -> Result<()> {
+    if stored {
+        if payload.len() != out.len() {
+            return Err(Error::corrupt(0, "stored literal of the wrong length"));
         }
+        out.copy_from_slice(payload);
+        return Ok(());
+    }
+    let n = inflate(payload, out)?;
+    check_inflated(n, out.len() as u64)
+}
+
+fn inflate<C: zstd::zstd_safe::WriteBuf + ?Sized>(payload: &[u8], out: &mut C) -> Result<usize> {
+    thread_local! {
+        // One decompression context per thread, reused (making one per record cost more
+        // than inflating a small record).
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DCTX.with(|d| -> std::io::Result<usize> {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut()
+            .expect("set above")
+            .decompress_to_buffer(payload, out)
+    })
+    .map_err(|e| Error::corrupt(0, format!("literal does not inflate: {e}")))
+}
+
+fn check_inflated(n: usize, length: u64) -> Result<()> {
+    if n as u64 != length {
+        return Err(Error::corrupt(
+            0,
+            format!("literal inflates to {n} bytes, {length} expected"),
+        ));
     }
     Ok(())
 }

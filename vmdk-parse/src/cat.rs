@@ -125,6 +125,10 @@ impl AlignedBuf {
         let start = (DIRECT_ALIGN - bytes.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
         AlignedBuf { bytes, start }
     }
+    /// How many bytes it holds (at least the length it was made with).
+    pub fn capacity(&self) -> usize {
+        self.bytes.len() - self.start
+    }
     pub fn get(&self, len: usize) -> &[u8] {
         &self.bytes[self.start..self.start + len]
     }

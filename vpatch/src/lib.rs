@@ -35,11 +35,13 @@ use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use vdiff::digest;
 use vdiff::format::{
     self, Decoder, Digest, Header, Record, CHECKSUM_LEN, CHUNK_BYTES, RECORD_HEADER_LEN,
 };
 use vdiff::Image;
+use vmdk_parse::cat::AlignedBuf;
 
 pub mod inplace;
 
@@ -77,6 +79,12 @@ pub struct DeltaInput {
 /// writer, a pipe) fits.
 pub trait Sink {
     fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+    /// [`Sink::data`] with the bytes handed over rather than lent: a sink that writes on
+    /// another thread keeps them (a share of the produced window's buffer) instead of copying
+    /// them. The default lends them to [`Sink::data`].
+    fn data_shared(&mut self, offset: u64, bytes: SharedBytes) -> io::Result<()> {
+        self.data(offset, bytes.get())
+    }
     /// Allocated zeros (zero grains in a VMDK).
     fn zero(&mut self, offset: u64, len: u64) -> io::Result<()>;
     fn unallocated(&mut self, offset: u64, len: u64) -> io::Result<()>;
@@ -481,33 +489,94 @@ fn with_literal<T>(
             arg: 0,
             stream_offset: record_at,
         };
-        let mut record = Vec::new();
         let derr = |source| Error::Delta {
             name: d.name.clone(),
             source,
         };
-        let payload = format::read_literal_at(&d.file, d.len, &head, &mut record).map_err(derr)?;
-        d.bytes_read
-            .fetch_add(head.stream_len(), std::sync::atomic::Ordering::Relaxed);
-        let mut bytes = Vec::new();
-        format::literal_bytes(stored, payload, r.length, &mut bytes).map_err(|source| {
-            derr(match source {
-                format::Error::Corrupt { what, .. } => format::Error::Corrupt {
-                    offset: record_at,
-                    what,
-                },
-                e => e,
-            })
+        // The buffer of the record evicted last, reused: no fresh pages to fault in and zero.
+        let mut bytes = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        RECORD.with(|rb| -> Result<()> {
+            let mut record = rb.borrow_mut();
+            let payload =
+                format::read_literal_at(&d.file, d.len, &head, &mut record).map_err(derr)?;
+            d.bytes_read
+                .fetch_add(head.stream_len(), std::sync::atomic::Ordering::Relaxed);
+            format::literal_bytes(stored, payload, r.length, &mut bytes)
+                .map_err(|source| derr(at_record(source, record_at)))
         })?;
         let out = f(&bytes);
         c.push(((run, k, i), bytes));
         let mut held: usize = c.iter().map(|(_, b)| b.len()).sum();
         while c.len() > 1 && (held > LITERAL_CACHE_BYTES || c.len() > LITERAL_CACHE_ENTRIES) {
-            held -= c[0].1.len();
-            c.remove(0);
+            let (_, old) = c.remove(0);
+            held -= old.len();
+            SPARE.with(|s| *s.borrow_mut() = old);
         }
         Ok(out)
     })
+}
+
+thread_local! {
+    /// Per thread: a stored record's bytes as read (header, payload, checksum), reused.
+    static RECORD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Per thread: the last literal buffer evicted from the cache, for the next record.
+    static SPARE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A decoding error placed at the record it is about.
+fn at_record(e: format::Error, record_at: u64) -> format::Error {
+    match e {
+        format::Error::Corrupt { what, .. } => format::Error::Corrupt {
+            offset: record_at,
+            what,
+        },
+        e => e,
+    }
+}
+
+/// Inflate literal record `i` of delta `k` straight into `dst` when the window needs the whole
+/// record and no thread-local copy of it is cached (the differ cuts records at window
+/// boundaries, so most records of a delta are needed whole by one window, once). Returns
+/// false when the caller must go through the cache ([`with_literal`]).
+fn literal_whole(run: u64, deltas: &[Delta], k: usize, i: usize, dst: &mut [u8]) -> Result<bool> {
+    let d = &deltas[k];
+    let r = d.recs[i];
+    let What::Literal {
+        record_at,
+        payload_len,
+        stored,
+    } = r.what
+    else {
+        unreachable!("leaf built from a literal record")
+    };
+    if r.length != dst.len() as u64
+        || LITERALS.with(|c| c.borrow().iter().any(|(key, _)| *key == (run, k, i)))
+    {
+        return Ok(false);
+    }
+    let head = format::RecordHead {
+        kind: format::KIND_LITERAL,
+        flags: if stored { format::LITERAL_STORED } else { 0 },
+        reserved: 0,
+        payload_len,
+        offset: r.offset,
+        length: r.length,
+        arg: 0,
+        stream_offset: record_at,
+    };
+    let derr = |source| Error::Delta {
+        name: d.name.clone(),
+        source,
+    };
+    RECORD.with(|rb| -> Result<()> {
+        let mut record = rb.borrow_mut();
+        let payload = format::read_literal_at(&d.file, d.len, &head, &mut record).map_err(derr)?;
+        d.bytes_read
+            .fetch_add(head.stream_len(), std::sync::atomic::Ordering::Relaxed);
+        format::literal_into(stored, payload, dst)
+            .map_err(|source| derr(at_record(source, record_at)))
+    })?;
+    Ok(true)
 }
 
 /// One produced window: its chunk digest, its ranges, and the bytes of its data ranges.
@@ -532,21 +601,95 @@ enum Out {
     Unallocated,
 }
 
-/// A window's bytes: none (nothing to write), or an aligned buffer.
+/// A window's bytes: none (nothing to write), or an aligned buffer from the pool.
 #[derive(Default)]
-struct Buf(Option<vmdk_parse::cat::AlignedBuf>, usize);
+struct Buf(Option<Arc<Pooled>>, usize);
 
 impl Buf {
+    /// A window buffer of `len` bytes (at most a window), from the pool: its bytes are
+    /// whatever a previous window left, so every byte must be written.
     fn new(len: usize) -> Buf {
-        Buf(Some(vmdk_parse::cat::AlignedBuf::new(len)), len)
-    }
-    fn get(&self) -> &[u8] {
-        self.0.as_ref().map_or(&[], |b| b.get(self.1))
+        debug_assert!(len as u64 <= CHUNK_BYTES);
+        let b = POOL
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_else(|| AlignedBuf::new(CHUNK_BYTES as usize));
+        Buf(Some(Arc::new(Pooled(Some(b)))), len)
     }
     fn get_mut(&mut self) -> &mut [u8] {
-        match &mut self.0 {
-            Some(b) => b.get_mut(self.1),
+        match self.0.as_mut().and_then(Arc::get_mut) {
+            Some(b) => b.0.as_mut().expect("held until dropped").get_mut(self.1),
             None => &mut [],
+        }
+    }
+    /// A share of `[at, at + len)`.
+    fn share(&self, at: usize, len: usize) -> SharedBytes {
+        assert!(at + len <= self.1);
+        SharedBytes {
+            buf: self.0.clone().expect("a window with data has a buffer"),
+            at,
+            len,
+        }
+    }
+}
+
+/// Window buffers not in use, kept for the next windows: a build goes through a window per
+/// MiB, and a fresh 1 MiB buffer costs page faults and zeroing every time.
+static POOL: std::sync::Mutex<Vec<AlignedBuf>> = std::sync::Mutex::new(Vec::new());
+/// At most this many idle buffers are kept (the windows in flight are about 2 batches and a
+/// sink's queue).
+const POOL_BUFFERS: usize = 96;
+
+/// A window buffer that goes back to the pool when its last share is dropped.
+struct Pooled(Option<AlignedBuf>);
+
+impl Pooled {
+    fn buf(&self) -> &AlignedBuf {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let (Some(b), Ok(mut p)) = (self.0.take(), POOL.lock()) {
+            if p.len() < POOL_BUFFERS && b.capacity() >= CHUNK_BYTES as usize {
+                p.push(b);
+            }
+        }
+    }
+}
+
+/// Bytes of a produced window, shared rather than copied ([`Sink::data_shared`]). Aligned in
+/// memory as the target offset is: a 4 KiB-aligned target offset is at a 4 KiB-aligned
+/// address, so `O_DIRECT` writes can use them as they are.
+pub struct SharedBytes {
+    buf: Arc<Pooled>,
+    at: usize,
+    len: usize,
+}
+
+impl SharedBytes {
+    /// The first `len` bytes of `buf`, shared.
+    pub fn new(buf: AlignedBuf, len: usize) -> SharedBytes {
+        assert!(len <= buf.capacity());
+        SharedBytes {
+            buf: Arc::new(Pooled(Some(buf))),
+            at: 0,
+            len,
+        }
+    }
+
+    pub fn get(&self) -> &[u8] {
+        &self.buf.buf().get(self.at + self.len)[self.at..]
+    }
+    /// The sub-range `[from, from + len)` of these bytes.
+    pub fn slice(&self, from: usize, len: usize) -> SharedBytes {
+        assert!(from + len <= self.len);
+        SharedBytes {
+            buf: self.buf.clone(),
+            at: self.at + from,
+            len,
         }
     }
 }
@@ -605,14 +748,17 @@ fn window(job: &Job, start: u64, len: u64, known: Option<Digest>) -> Result<Wind
         for &(l, leaf) in &leaves {
             let dst = &mut buf[pos..pos + l as usize];
             match leaf {
-                Leaf::Zero | Leaf::Unallocated => {}
+                // The buffer comes from the pool: zeros are written too (they are hashed).
+                Leaf::Zero | Leaf::Unallocated => dst.fill(0),
                 Leaf::Base(s) => base
                     .ok_or_else(|| Error::Usage("copy from a base that is not there".into()))?
                     .read_at(dst, s)?,
                 Leaf::Literal { delta, rec, skip } => {
-                    with_literal(job.run, deltas, delta, rec, |b| {
-                        dst.copy_from_slice(&b[skip as usize..skip as usize + dst.len()])
-                    })?
+                    if skip != 0 || !literal_whole(job.run, deltas, delta, rec, dst)? {
+                        with_literal(job.run, deltas, delta, rec, |b| {
+                            dst.copy_from_slice(&b[skip as usize..skip as usize + dst.len()])
+                        })?
+                    }
                 }
             }
             pos += l as usize;
@@ -919,7 +1065,7 @@ fn produce(
                     for &(o, l, kind) in &w.ranges {
                         match kind {
                             Out::Data => {
-                                sink.data(start + o, &w.buf.get()[o as usize..(o + l) as usize])
+                                sink.data_shared(start + o, w.buf.share(o as usize, l as usize))
                                     .map_err(io)?;
                                 written += l;
                             }

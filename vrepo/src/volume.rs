@@ -201,8 +201,7 @@ enum Job {
     Data {
         k: usize,
         at: u64,
-        buf: AlignedBuf,
-        len: usize,
+        bytes: vpatch::SharedBytes,
     },
     Zero {
         k: usize,
@@ -228,12 +227,12 @@ impl FilesSink {
             let mut direct = direct;
             for job in rx {
                 match job {
-                    Job::Data { k, at, buf, len } => {
+                    Job::Data { k, at, bytes } => {
                         let mut out = SparseOut {
                             file: &files[k].2,
                             direct: direct[k].take(),
                         };
-                        out.write_at(buf.get(len), at)?;
+                        out.write_at(bytes.get(), at)?;
                         direct[k] = out.direct;
                     }
                     Job::Zero { k, at, len } => {
@@ -299,15 +298,19 @@ impl FilesSink {
 
 impl vpatch::Sink for FilesSink {
     fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        for (k, at, start, len) in self.pieces(offset, bytes.len() as u64) {
-            let mut buf = AlignedBuf::new(len as usize);
-            buf.get_mut(len as usize)
-                .copy_from_slice(&bytes[start as usize..(start + len) as usize]);
+        // Lent bytes are copied for the writer thread (vpatch hands its windows over with
+        // `data_shared` instead).
+        let mut buf = AlignedBuf::new(bytes.len());
+        buf.get_mut(bytes.len()).copy_from_slice(bytes);
+        self.data_shared(offset, vpatch::SharedBytes::new(buf, bytes.len()))
+    }
+
+    fn data_shared(&mut self, offset: u64, bytes: vpatch::SharedBytes) -> io::Result<()> {
+        for (k, at, start, len) in self.pieces(offset, bytes.get().len() as u64) {
             self.send(Job::Data {
                 k,
                 at,
-                buf,
-                len: len as usize,
+                bytes: bytes.slice(start as usize, len as usize),
             })?;
             self.written += len;
         }
