@@ -42,6 +42,11 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
 pub const LITERAL_RECORD_BYTES: u64 = 1 << 20;
 /// Chunks hashed per parallel batch, and literal bytes compressed per batch.
 const BATCH_CHUNKS: u64 = 32;
+/// The bytes of NEW a batched diff takes at a time ([`diff_scanned_batches`]): 8 chunks (its
+/// caller holds a batch while the differ works on another; a literal never spans batches, so
+/// records are the same as with bigger batches).
+pub const BATCH_BYTES: u64 = STREAM_BATCH_CHUNKS * CHUNK_BYTES;
+const STREAM_BATCH_CHUNKS: u64 = 8;
 const BATCH_LITERAL_BYTES: u64 = 32 << 20;
 
 pub type BlockDigest = [u8; 16];
@@ -602,6 +607,87 @@ pub fn diff_scanned<W: Write>(
     let (totals, _) = eng.enc.finish()?;
     eng.summary.totals = totals;
     Ok(eng.summary)
+}
+
+/// What hands NEW over to [`diff_scanned_batches`]: `(start, len, buffer)`.
+pub type BatchFill<'a> = dyn FnMut(u64, usize, &mut Vec<u8>) -> Result<()> + 'a;
+
+/// [`diff_scanned`] with NEW handed over in order rather than read: `fill(start, len, buf)`
+/// must leave NEW's bytes `[start, start + len)` in `buf` (holes as zeros; `buf` holds the
+/// previous batch, or nothing, and may be swapped for a buffer of the caller's), for
+/// consecutive batches of [`BATCH_BYTES`] (the last one shorter). Nothing is read twice and nothing is checked against `new_scan`: the caller
+/// vouches for the bytes (vrepo's rewrites take them from vpatch, which checks the volume's
+/// digest before the rewrite is kept). Used to restage an entry straight from the volume being
+/// built, with no copy of the volume on disk.
+pub fn diff_scanned_batches<W: Write>(
+    old_scan: Option<Scan>,
+    new_scan: Scan,
+    opts: DiffOptions,
+    out: W,
+    fill: &mut BatchFill,
+) -> Result<Summary> {
+    let header = Header {
+        flags: if old_scan.is_none() { FLAG_FULL } else { 0 }
+            | if opts.index { FLAG_INDEX } else { 0 },
+        block_size: new_scan.block_size,
+        source_size: old_scan.as_ref().map_or(0, |s| s.size),
+        target_size: new_scan.size,
+        source_digest: old_scan.as_ref().map_or([0; 32], |s| s.digest),
+        target_digest: new_scan.digest,
+    };
+    let enc = Encoder::new(out, header.clone(), opts.level)?;
+    let mut eng = Engine::new(old_scan.as_ref(), enc, opts.level, &header);
+    eng.summary.identical = old_scan
+        .as_ref()
+        .is_some_and(|o| o.size == new_scan.size && o.digest == new_scan.digest);
+    let size = new_scan.size;
+    let bs = new_scan.block_size as u64;
+    let nchunks = size.div_ceil(CHUNK_BYTES);
+    let mut buf = Vec::new();
+    let mut c = 0;
+    while c < nchunks {
+        let n = STREAM_BATCH_CHUNKS.min(nchunks - c);
+        let start = c * CHUNK_BYTES;
+        let len = (n * CHUNK_BYTES).min(size - start) as usize;
+        fill(start, len, &mut buf)?;
+        if buf.len() != len {
+            return Err(Error::Input(format!(
+                "the batch at byte {start} came with {} bytes, {len} expected",
+                buf.len()
+            )));
+        }
+        let first = (start / bs) as usize;
+        let last = ((start + len as u64).div_ceil(bs) as usize).min(new_scan.kinds.len());
+        for i in first..last {
+            eng.decide(&new_scan, i);
+        }
+        let read = vec![true; n as usize];
+        let batch = BatchBytes {
+            start,
+            bytes: &buf,
+            read: &read,
+        };
+        eng.flush(&NoImage(size), &new_scan, Some(&batch))?;
+        c += n;
+    }
+    let (totals, _) = eng.enc.finish()?;
+    eng.summary.totals = totals;
+    Ok(eng.summary)
+}
+
+/// The image behind a batched diff: never read (every literal is inside its batch, since a
+/// batch is whole blocks and records do not cross a batch).
+struct NoImage(u64);
+
+impl Image for NoImage {
+    fn size(&self) -> u64 {
+        self.0
+    }
+    fn read_layout(&self, _: &mut [u8], offset: u64, _: &mut Vec<(u64, u64, Kind)>) -> Result<()> {
+        Err(Error::Input(format!(
+            "a batched diff read byte {offset} outside its batch"
+        )))
+    }
 }
 
 /// Bytes of NEW read in the current batch of a one-pass diff: the batch's start and, per 1 MiB

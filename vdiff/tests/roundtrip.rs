@@ -204,3 +204,105 @@ fn one_pass_over_several_batches() {
     assert_eq!(scan.digest, vdiff::diff::image_digest(&b).unwrap());
     assert_eq!(read_all(&f), d);
 }
+
+/// The batched differ (NEW handed over batch by batch, its scan known), into a vector.
+fn delta_batched(a: Option<&MemImage>, b: &MemImage, block_size: u32) -> Vec<u8> {
+    let old = a.map(|a| vdiff::diff::scan(a, block_size, true).unwrap());
+    let new_scan = vdiff::diff::scan_new(b, block_size).unwrap();
+    let opts = DiffOptions {
+        block_size,
+        level: 1,
+        index: true,
+    };
+    let mut next = 0u64;
+    let mut fill = |start: u64, len: usize, buf: &mut Vec<u8>| -> vdiff::Result<()> {
+        assert_eq!(start, next, "batches in order");
+        buf.clear();
+        buf.extend_from_slice(&b.data[start as usize..start as usize + len]);
+        next += len as u64;
+        Ok(())
+    };
+    let mut out = Vec::new();
+    vdiff::diff::diff_scanned_batches(old, new_scan, opts, &mut out, &mut fill).unwrap();
+    assert_eq!(next, b.data.len() as u64, "every byte handed over");
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// On images of one batch, the batched differ writes the very stream two passes write.
+    #[test]
+    fn batched_equals_two_passes(sa in image_spec(), sb in image_spec()) {
+        let a = build(&sa, None);
+        let b = build(&sb, Some(&a));
+        let mut two = Vec::new();
+        diff(Some(&a as &dyn vdiff::Image), &b,
+            DiffOptions { block_size: 4096, level: 1, index: true }, &mut two).unwrap();
+        prop_assert_eq!(&delta_batched(Some(&a), &b, 4096), &two);
+        let mut full = Vec::new();
+        diff(None, &b, DiffOptions { block_size: 4096, level: 1, index: true }, &mut full).unwrap();
+        prop_assert_eq!(&delta_batched(None, &b, 4096), &full);
+    }
+}
+
+/// Over several batches the batched differ writes a delta that applies, with the literal
+/// records of the one-pass differ (records are cut at 1 MiB boundaries, whatever the
+/// batches), and a batch handed over at the wrong length is an error.
+#[test]
+fn batched_over_several_batches_equals_one_pass() {
+    const MB: usize = 1 << 20;
+    let old: Vec<u8> = (0..70 * MB)
+        .map(|i| {
+            ((i / 4096) as u32)
+                .wrapping_mul(2_654_435_761)
+                .to_le_bytes()[i % 4]
+                ^ (i as u8)
+        })
+        .collect();
+    let mut new = old.clone();
+    new.copy_within(3 * MB..4 * MB, 40 * MB);
+    new.copy_within(5 * MB..5 * MB + 8192, 66 * MB + 4096);
+    new[33 * MB..33 * MB + 4096].copy_from_slice(&[7u8; 4096]);
+    new[31 * MB + 100..33 * MB + 100].reverse(); // literals across the first boundary
+    new[35 * MB..36 * MB].fill(0);
+    let a = MemImage::new(old);
+    let mut b = MemImage::new(new);
+    b.holes = vec![(60 * MB as u64, 2 * MB as u64, vdiff::Kind::Unallocated)];
+    b.data[60 * MB..62 * MB].fill(0);
+    // The literal records are the same (a copy may be cut at a batch boundary).
+    let literals = |d: &[u8]| -> Vec<(u64, u64)> {
+        let mut dec = Decoder::new(d).unwrap();
+        let mut out = Vec::new();
+        while let Some(r) = dec.next_record().unwrap() {
+            if let Record::Literal { offset, length, .. } = r {
+                out.push((offset, length));
+            }
+        }
+        out
+    };
+    let batched = delta_batched(Some(&a), &b, 4096);
+    assert_eq!(apply_bytes(&a.data, &batched).expect("apply"), b.data);
+    assert_eq!(
+        literals(&batched),
+        literals(&delta_one_pass(Some(&a), &b, 4096))
+    );
+    let full = delta_batched(None, &b, 4096);
+    assert_eq!(apply_bytes(&[], &full).expect("apply full"), b.data);
+    assert_eq!(literals(&full), literals(&delta_one_pass(None, &b, 4096)));
+
+    let new_scan = vdiff::diff::scan_new(&b, 4096).unwrap();
+    let mut short = |_: u64, len: usize, buf: &mut Vec<u8>| -> vdiff::Result<()> {
+        buf.resize(len - 1, 0);
+        Ok(())
+    };
+    let err = vdiff::diff::diff_scanned_batches(
+        None,
+        new_scan,
+        DiffOptions::default(),
+        Vec::new(),
+        &mut short,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("expected"), "{err}");
+}

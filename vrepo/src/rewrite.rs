@@ -15,10 +15,8 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{parse_entry_name, Entry, Mode};
-use crate::query::Scratch;
 use crate::repo::{fsync_dir, read_small, write_atomic, Repo, ENTRIES, TMP};
 use crate::store;
-use crate::volume::{Part, Source, VolumeImage};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -61,11 +59,14 @@ pub struct Rewritten {
 }
 
 /// Restage `e` relative to `new_parent` (`None`: a full entry). Returns the staged folder.
+///
+/// The volume is never written out: vpatch produces it from the chain (each stored byte read
+/// once, the volume digest checked at the end) on its own thread, in batches handed to the
+/// differ, which matches them against the new parent's block digests and compresses the
+/// literals. The staged delta is kept only if vpatch's digest check passed.
 pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -> Result<PathBuf> {
     let chain = repo.chain(e)?;
-    let scratch = Scratch(repo.tmp_dir("volume")?);
-    let raw = scratch.0.join("volume.raw");
-    crate::build::write_volume(repo, &chain, e, &raw)?;
+    let deltas = crate::build::open_deltas(repo, &chain, e)?;
     let scan = store::read_signature(repo, e)?;
     let chunks = store::read_chunks(repo, e)?;
     let pdata = match new_parent {
@@ -96,16 +97,6 @@ pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -
         )?;
         let ch = staged.join(store::CHUNKS);
         store::write_chunks(&ch, &chunks)?;
-        let f = File::open(&raw).at(&raw)?;
-        let img = VolumeImage::new(
-            vec![Part {
-                offset: 0,
-                size: e.volume.size,
-                source: Source::File(f),
-                name: format!("the volume of {}", e.name),
-            }],
-            e.volume.size,
-        );
         let dp = staged.join(store::DELTA);
         let out = File::create(&dp).at(&dp)?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
@@ -114,7 +105,15 @@ pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -
             level,
             index: true,
         };
-        vdiff::diff::diff_scanned(pdata.map(|pd| pd.scan), scan, &img, opts, &mut w)?;
+        stream_diff(deltas, pdata.map(|pd| pd.scan), scan, opts, &mut w).map_err(
+            |err| match err {
+                Error::Io { what, source } if what.is_empty() => Error::Io {
+                    what: dp.display().to_string(),
+                    source,
+                },
+                other => other,
+            },
+        )?;
         w.flush().at(&dp)?;
         let out = w
             .into_inner()
@@ -142,6 +141,145 @@ pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -
             let _ = fs::remove_dir_all(&staged);
             Err(err)
         }
+    }
+}
+
+/// Apply `deltas` (the entry's chain) on a thread of its own and diff what they produce,
+/// batch by batch, against `old` into `out`. An error of the producer (a damaged delta, the
+/// volume digest) wins over the differ's, which only sees the stream stop.
+fn stream_diff(
+    deltas: Vec<vpatch::DeltaInput>,
+    old: Option<vdiff::diff::Scan>,
+    scan: vdiff::diff::Scan,
+    opts: DiffOptions,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use std::sync::mpsc;
+    let size = scan.size;
+    // Batches go over one at a time (a rendezvous): the producer fills the next batch while
+    // the differ works on the current one; their buffers come back for reuse.
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(0);
+    let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || -> Result<()> {
+            let mut sink = BatchSink {
+                size,
+                start: 0,
+                cur: Vec::new(),
+                tx,
+                back: back_rx,
+            };
+            vpatch::apply(None, deltas, &mut sink)?;
+            Ok(())
+        });
+        let ended = std::cell::Cell::new(false);
+        let mut fill = {
+            let ended = &ended;
+            move |start: u64, len: usize, buf: &mut Vec<u8>| -> vdiff::Result<()> {
+                let got = rx.recv().map_err(|_| {
+                    ended.set(true);
+                    vdiff::Error::Input("the volume stopped before its end".into())
+                })?;
+                // The previous batch goes back first: the producer waits for it.
+                let n = got.len();
+                let _ = back_tx.send(std::mem::replace(buf, got));
+                if n != len {
+                    return Err(vdiff::Error::Input(format!(
+                        "the volume's batch at byte {start} has {n} bytes, {len} expected"
+                    )));
+                }
+                Ok(())
+            }
+        };
+        let diffed = vdiff::diff::diff_scanned_batches(old, scan, opts, out, &mut fill);
+        // A differ that stopped early must not leave the producer waiting: both channels
+        // close here.
+        drop(fill);
+        let ended = ended.get();
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Corrupt("the volume producer panicked".into())));
+        let diffed = diffed.map(|_| ()).map_err(|err| match err {
+            vdiff::Error::Io(source) => Error::Io {
+                what: String::new(),
+                source,
+            },
+            other => Error::from(other),
+        });
+        match (produced, diffed) {
+            // The producer stopped first (a damaged delta, a wrong digest): its error.
+            (Err(p), Err(_)) if ended => Err(p),
+            // The differ stopped first (its output could not be written): its error.
+            (_, Err(d)) => Err(d),
+            (Err(p), Ok(())) => Err(p),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    })
+}
+
+/// Collects vpatch's output into the differ's batches ([`vdiff::diff::BATCH_BYTES`]).
+struct BatchSink {
+    size: u64,
+    /// Volume offset of `cur`'s first byte.
+    start: u64,
+    cur: Vec<u8>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    back: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl BatchSink {
+    fn batch_len(&self) -> usize {
+        vdiff::diff::BATCH_BYTES.min(self.size - self.start) as usize
+    }
+
+    /// Append `len` bytes (`bytes`, or zeros), handing over each batch as it fills.
+    fn push(&mut self, offset: u64, mut bytes: Option<&[u8]>, mut len: u64) -> std::io::Result<()> {
+        if offset != self.start + self.cur.len() as u64 {
+            return Err(std::io::Error::other(
+                "the volume's ranges are out of order",
+            ));
+        }
+        while len > 0 {
+            if self.start >= self.size {
+                return Err(std::io::Error::other("the volume is longer than its size"));
+            }
+            let room = self.batch_len() - self.cur.len();
+            let n = (len as usize).min(room);
+            match bytes {
+                Some(b) => {
+                    self.cur.extend_from_slice(&b[..n]);
+                    bytes = Some(&b[n..]);
+                }
+                None => self.cur.resize(self.cur.len() + n, 0),
+            }
+            len -= n as u64;
+            if self.cur.len() == self.batch_len() {
+                let full = std::mem::take(&mut self.cur);
+                self.start += full.len() as u64;
+                self.tx
+                    .send(full)
+                    .map_err(|_| std::io::Error::other("the differ stopped"))?;
+                // The differ hands back the batch it was done with as soon as it takes this
+                // one: two batch buffers in all, never three.
+                let mut next = self.back.recv().unwrap_or_default();
+                next.clear();
+                next.reserve_exact(self.batch_len());
+                self.cur = next;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl vpatch::Sink for BatchSink {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.push(offset, Some(bytes), bytes.len() as u64)
+    }
+    fn zero(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.push(offset, None, len)
+    }
+    fn unallocated(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.push(offset, None, len)
     }
 }
 
