@@ -364,3 +364,47 @@ fn prune_killed_at_many_points() {
         4,
     );
 }
+
+/// `rm E2` killed right after writing its journal, while a reader holds the shared lock: a
+/// save then cannot take the exclusive lock to finish the rm, so it saves on E2 (its working
+/// area's record still names E2). Finishing the rm later must keep E2, which E3 needs.
+#[test]
+fn a_save_onto_an_entry_an_unfinished_rm_removes_keeps_it() {
+    let t = tempdir();
+    let dir = t.path();
+    let repo = Repo::init(&dir.join("repo"), &[]);
+    let wa = make_vm(&dir.join("wa"), 8, 4, 31);
+    assert_eq!(repo.save_name(&wa, &[]), "E1");
+    let s1 = keep(&wa, &dir.join("state-E1"));
+    guest_write(&wa.join("disk.vmdk"), MIB, MIB, 32);
+    assert_eq!(repo.save_name(&wa, &[]), "E2");
+    let s2 = keep(&wa, &dir.join("state-E2"));
+    // What `rm E2` writes before it changes anything.
+    fs::write(
+        repo.root.join("journal.json"),
+        r#"{"schema": "vrepo.journal/1", "op": "rm", "swaps": [], "remove": ["E2"]}"#,
+    )
+    .unwrap();
+    guest_write(&wa.join("disk.vmdk"), 3 * MIB, MIB, 33);
+    let e3 = with_shared_lock(&repo, || repo.save(&wa, &[]));
+    assert_eq!((&e3["name"], &e3["parent"]), (&"E3".into(), &"E2".into()));
+    assert!(
+        repo.root.join("journal.json").exists(),
+        "the save finished the rm"
+    );
+    let s3 = keep(&wa, &dir.join("state-E3"));
+
+    // The next command finishes the rm: E2 stays, as E3 needs it.
+    assert_eq!(
+        parents(&repo),
+        p(&[("E1", None), ("E2", Some("E1")), ("E3", Some("E2"))])
+    );
+    assert!(!repo.root.join("journal.json").exists());
+    assert_eq!(tmp_contents(&repo), Vec::<String>::new());
+    let v = repo.json(&["verify", "--read-data"]);
+    assert_eq!(v["ok"], serde_json::json!(["E1", "E2", "E3"]), "{v}");
+    let check = dir.join("check");
+    for (e, st) in [("E1", &s1), ("E2", &s2), ("E3", &s3)] {
+        assert_builds(&repo, e, st, &check);
+    }
+}

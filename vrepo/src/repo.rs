@@ -83,9 +83,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id()
     ));
-    let mut f = File::create(&tmp).at(&tmp)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).at(&tmp)?;
-    fs::rename(&tmp, path).at(path)?;
+    let written = File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .at(&tmp)
+        .and_then(|_| fs::rename(&tmp, path).at(path));
+    if written.is_err() {
+        // A full disk: the half-written copy goes now, not with the next command's cleanup.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     fsync_dir(dir)
 }
 
@@ -270,6 +276,22 @@ impl Repo {
             }
         }
         Ok(())
+    }
+
+    /// Remove every folder of this process in `tmp/` (`KIND-PID-BOOT-NANOS`): what a command
+    /// that failed before it changed anything had prepared. Errors are ignored: the next
+    /// command removes what is left, as for a dead process.
+    pub fn remove_own_tmp(&self) {
+        let tmp = self.root.join(TMP);
+        let (pid, boot) = (std::process::id().to_string(), boot_id());
+        let Ok(dir) = fs::read_dir(&tmp) else { return };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.split('-').skip(1);
+            if parts.next() == Some(pid.as_str()) && parts.next() == Some(boot.as_str()) {
+                let _ = remove_leftover(&e.path());
+            }
+        }
     }
 
     /// A new temporary folder for a command of this process.
@@ -509,7 +531,13 @@ impl Repo {
 
     /// Record that entry number `n` was given (or removed).
     pub fn bump_last(&self, n: u64) -> Result<()> {
-        if self.last_number()? > n {
+        // Only a write that changes the record: removing the newest entry after its save
+        // recorded it writes nothing (which matters on a full disk).
+        let recorded = fs::read_to_string(self.root.join(LAST))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if recorded >= n || self.last_number()? > n {
             return Ok(());
         }
         write_atomic(&self.root.join(LAST), format!("{n}\n").as_bytes())

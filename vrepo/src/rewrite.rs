@@ -199,11 +199,15 @@ fn stream_diff(
         let produced = producer
             .join()
             .unwrap_or_else(|_| Err(Error::Corrupt("the volume producer panicked".into())));
+        // The differ's I/O errors are writes of the delta (its input is the batches): the
+        // caller names the file.
         let diffed = diffed.map(|_| ()).map_err(|err| match err {
-            vdiff::Error::Io(source) => Error::Io {
-                what: String::new(),
-                source,
-            },
+            vdiff::Error::Io(source) | vdiff::Error::Format(vdiff::format::Error::Io(source)) => {
+                Error::Io {
+                    what: String::new(),
+                    source,
+                }
+            }
             other => Error::from(other),
         });
         match (produced, diffed) {
@@ -351,12 +355,18 @@ pub fn apply_journal(repo: &Repo, j: &Journal) -> Result<()> {
         fsync_dir(&entries)?;
     }
     fsync_dir(&tmp)?;
+    // Every swap is done: the copies swapped out are not needed any more, and their space is
+    // given back before the bookkeeping below writes (a full disk).
+    for s in &j.swaps {
+        let _ = fs::remove_dir_all(tmp.join(&s.staged));
+    }
+    let gone = still_unneeded(repo, &j.remove)?;
     // Working areas whose entry goes continue from its nearest surviving ancestor.
     let mut moved: HashMap<String, Option<String>> = HashMap::new();
-    for r in &j.remove {
+    for r in &gone {
         let mut cur = repo.load(r).ok().and_then(|e| e.parent);
         while let Some(c) = cur.clone() {
-            if !j.remove.contains(&c) {
+            if !gone.contains(&c) {
                 break;
             }
             cur = repo.load(&c).ok().and_then(|e| e.parent);
@@ -370,7 +380,7 @@ pub fn apply_journal(repo: &Repo, j: &Journal) -> Result<()> {
     let mut trash = Vec::new();
     // Newest first: a parent is always an earlier entry, so every entry still present (one
     // to be removed included) keeps its whole chain until it goes itself.
-    let mut remove: Vec<&String> = j.remove.iter().collect();
+    let mut remove: Vec<&String> = gone.iter().collect();
     remove.sort_by_key(|r| std::cmp::Reverse(parse_entry_name(r)));
     for r in remove {
         let d = repo.entry_dir(r);
@@ -383,15 +393,39 @@ pub fn apply_journal(repo: &Repo, j: &Journal) -> Result<()> {
     }
     fs::remove_file(journal_path(repo)).at(&journal_path(repo))?;
     fsync_dir(&repo.root)?;
-    // What is left in tmp/ (old copies, removed entries) goes now or with the next cleanup.
-    for s in &j.swaps {
-        let _ = fs::remove_dir_all(tmp.join(&s.staged));
-    }
+    // The removed entries go now or with the next cleanup.
     for t in trash {
         let _ = fs::remove_dir_all(t);
     }
     let _ = repo.clean_leftovers();
     Ok(())
+}
+
+/// The entries of `remove` that no entry staying needs. A journal's removals were planned
+/// when no staying entry needed them, but a save that ran while the journal was left
+/// unfinished (a reader held the lock, so the save could not finish it; or finishing it failed
+/// on a full disk) may have saved an entry on one of them: that one and its chain stay.
+fn still_unneeded(repo: &Repo, remove: &[String]) -> Result<Vec<String>> {
+    let mut needed = std::collections::HashSet::new();
+    for n in repo.numbers()? {
+        let name = format!("E{n}");
+        if remove.contains(&name) {
+            continue;
+        }
+        // An entry that cannot be read cannot be built either; it protects nothing.
+        let mut cur = repo.load(&name).ok().and_then(|e| e.parent);
+        while let Some(p) = cur {
+            if !remove.contains(&p) || !needed.insert(p.clone()) {
+                break;
+            }
+            cur = repo.load(&p).ok().and_then(|e| e.parent);
+        }
+    }
+    Ok(remove
+        .iter()
+        .filter(|r| !needed.contains(*r))
+        .cloned()
+        .collect())
 }
 
 /// Finish a rewrite a killed command left behind. Call with the exclusive lock held.
@@ -405,10 +439,37 @@ pub fn recover(repo: &Repo) -> Result<bool> {
     }
 }
 
+/// The staging phase of a rewrite (before its journal): if it fails, what this command staged
+/// so far is removed (nothing was changed yet), so a failed rewrite leaves `tmp/` as it found
+/// it.
+fn staging<T>(repo: &Repo, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f().inspect_err(|_| repo.remove_own_tmp())
+}
+
+/// Write the journal and carry it out. A journal that cannot be written leaves the repository
+/// as it was (the staged folders are removed); from the journal on, a failure (a full disk
+/// while repointing working-area records) leaves the rewrite for the next command to finish,
+/// and the error says so.
 fn run(repo: &Repo, j: Journal) -> Result<()> {
     let text = serde_json::to_string_pretty(&j).expect("serializable") + "\n";
-    write_atomic(&journal_path(repo), text.as_bytes())?;
-    apply_journal(repo, &j)
+    let half_done = |err: Error| match err {
+        Error::Io { what, source } => Error::Io {
+            what: format!(
+                "{} is half done; {JOURNAL} is kept and the next command finishes it: {what}",
+                j.op
+            ),
+            source,
+        },
+        other => other,
+    };
+    if let Err(err) = write_atomic(&journal_path(repo), text.as_bytes()) {
+        if journal_path(repo).exists() {
+            return Err(half_done(err));
+        }
+        repo.remove_own_tmp();
+        return Err(err);
+    }
+    apply_journal(repo, &j).map_err(half_done)
 }
 
 fn staged_name(p: &Path) -> String {
@@ -438,24 +499,20 @@ pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: i32) -> Result<Rewrit
         Some(p) => Some(repo.load(p)?),
         None => None,
     };
-    let mut swaps = Vec::new();
     let mut out = Rewritten::default();
+    let swaps = staging(repo, || {
+        let mut swaps = Vec::new();
+        for c in &children {
+            let staged = restage(repo, c, new_parent.as_ref(), level)?;
+            swaps.push(Swap {
+                entry: c.name.clone(),
+                staged: staged_name(&staged),
+                new_parent: new_parent.as_ref().map(|p| p.name.clone()),
+            });
+        }
+        Ok(swaps)
+    })?;
     for c in &children {
-        let staged = match restage(repo, c, new_parent.as_ref(), level) {
-            Ok(s) => s,
-            Err(err) => {
-                for s in &swaps {
-                    let s: &Swap = s;
-                    let _ = fs::remove_dir_all(repo.root.join(TMP).join(&s.staged));
-                }
-                return Err(err);
-            }
-        };
-        swaps.push(Swap {
-            entry: c.name.clone(),
-            staged: staged_name(&staged),
-            new_parent: new_parent.as_ref().map(|p| p.name.clone()),
-        });
         out.rewritten
             .push((c.name.clone(), new_parent.as_ref().map(|p| p.name.clone())));
     }
@@ -484,7 +541,7 @@ pub fn consolidate(repo: &Repo, e: &Entry, full: bool, level: i32) -> Result<Rew
         (Some(gp), false) => Some(repo.load(gp)?),
         _ => None,
     };
-    let staged = restage(repo, e, new_parent.as_ref(), level)?;
+    let staged = staging(repo, || restage(repo, e, new_parent.as_ref(), level))?;
     let np = new_parent.as_ref().map(|x| x.name.clone());
     run(
         repo,
@@ -628,27 +685,23 @@ pub fn prune(repo: &Repo, r: Retention, dry_run: bool, level: i32) -> Result<Pru
     if dry_run || plan.remove.is_empty() {
         return Ok(plan);
     }
-    let mut swaps: Vec<Swap> = Vec::new();
-    for (name, np) in &plan.rewrite {
-        let e = by_name[name.as_str()];
-        let parent = match np {
-            Some(n) => Some(repo.load(n)?),
-            None => None,
-        };
-        match restage(repo, e, parent.as_ref(), level) {
-            Ok(s) => swaps.push(Swap {
+    let swaps = staging(repo, || {
+        let mut swaps: Vec<Swap> = Vec::new();
+        for (name, np) in &plan.rewrite {
+            let e = by_name[name.as_str()];
+            let parent = match np {
+                Some(n) => Some(repo.load(n)?),
+                None => None,
+            };
+            let s = restage(repo, e, parent.as_ref(), level)?;
+            swaps.push(Swap {
                 entry: name.clone(),
                 staged: staged_name(&s),
                 new_parent: np.clone(),
-            }),
-            Err(err) => {
-                for s in &swaps {
-                    let _ = fs::remove_dir_all(repo.root.join(TMP).join(&s.staged));
-                }
-                return Err(err);
-            }
+            });
         }
-    }
+        Ok(swaps)
+    })?;
     run(
         repo,
         Journal {
@@ -674,7 +727,15 @@ pub fn open_locked(
     let repo = Repo::open(path)?;
     if mode == LockMode::Shared && journal_path(&repo).exists() {
         if let Ok(_x) = repo.lock(LockMode::Exclusive, "recover", None) {
-            recover(&repo)?;
+            // Every entry builds at every step of a rewrite, so a reader does not need it
+            // finished: a write that fails now (a full disk) leaves it for a later command
+            // instead of failing this one. A rewrite's own commands still need it done.
+            match recover(&repo) {
+                Err(err) if err.kind() == crate::error::ErrorKind::Io => {}
+                other => {
+                    other?;
+                }
+            }
         }
     }
     let lock = repo.lock(mode, command, wait)?;
