@@ -4,9 +4,17 @@
 //! consolidate [--full], prune (--keep-last and the calendar buckets, --dry-run) and verify,
 //! checked after every step against an in-memory model: which entries exist, each one's parent
 //! and mode, and the exact files each must build to (a `cp -a` copy of every saved state).
-//! After every step `list` must match the model, `tmp/` must be empty with no journal, and a
-//! sample of entries (always including the ones the step rewrote) is built and compared byte
-//! for byte; at the end of a case every entry is built and `verify --read-data` passes.
+//! After every step `list` must match the model (times included), `tmp/` must be empty with no
+//! journal, and a sample of entries (always including the ones the step rewrote) is built and
+//! compared byte for byte; at the end of a case every entry is built and `verify --read-data`
+//! passes.
+//!
+//! Entry times are spread out so that prune's calendar buckets mean something: after each save
+//! the new entry's `time` in `entry.json` is set (with its `entry.json.b3`) to the model's clock,
+//! which moves forward by seconds to weeks between saves from a start just before a year
+//! boundary, an ISO week 53 or a February 29. The model's prune keeps, per bucket, the newest
+//! entry of each of the newest N UTC days, ISO weeks or months, with its own calendar
+//! (`Time` below, Python's `datetime` arithmetic), not vrepo's.
 //!
 //! A failing case prints its seed and step; `VREPO_MODEL_SEED=N` replays one seed.
 
@@ -27,8 +35,166 @@ struct ModelEntry {
     mode: &'static str,
     /// The files it must build to.
     state: PathBuf,
-    /// Order of creation (entry times are in creation order).
-    seq: u64,
+    /// Its time (the model's clock when it was saved: entry times are in creation order).
+    time: Time,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model's calendar: proleptic Gregorian, UTC, written after Python's `datetime`
+// (`_ymd2ord`, `isocalendar`), independently of vrepo's.
+
+const DAY_US: i64 = 86_400 * 1_000_000;
+
+/// A UTC instant: a civil date and the microseconds into that day. Ordered by time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Time {
+    y: i64,
+    m: i64,
+    d: i64,
+    us: i64,
+}
+
+fn is_leap(y: i64) -> bool {
+    y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Python's `date.toordinal()`: 0001-01-01 is day 1.
+fn ordinal(y: i64, m: i64, d: i64) -> i64 {
+    let py = y - 1;
+    let before_year = py * 365 + py / 4 - py / 100 + py / 400;
+    let before_month: i64 = (1..m).map(|k| days_in_month(y, k)).sum();
+    before_year + before_month + d
+}
+
+/// The ordinal of the Monday of ISO week 1 of `y` (the week holding the year's first Thursday).
+fn iso_week1_monday(y: i64) -> i64 {
+    let first = ordinal(y, 1, 1);
+    let weekday = (first + 6) % 7; // Monday 0
+    let monday = first - weekday;
+    if weekday > 3 {
+        monday + 7
+    } else {
+        monday
+    }
+}
+
+impl Time {
+    fn start(y: i64, m: i64, d: i64, us: i64) -> Time {
+        Time { y, m, d, us }
+    }
+
+    fn next_day(&mut self) {
+        self.d += 1;
+        if self.d > days_in_month(self.y, self.m) {
+            self.d = 1;
+            self.m += 1;
+            if self.m > 12 {
+                self.m = 1;
+                self.y += 1;
+            }
+        }
+    }
+
+    fn advance(&mut self, us: i64) {
+        self.us += us;
+        while self.us >= DAY_US {
+            self.us -= DAY_US;
+            self.next_day();
+        }
+    }
+
+    fn day(&self) -> (i64, i64, i64) {
+        (self.y, self.m, self.d)
+    }
+
+    fn month(&self) -> (i64, i64) {
+        (self.y, self.m)
+    }
+
+    /// Python's `date.isocalendar()[:2]`: (ISO year, ISO week).
+    fn iso_week(&self) -> (i64, i64) {
+        let today = ordinal(self.y, self.m, self.d);
+        let mut year = self.y;
+        let mut monday = iso_week1_monday(year);
+        let mut week = (today - monday).div_euclid(7);
+        if week < 0 {
+            year -= 1;
+            monday = iso_week1_monday(year);
+            week = (today - monday).div_euclid(7);
+        } else if week >= 52 && today >= iso_week1_monday(year + 1) {
+            year += 1;
+            week = 0;
+        }
+        (year, week + 1)
+    }
+
+    /// RFC 3339, as vrepo writes entry times.
+    fn rfc3339(&self) -> String {
+        let secs = self.us / 1_000_000;
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            self.y,
+            self.m,
+            self.d,
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            self.us % 1_000_000
+        )
+    }
+}
+
+#[test]
+fn the_model_calendar() {
+    // Known ISO weeks, as `date(Y, M, D).isocalendar()` gives them.
+    for ((y, m, d), want) in [
+        ((2020, 12, 31), (2020, 53)),
+        ((2021, 1, 3), (2020, 53)),
+        ((2021, 1, 4), (2021, 1)),
+        ((2024, 12, 29), (2024, 52)),
+        ((2024, 12, 30), (2025, 1)),
+        ((2026, 11, 22), (2026, 47)),
+        ((2026, 11, 23), (2026, 48)),
+        ((2027, 1, 1), (2026, 53)),
+        ((2028, 2, 29), (2028, 9)),
+    ] {
+        assert_eq!(Time::start(y, m, d, 0).iso_week(), want, "{y}-{m}-{d}");
+    }
+    assert_eq!(ordinal(1970, 1, 1), 719_163);
+    let mut t = Time::start(2028, 2, 28, DAY_US - 1);
+    t.advance(1);
+    assert_eq!(t.day(), (2028, 2, 29));
+    t.advance(DAY_US);
+    assert_eq!(t.day(), (2028, 3, 1));
+    let mut t = Time::start(2027, 12, 31, 23 * 3_600_000_000);
+    assert_eq!(t.rfc3339(), "2027-12-31T23:00:00.000000Z");
+    t.advance(3_600_000_000 + 5);
+    assert_eq!(t.rfc3339(), "2028-01-01T00:00:00.000005Z");
+}
+
+/// Set entry `name`'s time in its `entry.json`, keeping `entry.json.b3` right.
+fn set_time(repo: &Repo, name: &str, time: &str) {
+    let p = repo.entry_file(name, "entry.json");
+    let text = fs::read_to_string(&p).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let old = format!("\"time\": {}", v["time"]);
+    assert_eq!(text.matches(&old).count(), 1, "{name}: {old} in entry.json");
+    let text = text.replace(&old, &format!("\"time\": \"{time}\""));
+    fs::write(&p, &text).unwrap();
+    fs::write(
+        repo.entry_file(name, "entry.json.b3"),
+        format!("{}\n", blake3::hash(text.as_bytes()).to_hex()),
+    )
+    .unwrap();
 }
 
 struct WorkArea {
@@ -39,7 +205,8 @@ struct WorkArea {
 
 struct Model {
     entries: BTreeMap<u64, ModelEntry>,
-    seq: u64,
+    /// The time of the newest save.
+    clock: Time,
     default_max_chain: Option<u64>,
     /// The highest entry number given: names are never reused.
     last: u64,
@@ -89,6 +256,39 @@ impl Model {
     fn names(&self) -> Vec<u64> {
         self.entries.keys().copied().collect()
     }
+
+    /// What prune keeps (docs/vrepo.md, restic's rules): the `last` newest entries; for each
+    /// calendar bucket with a count N (daily, weekly, monthly), the N newest UTC days (ISO
+    /// weeks, months) that have entries, and of each the newest entry.
+    fn kept(&self, last: u64, buckets: [u64; 3]) -> BTreeSet<u64> {
+        let mut by_age: Vec<(Time, u64)> = self.entries.iter().map(|(n, e)| (e.time, *n)).collect();
+        by_age.sort_unstable_by(|a, b| b.cmp(a));
+        let mut keep: BTreeSet<u64> = by_age.iter().take(last as usize).map(|x| x.1).collect();
+        type Key = fn(&Time) -> (i64, i64, i64);
+        let keys: [Key; 3] = [
+            |t| t.day(),
+            |t| {
+                let (y, w) = t.iso_week();
+                (y, w, 0)
+            },
+            |t| {
+                let (y, m) = t.month();
+                (y, m, 0)
+            },
+        ];
+        for (key, n) in keys.iter().zip(buckets) {
+            let periods: BTreeSet<(i64, i64, i64)> = by_age.iter().map(|(t, _)| key(t)).collect();
+            for p in periods.iter().rev().take(n as usize) {
+                let newest = by_age
+                    .iter()
+                    .filter(|(t, _)| key(t) == *p)
+                    .max()
+                    .expect("a period with entries");
+                keep.insert(newest.1);
+            }
+        }
+        keep
+    }
 }
 
 impl Case {
@@ -123,6 +323,9 @@ struct Case {
     /// Entries to build after the current step besides the random sample.
     touched: BTreeSet<u64>,
     counter: u64,
+    /// Prunes whose calendar buckets kept an entry that neither --keep-last nor "the newest"
+    /// would have.
+    calendar_prunes: u64,
 }
 
 impl Case {
@@ -224,19 +427,54 @@ impl Case {
         assert_eq!(e["mode"], want_mode, "{label}: mode");
         let k = self.counter_next();
         let state = keep(&wa_path, &self.dir.join(format!("state-{k}")));
-        self.model.seq += 1;
+        let time = self.tick();
+        set_time(&self.repo, &name(want_number), &time.rfc3339());
         self.model.entries.insert(
             want_number,
             ModelEntry {
                 parent: want_parent,
                 mode: want_mode,
                 state,
-                seq: self.model.seq,
+                time,
             },
         );
         self.was[wa].record = Some(want_number);
         self.model.last = want_number;
         self.touched.insert(want_number);
+    }
+
+    /// Move the clock forward for a new entry: a few seconds to a few hours (often the same
+    /// day), about a day, a few days, one to three weeks, one to two months, or to a minute
+    /// or so before or after the next midnight, Monday or first of a month (so that
+    /// neighbouring entries straddle the edges of days, ISO weeks and months).
+    fn tick(&mut self) -> Time {
+        const S: i64 = 1_000_000;
+        const H: i64 = 3600 * S;
+        let r = &mut self.rng;
+        let c = self.model.clock;
+        let us = match r.below(100) {
+            0..=24 => S + r.below(3 * H as u64) as i64,
+            25..=44 => 20 * H + r.below(8 * H as u64) as i64,
+            45..=59 => 2 * DAY_US + r.below(5 * DAY_US as u64) as i64,
+            60..=69 => 7 * DAY_US + r.below(14 * DAY_US as u64) as i64,
+            70..=74 => 25 * DAY_US + r.below(45 * DAY_US as u64) as i64,
+            _ => {
+                let days = match r.below(3) {
+                    0 => 1,
+                    1 => 7 - (ordinal(c.y, c.m, c.d) + 6) % 7,
+                    _ => days_in_month(c.y, c.m) - c.d + 1,
+                };
+                let to_edge = days * DAY_US - c.us;
+                let delta = S + r.below(90 * S as u64) as i64;
+                if r.chance(50) && to_edge > delta {
+                    to_edge - delta
+                } else {
+                    to_edge + delta
+                }
+            }
+        };
+        self.model.clock.advance(us);
+        self.model.clock
     }
 
     fn counter_next(&mut self) -> u64 {
@@ -390,34 +628,43 @@ impl Case {
         if names.is_empty() {
             return;
         }
-        let last = self.rng.below(names.len() as u64 + 1);
-        let bucket = ["--keep-daily", "--keep-weekly", "--keep-monthly"];
+        // --keep-last in half the cases, each calendar bucket in 40%, at least one policy.
+        let last = if self.rng.chance(50) {
+            self.rng.below(names.len() as u64 + 1)
+        } else {
+            0
+        };
+        let mut buckets = [0u64; 3]; // daily, weekly, monthly
+        for b in &mut buckets {
+            if self.rng.chance(40) {
+                *b = 1 + self.rng.below(4);
+            }
+        }
+        if last == 0 && buckets == [0; 3] {
+            buckets[self.rng.below(3) as usize] = 1 + self.rng.below(4);
+        }
         let mut args: Vec<String> = vec!["prune".into()];
         if last > 0 {
             args.push("--keep-last".into());
             args.push(last.to_string());
         }
-        let with_bucket = last == 0 || self.rng.chance(25);
-        if with_bucket {
-            args.push((*self.rng.pick(&bucket)).into());
-            args.push((1 + self.rng.below(3)).to_string());
+        for (flag, n) in ["--keep-daily", "--keep-weekly", "--keep-monthly"]
+            .iter()
+            .zip(buckets)
+        {
+            if n > 0 {
+                args.push((*flag).into());
+                args.push(n.to_string());
+            }
         }
         let dry = self.rng.chance(20);
         if dry {
             args.push("--dry-run".into());
         }
-        // The model: newest `last` by time; every calendar bucket keeps the newest entry (all
-        // entries are from today).
-        let mut by_age: Vec<(u64, u64)> = self
-            .model
-            .entries
-            .iter()
-            .map(|(n, e)| (e.seq, *n))
-            .collect();
-        by_age.sort_unstable_by(|a, b| b.cmp(a));
-        let mut keep: BTreeSet<u64> = by_age.iter().take(last as usize).map(|x| x.1).collect();
-        if with_bucket {
-            keep.insert(by_age[0].1);
+        let keep = self.model.kept(last, buckets);
+        let newest = self.model.kept(last.max(1), [0; 3]);
+        if !keep.is_subset(&newest) {
+            self.calendar_prunes += 1;
         }
         let remove: Vec<u64> = names
             .iter()
@@ -522,6 +769,19 @@ impl Case {
             .map(|(n, e)| (name(*n), e.parent.map(name), e.mode.to_owned()))
             .collect();
         assert_eq!(list, want, "{label}: list against the model");
+        let times: Vec<String> = self
+            .repo
+            .stdout(&["--json", "list"])
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["time"].to_string())
+            .collect();
+        let want_times: Vec<String> = self
+            .model
+            .entries
+            .values()
+            .map(|e| format!("\"{}\"", e.time.rfc3339()))
+            .collect();
+        assert_eq!(times, want_times, "{label}: entry times against the model");
         assert!(
             !self.repo.root.join("journal.json").exists(),
             "{label}: a journal is left"
@@ -546,7 +806,29 @@ impl Case {
     }
 }
 
-fn run_case(seed: u64, steps: usize, default_max_chain: Option<u64>) {
+/// Where a case's clock starts (each just before a calendar edge): 22:30 UTC on 2026-11-15,
+/// 2024-12-22 (2024-12-30 is in ISO week 1 of 2025), 2028-02-20 (a February 29 follows), or
+/// 2020-12-20 (2020 has an ISO week 53).
+fn start_time(seed: u64) -> Time {
+    let (y, m, d) = [
+        (2026, 11, 15),
+        (2024, 12, 22),
+        (2028, 2, 20),
+        (2020, 12, 20),
+    ][seed as usize % 4];
+    Time::start(y, m, d, 22 * 3_600_000_000 + 30 * 60_000_000)
+}
+
+/// How often each kind of step is picked (percent, in the order of `run_case`'s match: save,
+/// build into a working area, build into a new folder, rm, rm --rebase, consolidate, prune;
+/// verify takes the rest).
+type Mix = [u64; 7];
+
+const MIX: Mix = [35, 8, 8, 12, 9, 10, 9];
+/// Mostly saves and prunes, so prune's calendar buckets see many entry times.
+const CALENDAR_MIX: Mix = [52, 3, 3, 3, 5, 4, 26];
+
+fn run_case(seed: u64, steps: usize, default_max_chain: Option<u64>, mix: Mix) -> u64 {
     let t = tempdir();
     let dir = t.path().to_path_buf();
     let mc = default_max_chain.map(|m| m.to_string());
@@ -563,7 +845,7 @@ fn run_case(seed: u64, steps: usize, default_max_chain: Option<u64>) {
         repo,
         model: Model {
             entries: BTreeMap::new(),
-            seq: 0,
+            clock: start_time(seed),
             default_max_chain,
             last: 0,
         },
@@ -574,6 +856,7 @@ fn run_case(seed: u64, steps: usize, default_max_chain: Option<u64>) {
         step: 0,
         touched: BTreeSet::new(),
         counter: 0,
+        calendar_prunes: 0,
     };
     for step in 0..steps {
         c.step = step;
@@ -583,14 +866,20 @@ fn run_case(seed: u64, steps: usize, default_max_chain: Option<u64>) {
         if c.model.entries.is_empty() {
             c.save();
         } else {
-            match c.rng.below(100) {
-                0..=34 => c.save(),
-                35..=42 => c.build_into_workarea(),
-                43..=50 => c.build_fresh(),
-                51..=62 => c.rm(false),
-                63..=71 => c.rm(true),
-                72..=81 => c.consolidate(),
-                82..=90 => c.prune(),
+            let mut pick = c.rng.below(100);
+            let kind = mix.iter().position(|&w| {
+                let here = pick < w;
+                pick = pick.saturating_sub(w);
+                here
+            });
+            match kind {
+                Some(0) => c.save(),
+                Some(1) => c.build_into_workarea(),
+                Some(2) => c.build_fresh(),
+                Some(3) => c.rm(false),
+                Some(4) => c.rm(true),
+                Some(5) => c.consolidate(),
+                Some(6) => c.prune(),
                 _ => c.verify(),
             }
         }
@@ -604,9 +893,13 @@ fn run_case(seed: u64, steps: usize, default_max_chain: Option<u64>) {
     assert_eq!(r["damaged"], serde_json::json!([]), "{r}");
     assert_eq!(r["unbuildable"], serde_json::json!([]), "{r}");
     eprintln!(
-        "seed {seed}: {steps} steps, {} entries left",
-        c.model.entries.len()
+        "seed {seed}: {steps} steps, {} entries left, {} prunes kept entries by their \
+         calendar buckets, clock {:?}",
+        c.model.entries.len(),
+        c.calendar_prunes,
+        c.model.clock
     );
+    c.calendar_prunes
 }
 
 fn seeds(default: &[u64]) -> Vec<u64> {
@@ -619,20 +912,35 @@ fn seeds(default: &[u64]) -> Vec<u64> {
 #[test]
 fn model_random_sequences() {
     for seed in seeds(&[1]) {
-        run_case(seed, 36, None);
+        run_case(seed, 36, None, MIX);
     }
 }
 
 #[test]
 fn model_random_sequences_with_a_repository_max_chain() {
     for seed in seeds(&[7]) {
-        run_case(seed, 32, Some(3));
+        run_case(seed, 32, Some(3), MIX);
     }
 }
 
 #[test]
 fn model_random_sequences_second_seed() {
     for seed in seeds(&[2]) {
-        run_case(seed, 32, None);
+        run_case(seed, 32, None, MIX);
+    }
+}
+
+/// Prune's calendar buckets end to end: entry times spread over days, ISO weeks, months and a
+/// year boundary, and many prunes with --keep-daily/--keep-weekly/--keep-monthly.
+#[test]
+fn model_random_sequences_calendar_buckets() {
+    // Seeds 3 and 6 start before 2020's ISO week 53 and before 2028-02-29; each of them
+    // catches weeks starting on Sunday or months keyed by year in vrepo's prune.
+    for seed in seeds(&[3, 6]) {
+        let n = run_case(seed, 40, None, CALENDAR_MIX);
+        assert!(
+            n >= 2,
+            "seed {seed}: only {n} prunes kept entries by their calendar buckets"
+        );
     }
 }
