@@ -870,6 +870,11 @@ fn save_and_build_on_a_full_file_system_fail_cleanly_or_succeed_whole() {
         } else {
             let line = assert_failed(&o, EXIT_IO, &what);
             assert!(line.contains("No space left"), "{what}: {line}");
+            // The line names the file that could not be written.
+            assert!(
+                line.contains(s(&repo.root)),
+                "{what}: names no file: {line}"
+            );
             assert_eq!(names, names_before, "{what}: a failed save left an entry");
             let after = repo_snapshot(&repo.root);
             assert!(

@@ -133,10 +133,13 @@ pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -
         Ok(ne)
     })();
     match result {
-        Ok(ne) => {
-            crate::repo::write_manifest(&staged, &ne)?;
-            Ok(staged)
-        }
+        Ok(ne) => match crate::repo::write_manifest(&staged, &ne) {
+            Ok(()) => Ok(staged),
+            Err(err) => {
+                let _ = fs::remove_dir_all(&staged);
+                Err(err)
+            }
+        },
         Err(err) => {
             let _ = fs::remove_dir_all(&staged);
             Err(err)

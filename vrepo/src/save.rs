@@ -197,7 +197,9 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
         let (summary, scan, chunks) =
             vdiff::diff::diff_one_pass(parent_scan, &vol, &known_fn, dopts, &out).map_err(|e| {
                 match e {
-                    vdiff::Error::Io(source) => Error::Io {
+                    // The encoder's write errors are a format::Error::Io.
+                    vdiff::Error::Io(source)
+                    | vdiff::Error::Format(vdiff::format::Error::Io(source)) => Error::Io {
                         what: format!("saving into {}", delta_path.display()),
                         source,
                     },
