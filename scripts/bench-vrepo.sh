@@ -384,6 +384,7 @@ save_states() {
         fi
         touch "$wa/bench.vmdk" "$wa/bench.nvram"
         cat "$wa"/* >/dev/null # read once: every contender reads it from the page cache
+        sync # the copy's writeback must not run under the first contender's save
         for t in "$@"; do
             say "state $n: $t save"
             case $t in
