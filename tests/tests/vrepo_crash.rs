@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{fresh_bin, qemu_img, qemu_io, run};
+use common::{fresh_bin, qemu_img, qemu_io, run, Mount};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -747,58 +747,6 @@ fn save_and_build_past_the_file_size_limit_fail_cleanly() {
 
 // ---------------------------------------------------------------------------------------------
 // 5. Write errors: a full file system (a small tmpfs; skipped when mounting is not allowed).
-
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, bytes: u64) -> Option<Mount> {
-        fs::create_dir_all(at).unwrap();
-        let o = Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={bytes},mode=0755"))
-            .arg("tmpfs")
-            .arg(at)
-            .output()
-            .ok()?;
-        if !o.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            return None;
-        }
-        Some(Mount(at.to_path_buf()))
-    }
-
-    /// Bytes free for files.
-    fn free(&self) -> u64 {
-        let st = rustix::fs::statvfs(&self.0).unwrap();
-        st.f_bavail * st.f_frsize
-    }
-
-    /// Fill the file system with `filler` so that `free` bytes stay free.
-    fn leave_free(&self, filler: &Path, free: u64) {
-        let _ = fs::remove_file(filler);
-        let n = self.free().saturating_sub(free);
-        let f = fs::File::create(filler).unwrap();
-        // tmpfs allocates pages as they are written.
-        let chunk = vec![0x5au8; MIB as usize];
-        let mut w = std::io::BufWriter::new(f);
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(MIB);
-            std::io::Write::write_all(&mut w, &chunk[..k as usize]).unwrap();
-            left -= k;
-        }
-        w.into_inner().unwrap().sync_all().unwrap();
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[test]
 fn save_and_build_on_a_full_file_system_fail_cleanly_or_succeed_whole() {

@@ -21,6 +21,7 @@
 mod common;
 mod vrepo_support;
 
+use common::Mount;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
@@ -368,58 +369,13 @@ fn check_run(
 // ---------------------------------------------------------------------------------------------
 // A full file system.
 
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, bytes: u64) -> Option<Mount> {
-        fs::create_dir_all(at).unwrap();
-        let o = Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={bytes},mode=0755"))
-            .arg("tmpfs")
-            .arg(at)
-            .output()
-            .ok()?;
-        if !o.status.success() {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            return None;
-        }
-        Some(Mount(at.to_path_buf()))
-    }
-
-    /// Bytes free for files.
-    fn free(&self) -> u64 {
-        let st = rustix::fs::statvfs(&self.0).unwrap();
-        st.f_bavail * st.f_frsize
-    }
-
-    /// Fill the file system with `filler` so that `free` bytes stay free.
-    fn leave_free(&self, filler: &Path, free: u64) {
-        let _ = fs::remove_file(filler);
-        let before = self.free();
-        assert!(before >= free, "only {before} bytes free, {free} asked");
-        let n = before - free;
-        let f = fs::File::create(filler).unwrap();
-        let chunk = vec![0x5au8; MIB as usize];
-        let mut w = std::io::BufWriter::new(f);
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(MIB);
-            std::io::Write::write_all(&mut w, &chunk[..k as usize]).unwrap();
-            left -= k;
-        }
-        w.into_inner().unwrap().sync_all().unwrap();
-        assert_eq!(self.free(), free, "filled to leave {free} bytes free");
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
+/// Fill `mnt` so that exactly `free` bytes stay free (there must be that much).
+fn leave_exactly(mnt: &Mount, filler: &Path, free: u64) {
+    let _ = fs::remove_file(filler);
+    let before = mnt.free();
+    assert!(before >= free, "only {before} bytes free, {free} asked");
+    mnt.leave_free(filler, free);
+    assert_eq!(mnt.free(), free, "filled to leave {free} bytes free");
 }
 
 fn on_a_full_file_system(rw: Rewrite) {
@@ -451,7 +407,7 @@ fn on_a_full_file_system(rw: Rewrite) {
             rw.args
         );
         let repo = fx.copy(&root);
-        mnt.leave_free(&filler, free);
+        leave_exactly(&mnt, &filler, free);
         let o = repo.output(&rw.json_args());
         let no_room = NoRoom {
             cause: "No space left on device",

@@ -583,20 +583,7 @@ pub fn diff_scanned<W: Write>(
     opts: DiffOptions,
     out: W,
 ) -> Result<Summary> {
-    let header = Header {
-        flags: if old_scan.is_none() { FLAG_FULL } else { 0 }
-            | if opts.index { FLAG_INDEX } else { 0 },
-        block_size: new_scan.block_size,
-        source_size: old_scan.as_ref().map_or(0, |s| s.size),
-        target_size: new_scan.size,
-        source_digest: old_scan.as_ref().map_or([0; 32], |s| s.digest),
-        target_digest: new_scan.digest,
-    };
-    let enc = Encoder::new(out, header.clone(), opts.level)?;
-    let mut eng = Engine::new(old_scan.as_ref(), enc, opts.level, &header);
-    eng.summary.identical = old_scan
-        .as_ref()
-        .is_some_and(|o| o.size == new_scan.size && o.digest == new_scan.digest);
+    let mut eng = Engine::for_scans(old_scan.as_ref(), &new_scan, opts, out)?;
     for i in 0..new_scan.kinds.len() {
         eng.decide(&new_scan, i);
         if eng.pending_literal >= BATCH_LITERAL_BYTES {
@@ -626,20 +613,7 @@ pub fn diff_scanned_batches<W: Write>(
     out: W,
     fill: &mut BatchFill,
 ) -> Result<Summary> {
-    let header = Header {
-        flags: if old_scan.is_none() { FLAG_FULL } else { 0 }
-            | if opts.index { FLAG_INDEX } else { 0 },
-        block_size: new_scan.block_size,
-        source_size: old_scan.as_ref().map_or(0, |s| s.size),
-        target_size: new_scan.size,
-        source_digest: old_scan.as_ref().map_or([0; 32], |s| s.digest),
-        target_digest: new_scan.digest,
-    };
-    let enc = Encoder::new(out, header.clone(), opts.level)?;
-    let mut eng = Engine::new(old_scan.as_ref(), enc, opts.level, &header);
-    eng.summary.identical = old_scan
-        .as_ref()
-        .is_some_and(|o| o.size == new_scan.size && o.digest == new_scan.digest);
+    let mut eng = Engine::for_scans(old_scan.as_ref(), &new_scan, opts, out)?;
     let size = new_scan.size;
     let bs = new_scan.block_size as u64;
     let nchunks = size.div_ceil(CHUNK_BYTES);
@@ -881,6 +855,24 @@ struct Engine<'a, W: Write> {
 }
 
 impl<'a, W: Write> Engine<'a, W> {
+    /// The engine writing the delta from `old` to the image `new` describes (its scan known
+    /// up front: the header is complete from the start).
+    fn for_scans(old: Option<&'a Scan>, new: &Scan, opts: DiffOptions, out: W) -> Result<Self> {
+        let header = Header {
+            flags: if old.is_none() { FLAG_FULL } else { 0 }
+                | if opts.index { FLAG_INDEX } else { 0 },
+            block_size: new.block_size,
+            source_size: old.map_or(0, |s| s.size),
+            target_size: new.size,
+            source_digest: old.map_or([0; 32], |s| s.digest),
+            target_digest: new.digest,
+        };
+        let enc = Encoder::new(out, header.clone(), opts.level)?;
+        let mut eng = Engine::new(old, enc, opts.level, &header);
+        eng.summary.identical = old.is_some_and(|o| o.size == new.size && o.digest == new.digest);
+        Ok(eng)
+    }
+
     fn new(old: Option<&'a Scan>, enc: Encoder<W>, level: i32, header: &Header) -> Self {
         // Index OLD's data blocks by digest (first occurrence wins).
         let mut old_index: HashMap<BlockDigest, u32> = HashMap::default();

@@ -469,40 +469,11 @@ fn with_literal<T>(
             let last = c.len() - 1;
             return Ok(f(&c[last].1));
         }
-        let d = &deltas[k];
-        let r = d.recs[i];
-        let What::Literal {
-            record_at,
-            payload_len,
-            stored,
-        } = r.what
-        else {
-            unreachable!("leaf built from a literal record")
-        };
-        let head = format::RecordHead {
-            kind: format::KIND_LITERAL,
-            flags: if stored { format::LITERAL_STORED } else { 0 },
-            reserved: 0,
-            payload_len,
-            offset: r.offset,
-            length: r.length,
-            arg: 0,
-            stream_offset: record_at,
-        };
-        let derr = |source| Error::Delta {
-            name: d.name.clone(),
-            source,
-        };
+        let r = deltas[k].recs[i];
         // The buffer of the record evicted last, reused: no fresh pages to fault in and zero.
         let mut bytes = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        RECORD.with(|rb| -> Result<()> {
-            let mut record = rb.borrow_mut();
-            let payload =
-                format::read_literal_at(&d.file, d.len, &head, &mut record).map_err(derr)?;
-            d.bytes_read
-                .fetch_add(head.stream_len(), std::sync::atomic::Ordering::Relaxed);
+        read_literal(&deltas[k], i, |stored, payload| {
             format::literal_bytes(stored, payload, r.length, &mut bytes)
-                .map_err(|source| derr(at_record(source, record_at)))
         })?;
         let out = f(&bytes);
         c.push(((run, k, i), bytes));
@@ -539,7 +510,25 @@ fn at_record(e: format::Error, record_at: u64) -> format::Error {
 /// boundaries, so most records of a delta are needed whole by one window, once). Returns
 /// false when the caller must go through the cache ([`with_literal`]).
 fn literal_whole(run: u64, deltas: &[Delta], k: usize, i: usize, dst: &mut [u8]) -> Result<bool> {
-    let d = &deltas[k];
+    if deltas[k].recs[i].length != dst.len() as u64
+        || LITERALS.with(|c| c.borrow().iter().any(|(key, _)| *key == (run, k, i)))
+    {
+        return Ok(false);
+    }
+    read_literal(&deltas[k], i, |stored, payload| {
+        format::literal_into(stored, payload, dst)
+    })?;
+    Ok(true)
+}
+
+/// Read literal record `i` of `d` (checked against its index entry and checksum, into the
+/// thread's record buffer) and hand `(stored, payload)` to `inflate`; errors name the delta
+/// and the record.
+fn read_literal(
+    d: &Delta,
+    i: usize,
+    inflate: impl FnOnce(bool, &[u8]) -> format::Result<()>,
+) -> Result<()> {
     let r = d.recs[i];
     let What::Literal {
         record_at,
@@ -549,11 +538,6 @@ fn literal_whole(run: u64, deltas: &[Delta], k: usize, i: usize, dst: &mut [u8])
     else {
         unreachable!("leaf built from a literal record")
     };
-    if r.length != dst.len() as u64
-        || LITERALS.with(|c| c.borrow().iter().any(|(key, _)| *key == (run, k, i)))
-    {
-        return Ok(false);
-    }
     let head = format::RecordHead {
         kind: format::KIND_LITERAL,
         flags: if stored { format::LITERAL_STORED } else { 0 },
@@ -568,15 +552,13 @@ fn literal_whole(run: u64, deltas: &[Delta], k: usize, i: usize, dst: &mut [u8])
         name: d.name.clone(),
         source,
     };
-    RECORD.with(|rb| -> Result<()> {
+    RECORD.with(|rb| {
         let mut record = rb.borrow_mut();
         let payload = format::read_literal_at(&d.file, d.len, &head, &mut record).map_err(derr)?;
         d.bytes_read
             .fetch_add(head.stream_len(), std::sync::atomic::Ordering::Relaxed);
-        format::literal_into(stored, payload, dst)
-            .map_err(|source| derr(at_record(source, record_at)))
-    })?;
-    Ok(true)
+        inflate(stored, payload).map_err(|source| derr(at_record(source, record_at)))
+    })
 }
 
 /// One produced window: its chunk digest, its ranges, and the bytes of its data ranges.

@@ -134,15 +134,6 @@ pub fn open_deltas(repo: &Repo, chain: &[Entry], entry: &Entry) -> Result<Vec<vp
     Ok(deltas)
 }
 
-/// Produce `entry`'s volume as a sparse raw file at `path` (created).
-pub fn write_volume(repo: &Repo, chain: &[Entry], entry: &Entry, path: &Path) -> Result<()> {
-    let deltas = open_deltas(repo, chain, entry)?;
-    let f = File::create(path).at(path)?;
-    f.set_len(entry.volume.size).at(path)?;
-    vpatch::apply(None, deltas, &mut vpatch::RawSink(&f))?;
-    Ok(())
-}
-
 /// Write `entry`'s files (whose chain is `chain`) under `tmp`, an empty folder: patched, their
 /// volume digest checked, permissions and mtimes set. Returns the data bytes written.
 pub fn write_files(

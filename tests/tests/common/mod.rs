@@ -4,6 +4,7 @@
 
 pub mod esxgen;
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -123,4 +124,58 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// Where the project's committed fixtures are.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A tmpfs mounted for a test (unmounted when dropped): a file system that can be filled.
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    /// `None` (with a SKIPPED line) when mounting is not allowed here.
+    pub fn tmpfs(at: &Path, bytes: u64) -> Option<Mount> {
+        fs::create_dir_all(at).unwrap();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes},mode=0755"))
+            .arg("tmpfs")
+            .arg(at)
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return None;
+        }
+        Some(Mount(at.to_path_buf()))
+    }
+
+    /// Bytes free for files.
+    pub fn free(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.0).unwrap();
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Fill the file system with `filler` so that `free` bytes stay free.
+    pub fn leave_free(&self, filler: &Path, free: u64) {
+        let _ = fs::remove_file(filler);
+        let n = self.free().saturating_sub(free);
+        let f = fs::File::create(filler).unwrap();
+        // tmpfs allocates pages as they are written.
+        let chunk = vec![0x5au8; (1 << 20) as usize];
+        let mut w = std::io::BufWriter::new(f);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(1 << 20);
+            std::io::Write::write_all(&mut w, &chunk[..k as usize]).unwrap();
+            left -= k;
+        }
+        w.into_inner().unwrap().sync_all().unwrap();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
