@@ -130,33 +130,45 @@ pub struct ChunkScan {
 /// The rolling checksum of rsync (two 16-bit sums), over a whole block: it finds blocks of
 /// OLD at any byte offset of NEW's literal runs. Candidates are confirmed by the block digest.
 pub fn weak(bytes: &[u8]) -> u32 {
-    // a = sum of x_i; b = sum of (n - i) * x_i = n * a - sum of i * x_i (all mod 2^32, then
-    // cut to 16 bits). Written as independent lane sums so the compiler vectorizes it: the
-    // running-sum form has a dependency on every byte.
+    // a = sum of x_i; b = sum of (n - i) * x_i, both wanted mod 2^16 only, so 16-bit lanes
+    // that wrap are exact. Bytes go to 32 lanes by i mod 32; per lane, `sa` sums the bytes
+    // and `sb` sums `sa` after every row of 32, so sb_l = sum over rows c of (rows - c) * x.
+    // Then with i = 32c + l and R rows: n - i = (n - 32R) + 32(R - c) - l, hence
+    // b = (n - 32R) * A + 32 * sum(sb) - sum(l * sa_l), with A the rows' byte sum. No
+    // multiply in the loop and no dependency between lanes: the compiler vectorizes it.
     const LANES: usize = 32;
-    let mut sa = [0u32; LANES];
-    let mut si = [0u32; LANES];
-    let mut chunks = bytes.chunks_exact(LANES);
-    let mut base = 0u32;
-    for c in &mut chunks {
+    let mut sa = [0u16; LANES];
+    let mut sb = [0u16; LANES];
+    let mut rows = bytes.chunks_exact(LANES);
+    for c in &mut rows {
         for l in 0..LANES {
-            let x = c[l] as u32;
-            sa[l] = sa[l].wrapping_add(x);
-            si[l] = si[l].wrapping_add((base + l as u32).wrapping_mul(x));
+            sa[l] = sa[l].wrapping_add(c[l] as u16);
+            sb[l] = sb[l].wrapping_add(sa[l]);
         }
-        base = base.wrapping_add(LANES as u32);
     }
-    let mut a = sa.iter().fold(0u32, |t, &v| t.wrapping_add(v));
-    let mut s = si.iter().fold(0u32, |t, &v| t.wrapping_add(v));
-    for (k, &x) in chunks.remainder().iter().enumerate() {
+    let rest = rows.remainder();
+    let head = (bytes.len() - rest.len()) as u32;
+    let n = bytes.len() as u32;
+    let mut a_rows = 0u32;
+    let mut b = 0u32;
+    for l in 0..LANES {
+        a_rows = a_rows.wrapping_add(sa[l] as u32);
+        b = b
+            .wrapping_add((sb[l] as u32).wrapping_mul(LANES as u32))
+            .wrapping_sub((sa[l] as u32).wrapping_mul(l as u32));
+    }
+    b = b.wrapping_add((n - head).wrapping_mul(a_rows));
+    let mut a = a_rows;
+    for (k, &x) in rest.iter().enumerate() {
         a = a.wrapping_add(x as u32);
-        s = s.wrapping_add((base + k as u32).wrapping_mul(x as u32));
+        b = b.wrapping_add((n - head - k as u32).wrapping_mul(x as u32));
     }
-    let b = (bytes.len() as u32).wrapping_mul(a).wrapping_sub(s);
     (a & 0xffff) | (b << 16)
 }
 
-/// Roll the checksum of `len` bytes one byte on: `out` leaves, `inn` enters.
+/// Roll the checksum of `len` bytes one byte on: `out` leaves, `inn` enters (the tests'
+/// reference for the checksum at every offset).
+#[cfg(test)]
 fn roll(w: u32, out: u8, inn: u8, len: u32) -> u32 {
     let (a, b) = (w & 0xffff, w >> 16);
     let a2 = a.wrapping_sub(out as u32).wrapping_add(inn as u32) & 0xffff;
@@ -1118,16 +1130,15 @@ impl WeakIndex {
         (word, bits)
     }
 
+    /// False when OLD has no block with checksum `w`; true for every one it has (and for
+    /// about 1 in 200 others).
     #[inline]
-    fn get(&self, w: u32) -> Option<u32> {
+    fn may_hold(&self, w: u32) -> bool {
         if self.filter.is_empty() {
-            return None;
+            return false;
         }
         let (word, bits) = self.probe(w);
-        if self.filter[word] & bits != bits {
-            return None;
-        }
-        self.map.get(&w).copied()
+        self.filter[word] & bits == bits
     }
 }
 
@@ -1144,9 +1155,20 @@ enum Part {
     },
 }
 
-/// Find blocks of OLD at any byte offset of a literal run (`buf`), rsync style: roll the weak
-/// checksum byte by byte, confirm a candidate with the block digest, extend a match block by
-/// block. Returns the run as literal pieces and copies.
+thread_local! {
+    /// Per-thread prefix sums of [`split_unaligned`].
+    static PREFIX: std::cell::RefCell<(Vec<u16>, Vec<u16>)> = Default::default();
+}
+
+/// Find blocks of OLD at any byte offset of a literal run (`buf`), rsync style: the weak
+/// checksum at every byte offset, a candidate confirmed with the block digest, a match
+/// extended block by block. Returns the run as literal pieces and copies.
+///
+/// The checksum at offset `i` comes from two prefix sums (mod 2^16, like the checksum): with
+/// `s[j]` the sum of the first `j` bytes and `t[j] = s[1] + ... + s[j]`, a block of `n` bytes
+/// at `i` has `a = s[i+n] - s[i]` and `b = t[i+n] - t[i] - n * s[i]`. Unlike rolling, every
+/// offset is independent of the one before, so they are computed 64 at a time (vectorized)
+/// and their filter lookups overlap; the result is the same as rolling byte by byte.
 fn split_unaligned(
     buf: &[u8],
     old: Option<&Scan>,
@@ -1167,18 +1189,64 @@ fn split_unaligned(
         digest::leaves(bytes, &mut leaves);
         block_digest(&leaves)
     };
-    let mut lit_start = 0;
-    let mut i = 0;
-    let mut w = weak(&buf[..bs]);
-    while i + bs <= buf.len() {
-        let hit = idx
-            .get(w)
-            .filter(|&j| strong(&buf[i..i + bs]) == old.blocks[j as usize]);
-        if let Some(j) = hit {
-            if lit_start < i {
-                parts.push((lit_start, i - lit_start, None));
+    PREFIX.with(|p| {
+        let (s, t) = &mut *p.borrow_mut();
+        s.clear();
+        t.clear();
+        s.resize(buf.len() + 1, 0);
+        t.resize(buf.len() + 1, 0);
+        let (mut sa, mut ta) = (0u16, 0u16);
+        for ((&x, sj), tj) in buf.iter().zip(&mut s[1..]).zip(&mut t[1..]) {
+            sa = sa.wrapping_add(x as u16);
+            ta = ta.wrapping_add(sa);
+            *sj = sa;
+            *tj = ta;
+        }
+        let (s, t) = (&s[..], &t[..]);
+        let n16 = bs as u16; // mod 2^16, as the sums
+                             // The first offset in from..=last whose checksum the index holds and whose block
+                             // digest confirms it, with OLD's block.
+        let next_hit = |from: usize, last: usize| -> Option<(usize, u32)> {
+            const G: usize = 64;
+            let mut ws = [0u32; G];
+            let mut k = from;
+            while k <= last {
+                let g = G.min(last + 1 - k);
+                let (s0, s1) = (&s[k..k + g], &s[k + bs..k + bs + g]);
+                let (t0, t1) = (&t[k..k + g], &t[k + bs..k + bs + g]);
+                for q in 0..g {
+                    let a = s1[q].wrapping_sub(s0[q]);
+                    let b = t1[q]
+                        .wrapping_sub(t0[q])
+                        .wrapping_sub(n16.wrapping_mul(s0[q]));
+                    ws[q] = a as u32 | (b as u32) << 16;
+                }
+                for (q, &w) in ws[..g].iter().enumerate() {
+                    if !idx.may_hold(w) {
+                        continue;
+                    }
+                    let i = k + q;
+                    if let Some(j) = idx.map.get(&w).copied() {
+                        if strong(&buf[i..i + bs]) == old.blocks[j as usize] {
+                            return Some((i, j));
+                        }
+                    }
+                }
+                k += g;
             }
-            let mut end = i + bs;
+            None
+        };
+        let last = buf.len() - bs;
+        let mut lit_start = 0;
+        let mut i = 0;
+        while i <= last {
+            let Some((at, j)) = next_hit(i, last) else {
+                break;
+            };
+            if lit_start < at {
+                parts.push((lit_start, at - lit_start, None));
+            }
+            let mut end = at + bs;
             let mut next = j as usize + 1;
             while end + bs <= buf.len()
                 && next < old.blocks.len()
@@ -1189,22 +1257,14 @@ fn split_unaligned(
                 end += bs;
                 next += 1;
             }
-            parts.push((i, end - i, Some(j as u64 * bs as u64)));
+            parts.push((at, end - at, Some(j as u64 * bs as u64)));
             i = end;
             lit_start = end;
-            if i + bs <= buf.len() {
-                w = weak(&buf[i..i + bs]);
-            }
-            continue;
         }
-        if i + bs < buf.len() {
-            w = roll(w, buf[i], buf[i + bs], bs as u32);
+        if lit_start < buf.len() {
+            parts.push((lit_start, buf.len() - lit_start, None));
         }
-        i += 1;
-    }
-    if lit_start < buf.len() {
-        parts.push((lit_start, buf.len() - lit_start, None));
-    }
+    });
     parts
 }
 
@@ -1297,6 +1357,107 @@ fn flush<W: Write>(
 mod tests {
     use super::*;
 
+    /// The reference: roll byte by byte, look up every offset, take the first confirmed hit.
+    fn split_by_rolling(
+        buf: &[u8],
+        old: &Scan,
+        idx: &WeakIndex,
+    ) -> Vec<(usize, usize, Option<u64>)> {
+        let bs = old.block_size as usize;
+        let strong = |bytes: &[u8]| {
+            let mut leaves = Vec::new();
+            digest::leaves(bytes, &mut leaves);
+            block_digest(&leaves)
+        };
+        let (mut parts, mut lit_start, mut i) = (Vec::new(), 0, 0);
+        let mut w = weak(&buf[..bs]);
+        while i + bs <= buf.len() {
+            let hit = idx
+                .map
+                .get(&w)
+                .copied()
+                .filter(|&j| strong(&buf[i..i + bs]) == old.blocks[j as usize]);
+            if let Some(j) = hit {
+                if lit_start < i {
+                    parts.push((lit_start, i - lit_start, None));
+                }
+                let (mut end, mut next) = (i + bs, j as usize + 1);
+                while end + bs <= buf.len()
+                    && next < old.blocks.len()
+                    && old.kinds[next] == K_DATA
+                    && strong(&buf[end..end + bs]) == old.blocks[next]
+                {
+                    end += bs;
+                    next += 1;
+                }
+                parts.push((i, end - i, Some(j as u64 * bs as u64)));
+                (i, lit_start) = (end, end);
+                if i + bs <= buf.len() {
+                    w = weak(&buf[i..i + bs]);
+                }
+                continue;
+            }
+            if i + bs < buf.len() {
+                w = roll(w, buf[i], buf[i + bs], bs as u32);
+            }
+            i += 1;
+        }
+        if lit_start < buf.len() {
+            parts.push((lit_start, buf.len() - lit_start, None));
+        }
+        parts
+    }
+
+    #[test]
+    fn unaligned_matches_are_those_of_rolling_byte_by_byte() {
+        // OLD: 64 blocks of pseudo-random bytes. Runs: pieces of OLD at odd offsets between
+        // fresh bytes, a run shorter than a block, and one that is all fresh.
+        let mut x = 0x1234_5678u32;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as u8
+        };
+        let bs = 4096;
+        let old_bytes: Vec<u8> = (0..64 * bs).map(|_| rnd()).collect();
+        let old = scan(
+            &crate::image::MemImage::new(old_bytes.clone()),
+            bs as u32,
+            true,
+        )
+        .unwrap();
+        let idx = WeakIndex::new(Some(&old));
+        let mut runs: Vec<Vec<u8>> = Vec::new();
+        let mut run = Vec::new();
+        for (k, take) in [(3usize, 1usize), (10, 3), (40, 1), (41, 2), (63, 1)] {
+            run.extend((0..(k * 97) % 5000).map(|_| rnd()));
+            run.extend_from_slice(&old_bytes[k * bs..(k + take) * bs]);
+        }
+        run.extend((0..4095).map(|_| rnd()));
+        runs.push(run);
+        runs.push(old_bytes[5 * bs + 1..6 * bs].to_vec());
+        runs.push((0..3 * bs + 17).map(|_| rnd()).collect());
+        runs.push(old_bytes[7 * bs..9 * bs].to_vec());
+        for (r, buf) in runs.iter().enumerate() {
+            let got = split_unaligned(buf, Some(&old), &idx);
+            let want = if buf.len() < bs {
+                vec![(0, buf.len(), None)]
+            } else {
+                split_by_rolling(buf, &old, &idx)
+            };
+            assert_eq!(got, want, "run {r}");
+        }
+        assert_eq!(
+            split_unaligned(&runs[0], Some(&old), &idx)
+                .iter()
+                .filter(|p| p.2.is_some())
+                .count(),
+            5,
+            "the five pieces of OLD in run 0 are found"
+        );
+    }
+
     #[test]
     fn rolling_checksum_rolls_like_it_recomputes() {
         let data: Vec<u8> = (0..20000u32).map(|i| (i * 7919 % 256) as u8).collect();
@@ -1317,5 +1478,20 @@ mod tests {
             weak(&data[..n]),
             (a & 0xffff) as u32 | (((b & 0xffff) as u32) << 16)
         );
+        // Every length (rows of 32 and a remainder), bytes large enough to wrap the lanes.
+        let big: Vec<u8> = (0..70000u32).map(|i| 255 - (i * 31 % 7) as u8).collect();
+        for len in (0..100).chain([4095, 4096, 4097, 65536, 70000]) {
+            let (a, b) = big[..len]
+                .iter()
+                .enumerate()
+                .fold((0u64, 0u64), |(a, b), (i, &x)| {
+                    (a + x as u64, b + (len - i) as u64 * x as u64)
+                });
+            assert_eq!(
+                weak(&big[..len]),
+                (a & 0xffff) as u32 | (((b & 0xffff) as u32) << 16),
+                "length {len}"
+            );
+        }
     }
 }
