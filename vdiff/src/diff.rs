@@ -205,34 +205,21 @@ pub fn scan_chunk(
     BUF.with(|b| {
         let mut own = std::mem::take(&mut *b.borrow_mut());
         own.resize(len as usize, 0);
-        let r = scan_chunk_into(
-            img,
-            start,
-            block_size,
-            keep_blocks,
-            want_weak,
-            None,
-            &mut own,
-        );
+        let r = scan_chunk_into(img, start, block_size, keep_blocks, want_weak, &mut own);
         *b.borrow_mut() = own;
         r
     })
 }
 
-/// The rolling checksum of a block already known by its digest (a block of OLD), if any.
-pub type KnownWeak<'a> = &'a (dyn Fn(&BlockDigest) -> Option<u32> + Sync);
-
-/// [`scan_chunk`] into `buf` (the chunk's length), which keeps the chunk's bytes. With
-/// `known_weak`, a data block whose digest it knows takes that rolling checksum instead of
-/// computing it (equal digests, equal bytes): an incremental save computes rolling checksums
-/// only for the blocks that changed.
+/// [`scan_chunk`] into `buf` (the chunk's length), which keeps the chunk's bytes. (Computing a
+/// block's rolling checksum costs less than looking it up by digest in OLD's block map: the
+/// map is too large for the caches.)
 pub fn scan_chunk_into(
     img: &dyn Image,
     start: u64,
     block_size: u64,
     keep_blocks: bool,
     want_weak: bool,
-    known_weak: Option<KnownWeak>,
     buf: &mut [u8],
 ) -> Result<ChunkScan> {
     let len = buf.len() as u64;
@@ -285,10 +272,7 @@ pub fn scan_chunk_into(
                 let l1 = (l0 + per_block).min(leaves.len());
                 out.blocks[i] = block_digest(&leaves[l0..l1]);
                 if want_weak && bytes.len() as u64 == block_size {
-                    out.weaks[i] = match known_weak.and_then(|k| k(&out.blocks[i])) {
-                        Some(w) => w,
-                        None => weak(bytes),
-                    };
+                    out.weaks[i] = weak(bytes);
                 }
                 K_DATA
             } else if !has_data && all_unalloc {
@@ -744,17 +728,8 @@ pub fn diff_one_pass(
     let mut hasher = digest::ImageHasher::new(size);
     let nchunks = size.div_ceil(CHUNK_BYTES);
     let mut chunks = Vec::with_capacity(nchunks as usize);
-    // Read and hash batch `c` into `buf`, in parallel. A block found in OLD by its digest
-    // takes OLD's rolling checksum.
-    let scan_batch = |c: u64,
-                      buf: &mut Vec<u8>,
-                      old: Option<&Scan>,
-                      old_index: &HashMap<BlockDigest, u32>|
-     -> Vec<Result<(ChunkScan, bool)>> {
-        let old_weak = |d: &BlockDigest| -> Option<u32> {
-            let &j = old_index.get(d)?;
-            Some(old?.weaks[j as usize]).filter(|&w| w != 0)
-        };
+    // Read and hash batch `c` into `buf`, in parallel.
+    let scan_batch = |c: u64, buf: &mut Vec<u8>| -> Vec<Result<(ChunkScan, bool)>> {
         let n = BATCH_CHUNKS.min(nchunks - c);
         let start = c * CHUNK_BYTES;
         buf.resize((n * CHUNK_BYTES).min(size - start) as usize, 0);
@@ -765,15 +740,7 @@ pub fn diff_one_pass(
                 if let Some(cs) = known(i)? {
                     return Ok((cs, false));
                 }
-                let cs = scan_chunk_into(
-                    new,
-                    i * CHUNK_BYTES,
-                    bs as u64,
-                    true,
-                    true,
-                    Some(&old_weak),
-                    dst,
-                )?;
+                let cs = scan_chunk_into(new, i * CHUNK_BYTES, bs as u64, true, true, dst)?;
                 Ok((cs, true))
             })
             .collect()
@@ -781,7 +748,7 @@ pub fn diff_one_pass(
     // Batch c+1 is read and hashed while batch c's literals are compressed and written (both
     // on every core): the reading no longer waits for the writing.
     let (mut cur, mut next_buf) = (Vec::new(), Vec::new());
-    let mut res = (nchunks > 0).then(|| scan_batch(0, &mut cur, eng.old, &eng.old_index));
+    let mut res = (nchunks > 0).then(|| scan_batch(0, &mut cur));
     let mut c = 0;
     while let Some(batch_res) = res.take() {
         let n = batch_res.len() as u64;
@@ -811,9 +778,9 @@ pub fn diff_one_pass(
             bytes: &cur,
             read: &read,
         };
-        let (old, old_index) = (eng.old, &eng.old_index);
+        let old = eng.old;
         let (next, flushed) = rayon::join(
-            || (next_c < nchunks).then(|| scan_batch(next_c, &mut next_buf, old, old_index)),
+            || (next_c < nchunks).then(|| scan_batch(next_c, &mut next_buf)),
             || {
                 flush(
                     &mut eng.enc,
