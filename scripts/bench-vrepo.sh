@@ -18,6 +18,10 @@
 #   vrepo -r R save WORKAREA         (first full, then incremental: vrepo's default)
 #   restic -r R backup WORKAREA      (defaults: repository v2, compression auto; RESTIC_PASSWORD)
 #   borg create R::sN workarea       (defaults: lz4 compression; repo made with --encryption none)
+# The second save (state 1, the incremental save of the goal) is then timed BENCH_RUNS-1 times
+# more for vrepo and restic, each on a copy of its repository as state 0 left it (restic's cache
+# too), alternating, and the median is reported (borg's stays one run: it refuses a repository
+# older than its cache has seen).
 # and the newest state is built into an empty folder, 3 times interleaved (median), by
 #   vrepo -r R build latest DIR, restic restore latest --target DIR, borg extract R::s2,
 #   vrepo build of a full entry of the newest state (saved --full into another repository; info)
@@ -73,7 +77,7 @@
 #                    rewritten (1-50) [5]
 #   BENCH_CHAIN      entries in the chain [50]
 #   BENCH_CHAIN_KIB  KiB written into the disk before each chain save [4096]
-#   BENCH_RUNS       timed repetitions of each build [3]
+#   BENCH_RUNS       timed repetitions of each build and of the second save [3]
 #   BENCH_SKIP_VREPO set to 1 to run only restic, borg and cp (vrepo not built) [0]
 #   BENCH_SKIP_REWRITE  set to 1 to skip the rewrites and verify part [0]
 #   BENCH_ONLY_REWRITE  set to 1 to run only the rewrites and verify part [0]
@@ -393,7 +397,63 @@ save_states() {
             borg) timed "save_borg_$n" env -C "$work" borg create "$repos/borg::s$n" workarea ;;
             esac
         done
+        if ((n == 0)); then
+            # Kept for the second save's repeats (see repeat_second_saves).
+            rm -rf "$work/s0"
+            mkdir -p "$work/s0"
+            for t in vrepo restic; do
+                [[ -d $repos/$t ]] && cp -a "$repos/$t" "$work/s0/$t"
+            done
+            cp -a "$RESTIC_CACHE_DIR" "$work/s0/restic-cache" 2>/dev/null || true
+        fi
     done
+}
+
+# wa_state N: the working area's changed files set to state N (copied over, touched, read once
+# into the page cache, synced), as save_states does.
+wa_state() {
+    local f
+    for f in bench.vmdk bench.nvram; do
+        cmp -s "$work/wa$1/$f" "$wa/$f" || cp "$work/wa$1/$f" "$wa/$f"
+    done
+    touch "$wa/bench.vmdk" "$wa/bench.nvram"
+    cat "$wa"/* >/dev/null
+    sync
+}
+
+# repeat_second_saves: the second save (the incremental save of the goal) timed runs-1 times
+# more for vrepo and restic, each run on a copy of the repository (and restic's cache) as state
+# 0 left it, the working area back in state 1, the order alternated; save_TOOL_1 becomes the
+# median of all runs (the builds are medians too: one run of a sub-second save is mostly noise).
+# The working area is left in state 2. Borg's second save stays a single run: borg refuses a
+# repository older than the one its cache has seen.
+declare -A sruns
+repeat_second_saves() {
+    local r t k ws order=(vrepo restic)
+    wa_state 1
+    for t in "${order[@]}"; do sruns[$t]=${wall[save_${t}_1]}; done
+    for ((r = 2; r <= runs; r++)); do
+        for ((k = 0; k < 2; k++)); do
+            t=${order[(k + r) % 2]}
+            say "state 1 again ($r/$runs): $t save on a copy of the state-0 repository"
+            rm -rf "$work/s0x" "$work/s0x-cache"
+            cp -a "$work/s0/$t" "$work/s0x"
+            sync
+            case $t in
+            vrepo) timed "save_vrepo_1_$r" "$vr" -r "$work/s0x" save "$wa" -m "state 1" --json ;;
+            restic)
+                cp -a "$work/s0/restic-cache" "$work/s0x-cache"
+                sync
+                timed "save_restic_1_$r" env RESTIC_CACHE_DIR="$work/s0x-cache" restic -r "$work/s0x" backup "$wa"
+                ;;
+            esac
+            sruns[$t]+=" ${wall[save_${t}_1_$r]}"
+            rss[save_${t}_1]=$(maxof "${rss[save_${t}_1]} ${rss[save_${t}_1_$r]}")
+        done
+    done
+    for t in "${order[@]}"; do wall[save_${t}_1]=$(median "${sruns[$t]}"); done
+    rm -rf "$work/s0" "$work/s0x" "$work/s0x-cache"
+    wa_state 2
 }
 
 # series REPO WA N NAME: a new vrepo repository REPO given N entries saved from the working area
@@ -635,6 +695,7 @@ if [[ $skip_vrepo != 1 ]]; then
     "$vr" -r "$repos/vrepo-full" init >"$log/vrepo-init-full.log" 2>&1 || die "vrepo init failed: $(tail -n3 "$log/vrepo-init-full.log")"
     say "state 2: vrepo save --full (into another repository)"
     timed save_vrepo_full "$vr" -r "$repos/vrepo-full" save "$wa" --full -m "state 2, full" --json
+    ((runs > 1)) && repeat_second_saves
 fi
 
 # --- Builds of the newest state ----------------------------------------------------------------
@@ -748,6 +809,12 @@ sed 's/^/  /' "$work/layout.txt"
 printf '\n%-34s %10s %10s\n' "save" "wall s" "RSS MiB"
 srow() { [[ -n ${wall[$2]:-} ]] && printf '%-34s %10s %10s\n' "$1" "${wall[$2]}" "$(kib2mib "${rss[$2]}")"; }
 for n in 0 1 2; do
+    if ((n == 1)) && [[ -n ${sruns[vrepo]:-} ]]; then
+        printf '%-34s %10s %10s   %s\n' "state 1: vrepo save (median)" "${wall[save_vrepo_1]}" "$(kib2mib "${rss[save_vrepo_1]}")" "${sruns[vrepo]}"
+        printf '%-34s %10s %10s   %s\n' "state 1: restic backup (median)" "${wall[save_restic_1]}" "$(kib2mib "${rss[save_restic_1]}")" "${sruns[restic]}"
+        srow "state 1: borg create" "save_borg_1"
+        continue
+    fi
     srow "state $n: vrepo save" "save_vrepo_$n" || true
     srow "state $n: restic backup" "save_restic_$n"
     srow "state $n: borg create" "save_borg_$n"

@@ -739,6 +739,9 @@ fn long_chains_of_every_mode_build_every_entry() {
         let mode: &[&str] = match n {
             5 | 9 => &["--differential"],
             7 => &[], // saved with no change
+            // zstd's fastest level and a slow one, in the same chain as the default (-1).
+            2 => &["--incremental", "--level", "-7"],
+            3 => &["--incremental", "--level", "12"],
             _ => &["--incremental"],
         };
         if n != 7 && n != 1 {
@@ -1976,6 +1979,8 @@ fn usage_errors_exit_2() {
         &["save", s(&wa), "--full", "--parent", "E1"],
         &["save", s(&wa), "--tag", "no spaces"],
         &["save", s(&wa), "--tag", ""],
+        &["save", s(&wa), "--level", "23"],
+        &["save", s(&wa), "--level", "-8"],
         &["build", "E1"],
     ] {
         let o = repo.cmd().args(args).output().unwrap();

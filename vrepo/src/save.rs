@@ -12,15 +12,17 @@
 //!    as the next entry in one rename.
 
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{hex, Entry, FileEntry, Mode, SaveStats, StoredFiles, Volume, ENTRY_SCHEMA};
+use crate::manifest::{
+    hex, Entry, FileEntry, Mode, SaveStats, Stored, StoredFiles, Volume, ENTRY_SCHEMA,
+};
 use crate::repo::{check_tag, now_rfc3339, Repo};
 use crate::store;
 use crate::volume::{layout, Part, Source, VolumeImage};
 use crate::workarea::{self, Content};
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
-use vdiff::diff::{ChunkScan, DiffOptions};
+use std::path::{Path, PathBuf};
+use vdiff::diff::{ChunkScan, DiffOptions, Scan};
 use vdiff::format::{Digest, CHUNK_BYTES};
 
 /// What the user asked for.
@@ -206,35 +208,23 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
                     other => Error::from(other),
                 }
             })?;
-        out.sync_all().at(&delta_path)?;
-        drop(out);
-        // A file that changed while it was read makes a torn copy: refuse it.
-        for f in &wa.files {
-            if let Content::Path(p) = &f.content {
-                let now = std::fs::metadata(p).at(p)?;
-                if now.len() != f.size || workarea::mtime_ns(&now) != f.mtime_ns {
-                    return Err(Error::Io {
-                        what: p.display().to_string(),
-                        source: std::io::Error::other(
-                            "changed while it was saved (is the VM running? power it off, \
-                             or snapshot it and save --at-snapshot); nothing was stored",
-                        ),
-                    });
-                }
-            }
-        }
-        let sig_path = tmp.join(store::SIGNATURE);
-        let map = |c: u64| candidates.get(&c).copied();
-        store::write_signature(
-            &sig_path,
-            &scan,
-            parent_data
-                .as_ref()
-                .map(|pd| (&pd.scan, &map as &store::ChunkMap)),
-        )?;
-        let chunks_path = tmp.join(store::CHUNKS);
-        store::write_chunks(&chunks_path, &chunks)?;
+        // The delta is synced and hashed on another thread while the digests are written.
+        let (delta_stored, written) = std::thread::scope(|s| {
+            let delta = s.spawn(|| -> Result<Stored> {
+                out.sync_all().at(&delta_path)?;
+                store::stored_of(&delta_path)
+            });
+            let written =
+                write_digests(&tmp, &wa, &scan, parent_data.as_ref(), &candidates, &chunks);
+            let delta = delta
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (delta, written)
+        });
+        let (sig_path, chunks_path) = written?;
+        let delta_stored = delta_stored?;
         let volume_digest: Digest = scan.digest;
+
         // Per-file digests: BLAKE3 over the size and the file's chunk digests.
         let file_digest = |off: u64, size: u64| -> String {
             let mut h = blake3::Hasher::new();
@@ -287,7 +277,7 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             files,
             skipped: wa.skipped.clone(),
             stored: StoredFiles {
-                delta: store::stored_of(&delta_path)?,
+                delta: delta_stored,
                 signature: store::stored_of(&sig_path)?,
                 chunks: store::stored_of(&chunks_path)?,
             },
@@ -323,4 +313,41 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
     let notes: Vec<String> = [note, warning, recorded].into_iter().flatten().collect();
     let note = (!notes.is_empty()).then(|| notes.join("; "));
     Ok(Saved { entry, note })
+}
+
+/// After the delta: refuse a torn copy (a file that changed while it was read), then write the
+/// block digests (`signature.zst`) and chunk digests (`chunks.bin`) into `tmp`. Returns their
+/// paths.
+fn write_digests(
+    tmp: &Path,
+    wa: &workarea::WorkArea,
+    scan: &Scan,
+    parent_data: Option<&store::ParentData>,
+    candidates: &HashMap<u64, u64>,
+    chunks: &[Digest],
+) -> Result<(PathBuf, PathBuf)> {
+    for f in &wa.files {
+        if let Content::Path(p) = &f.content {
+            let now = std::fs::metadata(p).at(p)?;
+            if now.len() != f.size || workarea::mtime_ns(&now) != f.mtime_ns {
+                return Err(Error::Io {
+                    what: p.display().to_string(),
+                    source: std::io::Error::other(
+                        "changed while it was saved (is the VM running? power it off, \
+                         or snapshot it and save --at-snapshot); nothing was stored",
+                    ),
+                });
+            }
+        }
+    }
+    let sig_path = tmp.join(store::SIGNATURE);
+    let map = |c: u64| candidates.get(&c).copied();
+    store::write_signature(
+        &sig_path,
+        scan,
+        parent_data.map(|pd| (&pd.scan, &map as &store::ChunkMap)),
+    )?;
+    let chunks_path = tmp.join(store::CHUNKS);
+    store::write_chunks(&chunks_path, chunks)?;
+    Ok((sig_path, chunks_path))
 }
