@@ -401,6 +401,7 @@ fn run_in_place(
             &mut sink,
             true,
             false,
+            None,
         )?;
         if target_size < base_size {
             file.set_len(target_size).map_err(&berr)?;

@@ -212,6 +212,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
     let opts = vpatch::ApplyOptions {
         base_chunks,
         verify_base: !cli.trust_base && !cli.in_place,
+        ..Default::default()
     };
 
     if cli.in_place {

@@ -111,8 +111,18 @@ proptest! {
 /// `verify_base`.
 fn run_with(
     base: Option<&MemImage>,
+    deltas: Vec<DeltaInput>,
+    verify_base: bool,
+) -> Result<(Vec<u8>, Report), Error> {
+    run_cached(base, deltas, verify_base, None)
+}
+
+/// [`run_with`] with the literal cache limited to `cache` bytes.
+fn run_cached(
+    base: Option<&MemImage>,
     mut deltas: Vec<DeltaInput>,
     verify_base: bool,
+    cache: Option<usize>,
 ) -> Result<(Vec<u8>, Report), Error> {
     let headers = read_headers(&mut deltas)?;
     check_base(base.map(|b| b as &dyn Image), &headers[0], "d0", false)?;
@@ -120,6 +130,7 @@ fn run_with(
     let opts = ApplyOptions {
         base_chunks: None,
         verify_base,
+        literal_cache_bytes: cache,
     };
     let report = apply_with(base.map(|b| b as &dyn Image), deltas, &mut sink, &opts)?;
     assert_eq!(sink.data.len() as u64, headers.last().unwrap().target_size);
@@ -173,6 +184,55 @@ fn long_indexed_chain_reads_each_literal_about_once() {
     assert!(out == imgs[N].data);
     assert_eq!(plain.indexed_deltas, 0);
     assert!(plain.delta_bytes_read >= plain.delta_bytes);
+}
+
+/// A record that windows far apart need (a block moved across the image, a piece of a full
+/// delta's record that a later link copies elsewhere) is read and inflated once, whichever
+/// threads produce those windows; with a cache too small to hold them all, or none, the
+/// output is the same and records are read again.
+#[test]
+fn records_needed_by_distant_windows_are_read_once() {
+    const MIB: usize = 1 << 20;
+    // Compressible, so literals are zstd frames to inflate, not stored bytes.
+    let text = |seed: u64, len: usize| -> Vec<u8> {
+        random(seed, len)
+            .into_iter()
+            .map(|b| b"abcdefgh"[(b % 8) as usize])
+            .collect()
+    };
+    let a = MemImage::new(text(1, 40 * MIB));
+    let mut next = a.data.clone();
+    // Pieces of the first 20 MiB copied 20 MiB or more away; new data around them.
+    for j in 0..20 {
+        next.copy_within(j * MIB..j * MIB + 8192, (39 - j) * MIB + 512 * 1024);
+        let at = (39 - j) * MIB + 256 * 1024;
+        next[at..at + 4096].copy_from_slice(&text(50 + j as u64, 4096));
+    }
+    let b = MemImage::new(next);
+    let deltas = || {
+        vec![
+            delta_file_with(None, &a, true),
+            delta_file_with(Some(&a), &b, true),
+        ]
+    };
+    let (out, r) = run_with(None, deltas(), false).unwrap();
+    assert!(out == b.data);
+    assert!(
+        r.delta_bytes_read * 100 <= r.delta_bytes * 103,
+        "read {} of {} delta bytes",
+        r.delta_bytes_read,
+        r.delta_bytes
+    );
+    for cache in [0, 2 * MIB] {
+        let (out, small) = run_cached(None, deltas(), false, Some(cache)).unwrap();
+        assert!(out == b.data, "cache of {cache} bytes");
+        assert!(
+            small.delta_bytes_read > r.delta_bytes_read,
+            "cache of {cache} bytes: read {}, with the default {}",
+            small.delta_bytes_read,
+            r.delta_bytes_read
+        );
+    }
 }
 
 /// Literals that a later delta of the chain overwrites are never read.
