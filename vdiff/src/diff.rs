@@ -447,7 +447,7 @@ pub fn diff_disks<W: Write>(
         same: &same,
     };
     let new_scan = scan_reusing(new, opts.block_size, true, false, Some(&reuse))?;
-    let mut s = diff_scanned(Some(old_scan), new_scan, new, opts, out)?;
+    let mut s = second_pass(Some(old_scan), new_scan, new, Some(old), opts, out)?;
     s.snapshot_link = Some(k as u32);
     Ok(s)
 }
@@ -554,7 +554,7 @@ pub fn diff<W: Write>(
         }
         None => (None, scan_new(new, bs)?),
     };
-    diff_scanned(old_scan, new_scan, new, opts, out)
+    second_pass(old_scan, new_scan, new, old, opts, out)
 }
 
 /// Write the delta from the image a signature describes (on another host) to `new`. The
@@ -579,7 +579,21 @@ pub fn diff_scanned<W: Write>(
     opts: DiffOptions,
     out: W,
 ) -> Result<Summary> {
+    second_pass(old_scan, new_scan, new, None, opts, out)
+}
+
+/// [`diff_scanned`], with OLD's bytes when the caller has them (`old_img`): each copy from
+/// OLD is then extended byte by byte into the literal bytes before and after it.
+fn second_pass<W: Write>(
+    old_scan: Option<Scan>,
+    new_scan: Scan,
+    new: &dyn Image,
+    old_img: Option<&dyn Image>,
+    opts: DiffOptions,
+    out: W,
+) -> Result<Summary> {
     let mut eng = Engine::for_scans(old_scan.as_ref(), &new_scan, opts, out)?;
+    eng.old_img = old_img;
     for i in 0..new_scan.kinds.len() {
         eng.decide(&new_scan, i);
         if eng.pending_literal >= BATCH_LITERAL_BYTES {
@@ -787,6 +801,7 @@ pub fn diff_one_pass(
                     new,
                     &scan,
                     old,
+                    None,
                     &eng.weak_index,
                     &mut eng.pending,
                     eng.level,
@@ -824,6 +839,9 @@ pub fn diff_one_pass(
 struct Engine<'a, W: Write> {
     enc: Encoder<W>,
     old: Option<&'a Scan>,
+    /// OLD's bytes, when this side has them (not from a signature, nor in vrepo's saves):
+    /// copies are then extended byte by byte into the literal bytes around them.
+    old_img: Option<&'a dyn Image>,
     old_index: HashMap<BlockDigest, u32>,
     new_index: HashMap<BlockDigest, u32>,
     weak_index: WeakIndex,
@@ -866,6 +884,7 @@ impl<'a, W: Write> Engine<'a, W> {
         Engine {
             enc,
             old,
+            old_img: None,
             old_index,
             new_index: HashMap::default(),
             weak_index: WeakIndex::new(old),
@@ -996,6 +1015,7 @@ impl<'a, W: Write> Engine<'a, W> {
             new,
             scan,
             self.old,
+            self.old_img,
             &self.weak_index,
             &mut self.pending,
             self.level,
@@ -1243,15 +1263,18 @@ fn flush<W: Write>(
     new: &dyn Image,
     scan: &Scan,
     old: Option<&Scan>,
+    old_img: Option<&dyn Image>,
     idx: &WeakIndex,
     ops: &mut Vec<Op>,
     level: i32,
     batch: Option<&BatchBytes>,
 ) -> Result<()> {
     let b = scan.block_size as u64;
+    let ops_ref: &[Op] = ops;
     let payloads: Vec<Result<Vec<Part>>> = ops
         .par_iter()
-        .map(|op| match *op {
+        .enumerate()
+        .map(|(k, op)| match *op {
             Op::Literal { offset, length } => {
                 let owned;
                 let buf: &[u8] = match batch.and_then(|bb| bb.get(offset, length)) {
@@ -1273,7 +1296,20 @@ fn flush<W: Write>(
                         &owned
                     }
                 };
-                split_unaligned(buf, old, idx)
+                let mut parts = split_unaligned(buf, old, idx);
+                if let Some(img) = old_img {
+                    // Where OLD continues before the run and where it resumes after it.
+                    let before = k.checked_sub(1).and_then(|j| match ops_ref[j] {
+                        Op::CopySource { from, length } => Some(from + length),
+                        _ => None,
+                    });
+                    let after = match ops_ref.get(k + 1) {
+                        Some(&Op::CopySource { from, .. }) => Some(from),
+                        _ => None,
+                    };
+                    parts = extend_copies(buf, parts, before, after, img)?;
+                }
+                parts
                     .into_iter()
                     .map(|(at, len, copy)| match copy {
                         Some(from) => Ok(Part::Copy {
@@ -1295,6 +1331,24 @@ fn flush<W: Write>(
             _ => Ok(Vec::new()),
         })
         .collect();
+    // Copies from OLD that continue each other are written as one record (an extension and
+    // the copy it extends, an unaligned match that runs into an aligned one).
+    let mut copy: Option<(u64, u64)> = None;
+    let emit_copy = |enc: &mut Encoder<W>, c: &mut Option<(u64, u64)>| match c.take() {
+        Some((from, length)) => enc.copy_source(from, length),
+        None => Ok(()),
+    };
+    let add_copy = |enc: &mut Encoder<W>, c: &mut Option<(u64, u64)>, from: u64, length| match c {
+        Some((f, l)) if *f + *l == from => {
+            *l += length;
+            Ok(())
+        }
+        _ => {
+            emit_copy(enc, c)?;
+            *c = Some((from, length));
+            Ok::<(), crate::format::Error>(())
+        }
+    };
     for (op, p) in ops.iter().zip(payloads) {
         let parts = p?;
         match *op {
@@ -1305,19 +1359,113 @@ fn flush<W: Write>(
                             length,
                             stored,
                             payload,
-                        } => enc.literal_payload(length, stored, &payload)?,
-                        Part::Copy { from, length } => enc.copy_source(from, length)?,
+                        } => {
+                            emit_copy(enc, &mut copy)?;
+                            enc.literal_payload(length, stored, &payload)?
+                        }
+                        Part::Copy { from, length } => add_copy(enc, &mut copy, from, length)?,
                     }
                 }
             }
-            Op::Zero(l) => enc.zero(l)?,
-            Op::Unallocated(l) => enc.unallocated(l)?,
-            Op::CopySource { from, length } => enc.copy_source(from, length)?,
-            Op::CopyTarget { from, length, .. } => enc.copy_target(from, length)?,
+            Op::CopySource { from, length } => add_copy(enc, &mut copy, from, length)?,
+            _ => {
+                emit_copy(enc, &mut copy)?;
+                match *op {
+                    Op::Zero(l) => enc.zero(l)?,
+                    Op::Unallocated(l) => enc.unallocated(l)?,
+                    Op::CopyTarget { from, length, .. } => enc.copy_target(from, length)?,
+                    Op::Literal { .. } | Op::CopySource { .. } => unreachable!(),
+                }
+            }
         }
     }
+    emit_copy(enc, &mut copy)?;
     ops.clear();
     Ok(())
+}
+
+/// Bytes compared with OLD at a time when extending a copy.
+const EXTEND_PIECE: usize = 4096;
+
+/// Extend the copies from OLD around each literal piece of a run byte by byte, as far as
+/// the bytes agree with OLD: a file's tail after its last whole matching block, its head
+/// before the first, the bytes around an edit inside a block. `before` is where OLD
+/// continues the copy just before the run, `after` where the copy just after it starts in
+/// OLD (when the records around the run are copies from OLD). Returns the parts with the
+/// extensions as copies of their own; the writer joins them to the copies they continue.
+fn extend_copies(
+    buf: &[u8],
+    parts: Vec<(usize, usize, Option<u64>)>,
+    before: Option<u64>,
+    after: Option<u64>,
+    old: &dyn Image,
+) -> Result<Vec<(usize, usize, Option<u64>)>> {
+    let size = old.size();
+    let mut piece = [0u8; EXTEND_PIECE];
+    let mut out = Vec::with_capacity(parts.len() + 2);
+    for (q, &(at, len, copy)) in parts.iter().enumerate() {
+        if copy.is_some() {
+            out.push((at, len, copy));
+            continue;
+        }
+        let prev_end = match q.checked_sub(1) {
+            Some(p) => parts[p].2.map(|from| from + parts[p].1 as u64),
+            None => before,
+        };
+        let next_start = match parts.get(q + 1) {
+            Some(&(_, _, c)) => c,
+            None => after,
+        };
+        let bytes = &buf[at..at + len];
+        // Forward: bytes equal to OLD's after the copy before.
+        let mut f = 0;
+        if let Some(s) = prev_end {
+            while f < len && s + (f as u64) < size {
+                let n = EXTEND_PIECE
+                    .min(len - f)
+                    .min((size - s - f as u64) as usize);
+                old.read_at(&mut piece[..n], s + f as u64)?;
+                let same = piece[..n]
+                    .iter()
+                    .zip(&bytes[f..f + n])
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                f += same;
+                if same < n {
+                    break;
+                }
+            }
+        }
+        // Backward: bytes equal to OLD's before the copy after, in what is left.
+        let mut g = 0;
+        if let Some(e) = next_start {
+            while g < len - f && (g as u64) < e {
+                let n = EXTEND_PIECE.min(len - f - g).min((e - g as u64) as usize);
+                old.read_at(&mut piece[..n], e - (g + n) as u64)?;
+                let end = len - g;
+                let same = piece[..n]
+                    .iter()
+                    .rev()
+                    .zip(bytes[end - n..end].iter().rev())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                g += same;
+                if same < n {
+                    break;
+                }
+            }
+        }
+        if f > 0 {
+            out.push((at, f, prev_end));
+        }
+        if len - f - g > 0 {
+            out.push((at + f, len - f - g, None));
+        }
+        if g > 0 {
+            out.push((at + len - g, g, next_start.map(|e| e - g as u64)));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
