@@ -202,6 +202,42 @@ pub fn scan_chunk(
     want_weak: bool,
 ) -> Result<ChunkScan> {
     let len = CHUNK_BYTES.min(img.size() - start);
+    let holes = SCRATCH.with(|b| -> Result<Option<ChunkScan>> {
+        let (layout, _) = &mut *b.borrow_mut();
+        if !img.layout_if_no_data(start, len, layout)? {
+            return Ok(None);
+        }
+        // Nothing to read: the layout alone gives the chunk's rows (its bytes are zeros).
+        let mut out = ChunkScan {
+            digest: digest::zero_chunk_of(len),
+            blocks: Vec::new(),
+            kinds: Vec::new(),
+            weaks: Vec::new(),
+        };
+        if keep_blocks {
+            let nblocks = len.div_ceil(block_size) as usize;
+            out.blocks = vec![[0; 16]; nblocks];
+            out.weaks = vec![0; nblocks];
+            out.kinds = (0..nblocks)
+                .map(|i| {
+                    let bo = start + i as u64 * block_size;
+                    let be = (bo + block_size).min(start + len);
+                    let zero = layout
+                        .iter()
+                        .any(|l| l.2 == Kind::Zero && l.0 < be && bo < l.0 + l.1);
+                    if zero {
+                        K_ZERO
+                    } else {
+                        K_UNALLOCATED
+                    }
+                })
+                .collect();
+        }
+        Ok(Some(out))
+    })?;
+    if let Some(h) = holes {
+        return Ok(h);
+    }
     BUF.with(|b| {
         let mut own = std::mem::take(&mut *b.borrow_mut());
         own.resize(len as usize, 0);

@@ -33,6 +33,18 @@ pub trait Image: Sync {
         let mut l = Vec::new();
         self.read_layout(buf, offset, &mut l)
     }
+
+    /// When `[offset, offset + len)` holds no data (zero and unallocated ranges only) and the
+    /// image can tell without reading: true, with the layout of the range in `layout`. False
+    /// means "maybe data". Lets a scan skip filling all-hole chunks with zeros.
+    fn layout_if_no_data(
+        &self,
+        _offset: u64,
+        _len: u64,
+        _layout: &mut Vec<(u64, u64, Kind)>,
+    ) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 thread_local! {
@@ -69,6 +81,32 @@ impl Image for Disk {
                 }
             }
             Ok(())
+        })
+    }
+
+    fn layout_if_no_data(
+        &self,
+        offset: u64,
+        len: u64,
+        layout: &mut Vec<(u64, u64, Kind)>,
+    ) -> Result<bool> {
+        layout.clear();
+        SCRATCH.with(|s| {
+            let (pieces, _) = &mut *s.borrow_mut();
+            pieces.clear();
+            self.resolve(offset, len, true, pieces)?;
+            for p in pieces.iter() {
+                let kind = match p.loc {
+                    Location::Unallocated => Kind::Unallocated,
+                    Location::Zero => Kind::Zero,
+                    Location::Data { .. } | Location::Compressed { .. } => return Ok(false),
+                };
+                match layout.last_mut() {
+                    Some(last) if last.2 == kind && last.0 + last.1 == p.offset => last.1 += p.len,
+                    _ => layout.push((p.offset, p.len, kind)),
+                }
+            }
+            Ok(true)
         })
     }
 }
