@@ -8,6 +8,7 @@
 #   vdiff RAW0 RAW1 -o D                 (ours, raw inputs)
 #   vdiff VMDK0 VMDK1 -o D               (ours, VMDK inputs)
 #   xdelta3 -e -s RAW0 RAW1 D            (default settings)
+#                                        (these three interleaved, BENCH_DIFF_RUNS rounds, medians)
 #   xdelta3 -e -B WIN -s RAW0 RAW1 D     (source window as large as the image, capped at 2 GiB)
 #   rdiff signature RAW0 S; rdiff delta S RAW1 D
 #   qemu-img compare RAW1 VMDK1          (the read-speed reference: the same disk twice, so it
@@ -30,6 +31,7 @@
 #   BENCH_CHURN_PCT  percent of the data written anew, and of files deleted/rewritten [10]
 #   BENCH_SKIP_XDELTA_BIG  set to 1 to skip the large-window xdelta3 run (slow, memory-hungry) [0]
 #   BENCH_PATCH_RUNS rounds of the interleaved patch runs (medians reported) [3]
+#   BENCH_DIFF_RUNS  rounds of the interleaved vdiff (raw, VMDK) and xdelta3 -e runs (medians) [3]
 #
 # Exit codes: 0 done, 1 an output differs or a command failed, 2 usage or setup error,
 # 3 a goal missed with --strict.
@@ -43,10 +45,11 @@ disk_gib=${BENCH_DISK_GIB:-4}
 churn=${BENCH_CHURN_PCT:-10}
 skip_big=${BENCH_SKIP_XDELTA_BIG:-0}
 patch_runs=${BENCH_PATCH_RUNS:-3}
+diff_runs=${BENCH_DIFF_RUNS:-3}
 # shellcheck source=scripts/bench-lib.sh
 source "$repo/scripts/bench-lib.sh"
 bench_args "$@"
-for n in "$data_mib" "$disk_gib" "$churn" "$patch_runs"; do
+for n in "$data_mib" "$disk_gib" "$churn" "$patch_runs" "$diff_runs"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
 done
 
@@ -153,7 +156,7 @@ size=$(stat -c %s "$raw0")
 # --- Timing ------------------------------------------------------------------------------------
 
 # timed NAME COMMAND...: run under /usr/bin/time -v; records wall (s), peak RSS (KiB), CPU (s).
-declare -A wall rss cpu
+declare -A wall rss cpu runs
 timed() {
     local name=$1 tv=$work/time.txt status=0
     shift
@@ -181,17 +184,26 @@ cat "$raw0" "$raw1" "$vmdk0" "$vmdk1" >/dev/null
 v=$work/bin/vdiff
 p=$work/bin/vpatch
 rm -f "$out"/*
-say "vdiff (raw)"
-timed vdiff "$v" "$raw0" "$raw1" -o "$out/d.vdiff"
-((t_status == 0)) || die "vdiff failed: $(cat "$work/vdiff.err")"
-say "vdiff (VMDK)"
-timed vdiff_vmdk "$v" "$vmdk0" "$vmdk1" -o "$out/d2.vdiff"
-((t_status == 0)) || die "vdiff on VMDK failed: $(cat "$work/vdiff_vmdk.err")"
+# The goal's pair (vdiff raw, VMDK, and xdelta3 -e with default settings): interleaved,
+# BENCH_DIFF_RUNS rounds, medians (a single run of a 1-2 s command is mostly noise here).
+for ((r = 1; r <= diff_runs; r++)); do
+    say "diff round $r of $diff_runs: vdiff (raw), vdiff (VMDK), xdelta3 -e (default)"
+    timed "vdiff_$r" "$v" "$raw0" "$raw1" -o "$out/d.vdiff"
+    ((t_status == 0)) || die "vdiff failed: $(cat "$work/vdiff_$r.err")"
+    timed "vdiff_vmdk_$r" "$v" "$vmdk0" "$vmdk1" -o "$out/d2.vdiff"
+    ((t_status == 0)) || die "vdiff on VMDK failed: $(cat "$work/vdiff_vmdk_$r.err")"
+    timed "xdelta_$r" "xdelta3" -e -f -s "$raw0" "$raw1" "$out/d.xd"
+    ((t_status == 0)) || die "xdelta3 failed: $(cat "$work/xdelta_$r.err")"
+done
+for n in vdiff vdiff_vmdk xdelta; do
+    ws="" cs="" rs=""
+    for ((r = 1; r <= diff_runs; r++)); do
+        ws+=" ${wall[${n}_$r]}" cs+=" ${cpu[${n}_$r]}" rs+=" ${rss[${n}_$r]}"
+    done
+    wall[$n]=$(median "$ws") cpu[$n]=$(median "$cs") rss[$n]=$(maxof "$rs") runs[$n]=$ws
+done
 say "vdiff --stat"
 "$v" --stat "$raw0" "$raw1" >"$work/stat.json"
-say "xdelta3 -e (default)"
-timed xdelta "xdelta3" -e -f -s "$raw0" "$raw1" "$out/d.xd"
-((t_status == 0)) || die "xdelta3 failed: $(cat "$work/xdelta.err")"
 win=$((size < 2147483648 ? size : 2147483648))
 if [[ $skip_big != 1 ]]; then
     say "xdelta3 -e -B $win"
@@ -259,6 +271,7 @@ row "vpatch, indexed delta" vpatch_index ""
 row "vpatch --trust-base" vpatch_trust ""
 row "xdelta3 -d" xdelta_d ""
 row "rdiff patch" rdiff_patch ""
+printf 'each diff round, wall s: vdiff raw%s; vdiff vmdk%s; xdelta3 -e%s\n' "${runs[vdiff]}" "${runs[vdiff_vmdk]}" "${runs[xdelta]}"
 printf '\n--stat: %s\n' "$(tr -d '\n ' <"$work/stat.json")"
 
 missed=0

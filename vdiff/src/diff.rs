@@ -1152,17 +1152,6 @@ impl WeakIndex {
         let bits = 1u64 << ((x >> 22) & 63) | 1u64 << ((x >> 28) & 63) | 1u64 << ((x >> 34) & 63);
         (word, bits)
     }
-
-    /// False when OLD has no block with checksum `w`; true for every one it has (and for
-    /// about 1 in 200 others).
-    #[inline]
-    fn may_hold(&self, w: u32) -> bool {
-        if self.filter.is_empty() {
-            return false;
-        }
-        let (word, bits) = self.probe(w);
-        self.filter[word] & bits == bits
-    }
 }
 
 /// A literal run split by unaligned matches: bytes to send, or a copy from the source.
@@ -1244,11 +1233,18 @@ fn split_unaligned(
                         .wrapping_sub(n16.wrapping_mul(s0[q]));
                     ws[q] = a as u32 | (b as u32) << 16;
                 }
-                for (q, &w) in ws[..g].iter().enumerate() {
-                    if !idx.may_hold(w) {
-                        continue;
+                // The filter without branches (its lookups overlap), then the rare hits.
+                let mut hits = 0u64;
+                if !idx.filter.is_empty() {
+                    for (q, &w) in ws[..g].iter().enumerate() {
+                        let (word, bits) = idx.probe(w);
+                        hits |= ((idx.filter[word] & bits == bits) as u64) << q;
                     }
-                    let i = k + q;
+                }
+                while hits != 0 {
+                    let q = hits.trailing_zeros() as usize;
+                    hits &= hits - 1;
+                    let (i, w) = (k + q, ws[q]);
                     if let Some(j) = idx.map.get(&w).copied() {
                         if strong(&buf[i..i + bs]) == old.blocks[j as usize] {
                             return Some((i, j));
