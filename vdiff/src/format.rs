@@ -673,6 +673,9 @@ impl<W: Write> Encoder<W> {
             // record cost more than compressing a small record.
             static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
                 const { std::cell::RefCell::new(None) };
+            // The output buffer too: a fresh one per record (zstd's bound, over 1 MiB) came
+            // from the kernel each time, as new pages to clear.
+            static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         let z = CCTX.with(|c| -> Result<Vec<u8>> {
             let mut c = c.borrow_mut();
@@ -680,7 +683,13 @@ impl<W: Write> Encoder<W> {
                 *c = Some((level, zstd::bulk::Compressor::new(level)?));
             }
             let (_, cx) = c.as_mut().expect("set above");
-            Ok(cx.compress(data)?)
+            OUT.with(|o| {
+                let mut o = o.borrow_mut();
+                o.clear();
+                o.reserve(zstd::zstd_safe::compress_bound(data.len()));
+                let n = cx.compress_to_buffer(data, &mut *o)?;
+                Ok(o[..n].to_vec())
+            })
         })?;
         Ok(if z.len() < data.len() {
             (false, z)
