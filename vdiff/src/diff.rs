@@ -258,7 +258,24 @@ pub fn scan_chunk_into(
     want_weak: bool,
     buf: &mut [u8],
 ) -> Result<ChunkScan> {
+    scan_chunk_rows(img, start, block_size, keep_blocks, want_weak, buf, None)
+}
+
+/// [`scan_chunk_into`], taking the rolling checksum of a block from `prior` (a scan with the
+/// same block size, such as OLD's) when its block at the same index has the same digest: the
+/// same bytes, so the same checksum, not computed again.
+fn scan_chunk_rows(
+    img: &dyn Image,
+    start: u64,
+    block_size: u64,
+    keep_blocks: bool,
+    want_weak: bool,
+    buf: &mut [u8],
+    prior: Option<&Scan>,
+) -> Result<ChunkScan> {
     let len = buf.len() as u64;
+    let prior = prior.filter(|p| p.block_size as u64 == block_size);
+    let first = (start / block_size) as usize;
     SCRATCH.with(|b| {
         let (layout, leaves) = &mut *b.borrow_mut();
         img.read_layout(buf, start, layout)?;
@@ -308,7 +325,17 @@ pub fn scan_chunk_into(
                 let l1 = (l0 + per_block).min(leaves.len());
                 out.blocks[i] = block_digest(&leaves[l0..l1]);
                 if want_weak && bytes.len() as u64 == block_size {
-                    out.weaks[i] = weak(bytes);
+                    let j = first + i;
+                    out.weaks[i] = match prior {
+                        Some(p)
+                            if p.kinds.get(j) == Some(&K_DATA)
+                                && p.weaks[j] != 0
+                                && p.blocks[j] == out.blocks[i] =>
+                        {
+                            p.weaks[j]
+                        }
+                        _ => weak(bytes),
+                    };
                 }
                 K_DATA
             } else if !has_data && all_unalloc {
@@ -790,7 +817,8 @@ pub fn diff_one_pass(
                 if let Some(cs) = known(i)? {
                     return Ok((cs, false));
                 }
-                let cs = scan_chunk_into(new, i * CHUNK_BYTES, bs as u64, true, true, dst)?;
+                let cs =
+                    scan_chunk_rows(new, i * CHUNK_BYTES, bs as u64, true, true, dst, old_scan)?;
                 Ok((cs, true))
             })
             .collect()

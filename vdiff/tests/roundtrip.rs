@@ -203,6 +203,15 @@ fn delta_one_pass(a: Option<&MemImage>, b: &MemImage, block_size: u32) -> Vec<u8
     };
     let (_, scan, _) = vdiff::diff::diff_one_pass(old.as_ref(), b, &none, opts, &f).unwrap();
     assert_eq!(scan.digest, vdiff::diff::image_digest(b).unwrap());
+    // The rows it returns (rolling checksums partly taken from OLD's) are those of a scan.
+    let want = vdiff::diff::scan(b, block_size, true).unwrap();
+    for i in 0..b.data.len().div_ceil(block_size as usize) {
+        assert_eq!(
+            (scan.kind(i), scan.blocks[i], scan.weak(i)),
+            (want.kind(i), want.blocks[i], want.weak(i)),
+            "block {i}"
+        );
+    }
     read_all(&f)
 }
 
