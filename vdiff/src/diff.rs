@@ -47,6 +47,10 @@ const BATCH_CHUNKS: u64 = 32;
 /// records are the same as with bigger batches).
 pub const BATCH_BYTES: u64 = STREAM_BATCH_CHUNKS * CHUNK_BYTES;
 const STREAM_BATCH_CHUNKS: u64 = 8;
+/// Chunks per batch of [`diff_one_pass`], which holds two batches (one hashed while the other
+/// is diffed): 8, so 16 MiB of buffers (32 held 64 MiB, every page of it new to the process and
+/// cleared by the kernel on first touch, which on this VM cost more than the batches saved).
+const ONE_PASS_BATCH_CHUNKS: u64 = 8;
 const BATCH_LITERAL_BYTES: u64 = 32 << 20;
 
 pub type BlockDigest = [u8; 16];
@@ -664,6 +668,7 @@ fn second_pass<W: Write>(
         }
     }
     eng.flush(new, &new_scan, None)?;
+    eng.write_held_copy()?;
     let (totals, _) = eng.enc.finish()?;
     eng.summary.totals = totals;
     Ok(eng.summary)
@@ -717,6 +722,7 @@ pub fn diff_scanned_batches<W: Write>(
         eng.flush(&NoImage(size), &new_scan, Some(&batch))?;
         c += n;
     }
+    eng.write_held_copy()?;
     let (totals, _) = eng.enc.finish()?;
     eng.summary.totals = totals;
     Ok(eng.summary)
@@ -807,7 +813,7 @@ pub fn diff_one_pass(
     let mut chunks = Vec::with_capacity(nchunks as usize);
     // Read and hash batch `c` into `buf`, in parallel.
     let scan_batch = |c: u64, buf: &mut Vec<u8>| -> Vec<Result<(ChunkScan, bool)>> {
-        let n = BATCH_CHUNKS.min(nchunks - c);
+        let n = ONE_PASS_BATCH_CHUNKS.min(nchunks - c);
         let start = c * CHUNK_BYTES;
         buf.resize((n * CHUNK_BYTES).min(size - start) as usize, 0);
         buf.par_chunks_mut(CHUNK_BYTES as usize)
@@ -868,6 +874,7 @@ pub fn diff_one_pass(
                     None,
                     &eng.weak_index,
                     &mut eng.pending,
+                    &mut eng.copy,
                     eng.level,
                     Some(&batch),
                 )
@@ -881,6 +888,7 @@ pub fn diff_one_pass(
     }
     scan.digest = hasher.finish();
     eng.enc.set_target_digest(scan.digest);
+    eng.write_held_copy()?;
     let (totals, w) = eng.enc.finish()?;
     w.into_inner()
         .map_err(|e| Error::Io(e.into_error()))?
@@ -911,6 +919,9 @@ struct Engine<'a, W: Write> {
     weak_index: WeakIndex,
     pending: Vec<Op>,
     pending_literal: u64,
+    /// A copy from OLD written last, held so that the next one can continue it (across
+    /// flushes too: records do not depend on where batches end).
+    copy: Option<(u64, u64)>,
     summary: Summary,
     level: i32,
 }
@@ -954,6 +965,7 @@ impl<'a, W: Write> Engine<'a, W> {
             weak_index: WeakIndex::new(old),
             pending: Vec::new(),
             pending_literal: 0,
+            copy: None,
             summary: Summary {
                 source_size: header.source_size,
                 target_size: header.target_size,
@@ -963,6 +975,14 @@ impl<'a, W: Write> Engine<'a, W> {
             },
             level,
         }
+    }
+
+    /// Write the copy held for continuation, if any (before the end record).
+    fn write_held_copy(&mut self) -> Result<()> {
+        if let Some((from, length)) = self.copy.take() {
+            self.enc.copy_source(from, length)?;
+        }
+        Ok(())
     }
 
     /// OLD's kind and digest of the block at `off`, when `off` starts a block of OLD.
@@ -1082,6 +1102,7 @@ impl<'a, W: Write> Engine<'a, W> {
             self.old_img,
             &self.weak_index,
             &mut self.pending,
+            &mut self.copy,
             self.level,
             batch,
         )?;
@@ -1326,6 +1347,7 @@ fn flush<W: Write>(
     old_img: Option<&dyn Image>,
     idx: &WeakIndex,
     ops: &mut Vec<Op>,
+    copy: &mut Option<(u64, u64)>,
     level: i32,
     batch: Option<&BatchBytes>,
 ) -> Result<()> {
@@ -1393,7 +1415,6 @@ fn flush<W: Write>(
         .collect();
     // Copies from OLD that continue each other are written as one record (an extension and
     // the copy it extends, an unaligned match that runs into an aligned one).
-    let mut copy: Option<(u64, u64)> = None;
     let emit_copy = |enc: &mut Encoder<W>, c: &mut Option<(u64, u64)>| match c.take() {
         Some((from, length)) => enc.copy_source(from, length),
         None => Ok(()),
@@ -1420,16 +1441,16 @@ fn flush<W: Write>(
                             stored,
                             payload,
                         } => {
-                            emit_copy(enc, &mut copy)?;
+                            emit_copy(enc, copy)?;
                             enc.literal_payload(length, stored, &payload)?
                         }
-                        Part::Copy { from, length } => add_copy(enc, &mut copy, from, length)?,
+                        Part::Copy { from, length } => add_copy(enc, copy, from, length)?,
                     }
                 }
             }
-            Op::CopySource { from, length } => add_copy(enc, &mut copy, from, length)?,
+            Op::CopySource { from, length } => add_copy(enc, copy, from, length)?,
             _ => {
-                emit_copy(enc, &mut copy)?;
+                emit_copy(enc, copy)?;
                 match *op {
                     Op::Zero(l) => enc.zero(l)?,
                     Op::Unallocated(l) => enc.unallocated(l)?,
@@ -1439,7 +1460,6 @@ fn flush<W: Write>(
             }
         }
     }
-    emit_copy(enc, &mut copy)?;
     ops.clear();
     Ok(())
 }
