@@ -206,46 +206,20 @@ pub fn scan_chunk(
     want_weak: bool,
 ) -> Result<ChunkScan> {
     let len = CHUNK_BYTES.min(img.size() - start);
-    let holes = SCRATCH.with(|b| -> Result<Option<ChunkScan>> {
-        let (layout, _) = &mut *b.borrow_mut();
-        if !img.layout_if_no_data(start, len, layout)? {
-            return Ok(None);
-        }
-        // Nothing to read: the layout alone gives the chunk's rows (its bytes are zeros).
-        let mut out = ChunkScan {
-            digest: digest::zero_chunk_of(len),
-            blocks: Vec::new(),
-            kinds: Vec::new(),
-            weaks: Vec::new(),
-        };
-        if keep_blocks {
-            let nblocks = len.div_ceil(block_size) as usize;
-            out.blocks = vec![[0; 16]; nblocks];
-            out.weaks = vec![0; nblocks];
-            out.kinds = (0..nblocks)
-                .map(|i| {
-                    let bo = start + i as u64 * block_size;
-                    let be = (bo + block_size).min(start + len);
-                    let zero = layout
-                        .iter()
-                        .any(|l| l.2 == Kind::Zero && l.0 < be && bo < l.0 + l.1);
-                    if zero {
-                        K_ZERO
-                    } else {
-                        K_UNALLOCATED
-                    }
-                })
-                .collect();
-        }
-        Ok(Some(out))
-    })?;
-    if let Some(h) = holes {
-        return Ok(h);
-    }
     BUF.with(|b| {
         let mut own = std::mem::take(&mut *b.borrow_mut());
         own.resize(len as usize, 0);
-        let r = scan_chunk_into(img, start, block_size, keep_blocks, want_weak, &mut own);
+        // The buffer is this function's own: a chunk holding no data need not be read.
+        let r = scan_chunk_rows(
+            img,
+            start,
+            block_size,
+            keep_blocks,
+            want_weak,
+            &mut own,
+            None,
+            false,
+        );
         *b.borrow_mut() = own;
         r
     })
@@ -262,12 +236,24 @@ pub fn scan_chunk_into(
     want_weak: bool,
     buf: &mut [u8],
 ) -> Result<ChunkScan> {
-    scan_chunk_rows(img, start, block_size, keep_blocks, want_weak, buf, None)
+    scan_chunk_rows(
+        img,
+        start,
+        block_size,
+        keep_blocks,
+        want_weak,
+        buf,
+        None,
+        true,
+    )
 }
 
 /// [`scan_chunk_into`], taking the rolling checksum of a block from `prior` (a scan with the
 /// same block size, such as OLD's) when its block at the same index has the same digest: the
-/// same bytes, so the same checksum, not computed again.
+/// same bytes, so the same checksum, not computed again. A chunk the image says holds no data
+/// is not read: its rows come from its layout, and `buf` is zeroed only with `fill_holes`
+/// (when the caller keeps the bytes).
+#[allow(clippy::too_many_arguments)]
 fn scan_chunk_rows(
     img: &dyn Image,
     start: u64,
@@ -276,13 +262,18 @@ fn scan_chunk_rows(
     want_weak: bool,
     buf: &mut [u8],
     prior: Option<&Scan>,
+    fill_holes: bool,
 ) -> Result<ChunkScan> {
     let len = buf.len() as u64;
     let prior = prior.filter(|p| p.block_size as u64 == block_size);
     let first = (start / block_size) as usize;
     SCRATCH.with(|b| {
         let (layout, leaves) = &mut *b.borrow_mut();
-        img.read_layout(buf, start, layout)?;
+        if !img.layout_if_no_data(start, len, layout)? {
+            img.read_layout(buf, start, layout)?;
+        } else if fill_holes {
+            buf.fill(0);
+        }
         let nblocks = len.div_ceil(block_size) as usize;
         let mut out = ChunkScan {
             digest: [0; 32],
@@ -823,8 +814,16 @@ pub fn diff_one_pass(
                 if let Some(cs) = known(i)? {
                     return Ok((cs, false));
                 }
-                let cs =
-                    scan_chunk_rows(new, i * CHUNK_BYTES, bs as u64, true, true, dst, old_scan)?;
+                let cs = scan_chunk_rows(
+                    new,
+                    i * CHUNK_BYTES,
+                    bs as u64,
+                    true,
+                    true,
+                    dst,
+                    old_scan,
+                    true,
+                )?;
                 Ok((cs, true))
             })
             .collect()
@@ -920,7 +919,7 @@ struct Engine<'a, W: Write> {
     pending: Vec<Op>,
     pending_literal: u64,
     /// A copy from OLD written last, held so that the next one can continue it (across
-    /// flushes too: records do not depend on where batches end).
+    /// flushes too: a copy runs on over the end of a batch).
     copy: Option<(u64, u64)>,
     summary: Summary,
     level: i32,

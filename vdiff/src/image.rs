@@ -51,6 +51,23 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<(Vec<Piece>, Vec<u8>)> = Default::default();
 }
 
+fn kind_of(loc: &Location) -> Kind {
+    match loc {
+        Location::Unallocated => Kind::Unallocated,
+        Location::Zero => Kind::Zero,
+        Location::Data { .. } | Location::Compressed { .. } => Kind::Data,
+    }
+}
+
+/// Append piece `p` to `layout`, joined to the last range when it continues it in kind.
+fn push_piece(layout: &mut Vec<(u64, u64, Kind)>, p: &Piece) {
+    let kind = kind_of(&p.loc);
+    match layout.last_mut() {
+        Some(last) if last.2 == kind && last.0 + last.1 == p.offset => last.1 += p.len,
+        _ => layout.push((p.offset, p.len, kind)),
+    }
+}
+
 impl Image for Disk {
     fn size(&self) -> u64 {
         self.capacity()
@@ -68,17 +85,9 @@ impl Image for Disk {
             pieces.clear();
             self.resolve(offset, buf.len() as u64, true, pieces)?;
             for p in pieces.iter() {
-                let kind = match p.loc {
-                    Location::Unallocated => Kind::Unallocated,
-                    Location::Zero => Kind::Zero,
-                    Location::Data { .. } | Location::Compressed { .. } => Kind::Data,
-                };
                 let at = (p.offset - offset) as usize;
                 self.read_piece(p, &mut buf[at..at + p.len as usize], scratch)?;
-                match layout.last_mut() {
-                    Some(last) if last.2 == kind && last.0 + last.1 == p.offset => last.1 += p.len,
-                    _ => layout.push((p.offset, p.len, kind)),
-                }
+                push_piece(layout, p);
             }
             Ok(())
         })
@@ -95,16 +104,11 @@ impl Image for Disk {
             let (pieces, _) = &mut *s.borrow_mut();
             pieces.clear();
             self.resolve(offset, len, true, pieces)?;
+            if pieces.iter().any(|p| kind_of(&p.loc) == Kind::Data) {
+                return Ok(false);
+            }
             for p in pieces.iter() {
-                let kind = match p.loc {
-                    Location::Unallocated => Kind::Unallocated,
-                    Location::Zero => Kind::Zero,
-                    Location::Data { .. } | Location::Compressed { .. } => return Ok(false),
-                };
-                match layout.last_mut() {
-                    Some(last) if last.2 == kind && last.0 + last.1 == p.offset => last.1 += p.len,
-                    _ => layout.push((p.offset, p.len, kind)),
-                }
+                push_piece(layout, p);
             }
             Ok(true)
         })

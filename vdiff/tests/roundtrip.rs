@@ -277,6 +277,12 @@ fn one_pass_over_several_batches() {
     b.data[60 * MB..62 * MB].fill(0);
     let d = delta_one_pass(Some(&a), &b, 4096);
     assert_eq!(apply_bytes(&a.data, &d).expect("apply"), b.data);
+    // The same records as the two-pass differ, which flushes elsewhere (a copy from OLD
+    // runs on over the one-pass differ's 8 MiB batches).
+    assert!(
+        d == two_passes_from_digests(Some(&a), &b),
+        "one pass and two passes differ"
+    );
     let full = delta_one_pass(None, &b, 4096);
     assert_eq!(apply_bytes(&[], &full).expect("apply full"), b.data);
     // Changed bytes only are literals: the one changed block (the duplicate is a copy).
