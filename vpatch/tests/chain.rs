@@ -235,6 +235,50 @@ fn records_needed_by_distant_windows_are_read_once() {
     }
 }
 
+/// With a cache too small for every record needed again, the records kept are those needed
+/// again soonest (the plan knows): 5 records of a full delta needed again in the same order
+/// three times, 32 windows apart, with room for 4. Keeping the most recently used instead
+/// misses every time (a loop one larger than the cache); the rule misses once per round.
+#[test]
+fn a_full_cache_keeps_the_records_needed_soonest() {
+    const MIB: usize = 1 << 20;
+    let text = |seed: u64, len: usize| -> Vec<u8> {
+        random(seed, len)
+            .into_iter()
+            .map(|b| b"abcdefgh"[(b % 8) as usize])
+            .collect()
+    };
+    let a = MemImage::new(text(7, 101 * MIB));
+    let mut next = a.data.clone();
+    for round in 1..4 {
+        for j in 0..5 {
+            next.copy_within(j * MIB..(j + 1) * MIB, (32 * round + j) * MIB);
+        }
+    }
+    let b = MemImage::new(next);
+    let deltas = || {
+        vec![
+            delta_file_with(None, &a, true),
+            delta_file_with(Some(&a), &b, true),
+        ]
+    };
+    let (out, all) = run_with(None, deltas(), false).unwrap();
+    assert!(out == b.data);
+    let (out, none) = run_cached(None, deltas(), false, Some(0)).unwrap();
+    assert!(out == b.data);
+    let (out, four) = run_cached(None, deltas(), false, Some(4 * MIB)).unwrap();
+    assert!(out == b.data);
+    let again = |r: &Report| r.delta_bytes_read - all.delta_bytes_read;
+    // No cache: the 5 records are read 3 times again (15 reads). Room for 4: about 3.
+    assert!(again(&none) > 0);
+    assert!(
+        again(&four) * 3 <= again(&none),
+        "read again with room for 4 records: {} bytes; with none: {}",
+        again(&four),
+        again(&none)
+    );
+}
+
 /// Literals that a later delta of the chain overwrites are never read.
 #[test]
 fn overwritten_literals_are_not_read() {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use vdiff::image::Kind;
-use vmdk_parse::cat::{open_direct, AlignedBuf, SparseOut};
+use vmdk_parse::cat::{open_direct, AlignedBuf, SparseOut, DIRECT_ALIGN};
 
 /// The bytes of one file of a volume.
 pub enum Source {
@@ -187,7 +187,8 @@ impl vdiff::Image for VolumeImage {
 /// Writing happens on a thread of its own, so that vpatch produces the next windows while the
 /// previous ones are written; aligned runs go out with `O_DIRECT` where the file system takes
 /// it (vmdk-parse's [`SparseOut`]), which saves the page-cache copy that dominates a plain
-/// write of a large image.
+/// write of a large image; neighbouring jobs already queued go out in one `pwritev` of up to
+/// 4 MiB.
 pub struct FilesSink {
     /// `(volume offset, size)` of each file, in volume order.
     layout: Vec<(u64, u64)>,
@@ -213,6 +214,111 @@ enum Job {
 /// Jobs queued for the writer thread (each at most a 1 MiB window's range).
 const QUEUE: usize = 16;
 
+/// Bytes one `O_DIRECT` call writes at most: neighbouring jobs already queued go out in one
+/// `pwritev`. One 1 MiB write at a time leaves the device idle between them: about 1.3 GB/s
+/// here, against 1.6-1.7 GB/s with 4 MiB writes (`fio`, psync, direct).
+const GROUP_BYTES: usize = 4 << 20;
+
+/// Whether a write of `bytes` at `at` can go through `O_DIRECT` whole.
+fn direct_aligned(at: u64, bytes: &[u8]) -> bool {
+    at % DIRECT_ALIGN as u64 == 0
+        && bytes.len() % DIRECT_ALIGN == 0
+        && (bytes.as_ptr() as usize) % DIRECT_ALIGN == 0
+}
+
+/// The writer thread: every job of `rx`, in order; runs of contiguous aligned data jobs for
+/// one file that are already queued are written together.
+fn write_jobs(
+    files: Vec<(u64, u64, File, PathBuf)>,
+    rx: mpsc::Receiver<Job>,
+) -> io::Result<Vec<File>> {
+    let mut direct: Vec<Option<File>> = files.iter().map(|f| open_direct(&f.3)).collect();
+    let mut pending: Option<Job> = None;
+    let mut group: Vec<vpatch::SharedBytes> = Vec::new();
+    loop {
+        let job = match pending.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+        };
+        match job {
+            Job::Data { k, at, bytes } => {
+                let mut len = bytes.get().len();
+                let groupable = direct[k].is_some() && direct_aligned(at, bytes.get());
+                group.clear();
+                group.push(bytes);
+                while groupable && len < GROUP_BYTES {
+                    match rx.try_recv() {
+                        Ok(Job::Data {
+                            k: k2,
+                            at: at2,
+                            bytes: b2,
+                        }) if k2 == k
+                            && at2 == at + len as u64
+                            && len + b2.get().len() <= GROUP_BYTES
+                            && direct_aligned(at2, b2.get()) =>
+                        {
+                            len += b2.get().len();
+                            group.push(b2);
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let mut out = SparseOut {
+                    file: &files[k].2,
+                    direct: direct[k].take(),
+                };
+                write_group(&mut out, &group, at)?;
+                direct[k] = out.direct;
+            }
+            Job::Zero { k, at, len } => {
+                use rustix::fs::{fallocate, FallocateFlags};
+                // Allocation is a nicety: the hole reads as zeros just the same.
+                let _ = fallocate(&files[k].2, FallocateFlags::empty(), at, len);
+            }
+        }
+    }
+    Ok(files.into_iter().map(|f| f.2).collect())
+}
+
+/// Write the contiguous `group` at `at`: several buffers in one `O_DIRECT` `pwritev`, the rest
+/// of a short write (or a refused one) through [`SparseOut`] one buffer at a time.
+fn write_group(out: &mut SparseOut, group: &[vpatch::SharedBytes], at: u64) -> io::Result<()> {
+    let mut done = 0usize;
+    if let (Some(d), true) = (&out.direct, group.len() > 1) {
+        let slices: Vec<io::IoSlice> = group.iter().map(|b| io::IoSlice::new(b.get())).collect();
+        loop {
+            match rustix::io::pwritev(d, &slices, at) {
+                Ok(n) => done = n,
+                Err(rustix::io::Errno::INTR) => continue,
+                // Refused (some file systems take O_DIRECT opens but not the writes): SparseOut
+                // finds out again and falls back to the page cache.
+                Err(rustix::io::Errno::INVAL) => {}
+                Err(e) => return Err(e.into()),
+            }
+            break;
+        }
+    }
+    let mut from = 0usize;
+    for b in group {
+        let b = b.get();
+        let (start, end) = (from, from + b.len());
+        from = end;
+        if done >= end {
+            continue;
+        }
+        let skip = done.saturating_sub(start);
+        out.write_at(&b[skip..], at + (start + skip) as u64)?;
+    }
+    Ok(())
+}
+
 impl FilesSink {
     /// `files`: `(volume offset, size, file, path)` in volume order; the files exist at their
     /// sizes.
@@ -222,28 +328,7 @@ impl FilesSink {
     ) -> FilesSink {
         let layout = files.iter().map(|f| (f.0, f.1)).collect();
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
-        let writer = std::thread::spawn(move || -> io::Result<Vec<File>> {
-            let direct: Vec<Option<File>> = files.iter().map(|f| open_direct(&f.3)).collect();
-            let mut direct = direct;
-            for job in rx {
-                match job {
-                    Job::Data { k, at, bytes } => {
-                        let mut out = SparseOut {
-                            file: &files[k].2,
-                            direct: direct[k].take(),
-                        };
-                        out.write_at(bytes.get(), at)?;
-                        direct[k] = out.direct;
-                    }
-                    Job::Zero { k, at, len } => {
-                        use rustix::fs::{fallocate, FallocateFlags};
-                        // Allocation is a nicety: the hole reads as zeros just the same.
-                        let _ = fallocate(&files[k].2, FallocateFlags::empty(), at, len);
-                    }
-                }
-            }
-            Ok(files.into_iter().map(|f| f.2).collect())
-        });
+        let writer = std::thread::spawn(move || write_jobs(files, rx));
         FilesSink {
             layout,
             tx: Some(tx),
@@ -336,6 +421,109 @@ impl vpatch::Sink for FilesSink {
 mod tests {
     use super::*;
     use vdiff::Image;
+
+    /// Jobs already queued when the writer looks: contiguous aligned ones are written
+    /// together (one `pwritev`), the rest alone; every byte lands where its job says.
+    #[test]
+    fn queued_jobs_are_written_in_groups_at_their_places() {
+        use vpatch::SharedBytes;
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("f{i}"))).collect();
+        let size = 12u64 << 20;
+        let files: Vec<(u64, u64, File, PathBuf)> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(p)
+                    .unwrap();
+                f.set_len(size).unwrap();
+                (i as u64 * size, size, f, p.clone())
+            })
+            .collect();
+        let mut want = vec![vec![0u8; size as usize]; 2];
+        let (tx, rx) = mpsc::sync_channel::<Job>(64);
+        let mut seed = 1u8;
+        let mut data = |k: usize, at: u64, len: usize, want: &mut Vec<Vec<u8>>| {
+            let mut b = AlignedBuf::new(len);
+            for (j, x) in b.get_mut(len).iter_mut().enumerate() {
+                *x = seed.wrapping_add((j / 4096) as u8) | 1;
+            }
+            seed = seed.wrapping_add(37);
+            want[k][at as usize..at as usize + len].copy_from_slice(b.get(len));
+            Job::Data {
+                k,
+                at,
+                bytes: SharedBytes::new(b, len),
+            }
+        };
+        let mib = 1usize << 20;
+        let mut jobs = Vec::new();
+        // Six contiguous 1 MiB jobs (more than one group), a 64 KiB one after them.
+        for j in 0..6 {
+            jobs.push(data(0, (j * mib) as u64, mib, &mut want));
+        }
+        jobs.push(data(0, (6 * mib) as u64, 64 << 10, &mut want));
+        // A gap, then an unaligned job and an aligned one right after it.
+        jobs.push(data(0, (8 * mib + 100) as u64, 5000, &mut want));
+        jobs.push(data(0, (8 * mib + 5100) as u64, 3 * 4096, &mut want));
+        // The other file between two runs of this one, and a zero range.
+        jobs.push(data(1, 0, 2 * mib, &mut want));
+        jobs.push(Job::Zero {
+            k: 1,
+            at: 4 << 20,
+            len: 1 << 20,
+        });
+        jobs.push(data(0, (10 * mib) as u64, mib, &mut want));
+        jobs.push(data(1, (2 * mib) as u64, mib, &mut want));
+        jobs.push(data(0, (11 * mib) as u64, mib, &mut want));
+        for j in jobs {
+            tx.send(j).unwrap();
+        }
+        drop(tx);
+        let files = write_jobs(files, rx).unwrap();
+        for (k, f) in files.iter().enumerate() {
+            let mut got = vec![1u8; size as usize];
+            f.read_exact_at(&mut got, 0).unwrap();
+            assert!(got == want[k], "file {k} differs");
+        }
+    }
+
+    #[test]
+    fn a_group_without_o_direct_goes_through_the_page_cache() {
+        use vpatch::SharedBytes;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .unwrap();
+        let bufs: Vec<SharedBytes> = (0..3u8)
+            .map(|i| {
+                let mut b = AlignedBuf::new(8192);
+                b.get_mut(8192).fill(i + 1);
+                SharedBytes::new(b, 8192)
+            })
+            .collect();
+        // No O_DIRECT handle: every buffer through the page cache, at its place.
+        let mut out = SparseOut {
+            file: &f,
+            direct: None,
+        };
+        write_group(&mut out, &bufs, 4096).unwrap();
+        let mut got = vec![9u8; 4096 + 3 * 8192];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert!(got[..4096].iter().all(|&x| x == 0));
+        for i in 0..3 {
+            let at = 4096 + i * 8192;
+            assert!(got[at..at + 8192].iter().all(|&x| x == i as u8 + 1));
+        }
+    }
 
     #[test]
     fn layout_aligns_files() {
