@@ -421,6 +421,24 @@ fn resolve(deltas: &[Delta], k: usize, off: u64, len: u64, out: &mut Vec<(u64, L
     }
 }
 
+/// The literal leaves of window `c` of a target of `size` bytes, in order: `(delta, record)`
+/// (`leaves` is scratch space).
+fn window_literals<'a>(
+    deltas: &[Delta],
+    size: u64,
+    c: u64,
+    leaves: &'a mut Vec<(u64, Leaf)>,
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    let start = c * CHUNK_BYTES;
+    leaves.clear();
+    let len = CHUNK_BYTES.min(size - start);
+    resolve(deltas, deltas.len() - 1, start, len, leaves);
+    leaves.iter().filter_map(|(_, leaf)| match *leaf {
+        Leaf::Literal { delta, rec, .. } => Some((delta, rec)),
+        _ => None,
+    })
+}
+
 fn push_leaf(out: &mut Vec<(u64, Leaf)>, len: u64, leaf: Leaf) {
     if let Some((l, last)) = out.last_mut() {
         match (last, leaf) {
@@ -492,19 +510,8 @@ impl Literals {
         (0..nchunks)
             .into_par_iter()
             .for_each_init(Vec::new, |leaves, c| {
-                let start = c * CHUNK_BYTES;
-                leaves.clear();
-                resolve(
-                    deltas,
-                    deltas.len() - 1,
-                    start,
-                    CHUNK_BYTES.min(size - start),
-                    leaves,
-                );
-                for (_, leaf) in leaves.iter() {
-                    if let Leaf::Literal { delta, rec, .. } = *leaf {
-                        left[delta][rec].fetch_add(1, Ordering::Relaxed);
-                    }
+                for (delta, rec) in window_literals(deltas, size, c, leaves) {
+                    left[delta][rec].fetch_add(1, Ordering::Relaxed);
                 }
             });
         // Where each record is used: counted above, filled in window order here (a block of
@@ -529,22 +536,7 @@ impl Literals {
             let found: Vec<Vec<(usize, usize)>> = (c0..c0 + n)
                 .into_par_iter()
                 .map_init(Vec::new, |leaves, c| {
-                    let start = c * CHUNK_BYTES;
-                    leaves.clear();
-                    resolve(
-                        deltas,
-                        deltas.len() - 1,
-                        start,
-                        CHUNK_BYTES.min(size - start),
-                        leaves,
-                    );
-                    leaves
-                        .iter()
-                        .filter_map(|(_, leaf)| match *leaf {
-                            Leaf::Literal { delta, rec, .. } => Some((delta, rec)),
-                            _ => None,
-                        })
-                        .collect()
+                    window_literals(deltas, size, c, leaves).collect()
                 })
                 .collect();
             for (c, recs) in (c0..).zip(found) {

@@ -137,6 +137,14 @@ fn run_cached(
     Ok((sink.data, report))
 }
 
+/// Compressible bytes, so literals are zstd frames to inflate, not stored bytes.
+fn text(seed: u64, len: usize) -> Vec<u8> {
+    random(seed, len)
+        .into_iter()
+        .map(|b| b"abcdefgh"[(b % 8) as usize])
+        .collect()
+}
+
 fn random(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -193,13 +201,6 @@ fn long_indexed_chain_reads_each_literal_about_once() {
 #[test]
 fn records_needed_by_distant_windows_are_read_once() {
     const MIB: usize = 1 << 20;
-    // Compressible, so literals are zstd frames to inflate, not stored bytes.
-    let text = |seed: u64, len: usize| -> Vec<u8> {
-        random(seed, len)
-            .into_iter()
-            .map(|b| b"abcdefgh"[(b % 8) as usize])
-            .collect()
-    };
     let a = MemImage::new(text(1, 40 * MIB));
     let mut next = a.data.clone();
     // Pieces of the first 20 MiB copied 20 MiB or more away; new data around them.
@@ -242,12 +243,6 @@ fn records_needed_by_distant_windows_are_read_once() {
 #[test]
 fn a_full_cache_keeps_the_records_needed_soonest() {
     const MIB: usize = 1 << 20;
-    let text = |seed: u64, len: usize| -> Vec<u8> {
-        random(seed, len)
-            .into_iter()
-            .map(|b| b"abcdefgh"[(b % 8) as usize])
-            .collect()
-    };
     let a = MemImage::new(text(7, 101 * MIB));
     let mut next = a.data.clone();
     for round in 1..4 {
