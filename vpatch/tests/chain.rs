@@ -37,6 +37,20 @@ fn delta_file_with(a: Option<&MemImage>, b: &MemImage, index: bool) -> DeltaInpu
     }
 }
 
+/// Indexed deltas of a chain of images: the first one full, each next one against the one
+/// before it.
+fn chain_deltas(images: &[&MemImage]) -> Vec<DeltaInput> {
+    let mut prev = None;
+    images
+        .iter()
+        .map(|&b| {
+            let d = delta_file_with(prev, b, true);
+            prev = Some(b);
+            d
+        })
+        .collect()
+}
+
 fn bytes_file(b: &[u8]) -> DeltaInput {
     let mut f = tempfile::tempfile().unwrap();
     f.write_all(b).unwrap();
@@ -210,12 +224,7 @@ fn records_needed_by_distant_windows_are_read_once() {
         next[at..at + 4096].copy_from_slice(&text(50 + j as u64, 4096));
     }
     let b = MemImage::new(next);
-    let deltas = || {
-        vec![
-            delta_file_with(None, &a, true),
-            delta_file_with(Some(&a), &b, true),
-        ]
-    };
+    let deltas = || chain_deltas(&[&a, &b]);
     let (out, r) = run_with(None, deltas(), false).unwrap();
     assert!(out == b.data);
     assert!(
@@ -251,12 +260,7 @@ fn a_full_cache_keeps_the_records_needed_soonest() {
         }
     }
     let b = MemImage::new(next);
-    let deltas = || {
-        vec![
-            delta_file_with(None, &a, true),
-            delta_file_with(Some(&a), &b, true),
-        ]
-    };
+    let deltas = || chain_deltas(&[&a, &b]);
     let (out, all) = run_with(None, deltas(), false).unwrap();
     assert!(out == b.data);
     let (out, none) = run_cached(None, deltas(), false, Some(0)).unwrap();
@@ -280,11 +284,7 @@ fn overwritten_literals_are_not_read() {
     let a = MemImage::new(random(1, 4 << 20));
     let b = MemImage::new(random(2, 4 << 20));
     let c = MemImage::new(random(3, 4 << 20));
-    let deltas = vec![
-        delta_file_with(None, &a, true),
-        delta_file_with(Some(&a), &b, true),
-        delta_file_with(Some(&b), &c, true),
-    ];
+    let deltas = chain_deltas(&[&a, &b, &c]);
     let last_len = deltas[2].file.metadata().unwrap().len();
     let (out, r) = run_with(None, deltas, false).unwrap();
     assert!(out == c.data);
