@@ -585,7 +585,8 @@ fn build_killed_at_many_points_leaves_nothing_or_the_whole_build() {
     if names_in(&dest).is_empty() {
         // Make sure the next build has a dead build's folder to remove.
         let dead = dead_pid();
-        fs::create_dir(dest.join(format!(".vrepo-build-{dead}-{}", boot_id()))).unwrap();
+        let name = format!(".vrepo-build-{}", tag(dead, &host_tag(), &boot_id()));
+        fs::create_dir(dest.join(name)).unwrap();
     }
     repo.ok(&["build", &e2, s(&dest)]);
     state.assert_same(&dest, "build after the kills");
@@ -601,6 +602,22 @@ fn boot_id() -> String {
         .replace('-', "")
         .chars()
         .take(12)
+        .collect()
+}
+
+/// The tag vrepo puts in its temporary names (`PID-HOST-BOOT`, see vrepo's `owner` module),
+/// written out again here so a change of format is a test failure.
+fn tag(pid: u32, host: &str, boot: &str) -> String {
+    format!("{pid}-{host}-{boot}")
+}
+
+fn host_tag() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(32)
         .collect()
 }
 
@@ -620,33 +637,57 @@ fn leftovers_of_dead_commands_are_removed_and_live_ones_kept() {
     let repo = Repo::init(&t.path().join("repo"));
     let e1 = repo.save(&wa, &[]);
     let before = repo_snapshot(&repo.root);
-    let (dead, live, boot) = (dead_pid(), std::process::id(), boot_id());
+    let (dead, live, boot, host) = (dead_pid(), std::process::id(), boot_id(), host_tag());
 
-    // A save's temporary folder, of a dead process, of a live one, and from another boot.
+    // A save's temporary folder of a dead process, of a live one, from before a reboot, in
+    // the older tag format (no host) and of two processes on another host sharing the
+    // repository (NFS): one with a pid that is dead here, one from a boot unknown here.
     let tmp = repo.root.join("tmp");
+    let live_here = format!("save-{}-2", tag(live, &host, &boot));
+    let elsewhere = [
+        format!("save-{}-5", tag(dead, "otherhost", &boot)),
+        format!("save-{}-6", tag(live, "otherhost", "0123456789ab")),
+    ];
     for name in [
-        format!("save-{dead}-{boot}-1"),
-        format!("save-{live}-{boot}-2"),
-        format!("save-{live}-000000000000-3"),
-    ] {
-        fs::create_dir(tmp.join(&name)).unwrap();
-        fs::write(tmp.join(&name).join("delta.vdelta"), b"half").unwrap();
+        format!("save-{}-1", tag(dead, &host, &boot)),
+        live_here.clone(),
+        format!("save-{}-3", tag(live, &host, "000000000000")),
+        format!("save-{dead}-{boot}-4"),
+    ]
+    .iter()
+    .chain(&elsewhere)
+    {
+        fs::create_dir(tmp.join(name)).unwrap();
+        fs::write(tmp.join(name).join("delta.vdelta"), b"half").unwrap();
     }
     // A working-area record being replaced (write_atomic's temporary file) when its process
-    // died.
+    // died, in both tag formats, and one being replaced by another host right now.
     let rec = names_in(&repo.root.join("workareas"))
         .into_iter()
         .next()
         .unwrap();
-    let half = repo
-        .root
-        .join("workareas")
-        .join(format!(".{rec}.{dead}.tmp"));
-    fs::write(&half, b"{\"half").unwrap();
+    let records = repo.root.join("workareas");
+    for name in [
+        format!(".{rec}.{}.tmp", tag(dead, &host, &boot)),
+        format!(".{rec}.{dead}.tmp"),
+    ] {
+        fs::write(records.join(name), b"{\"half").unwrap();
+    }
+    let other_record = format!(".{rec}.{}.tmp", tag(dead, "otherhost", &boot));
+    fs::write(records.join(&other_record), b"{\"half").unwrap();
 
+    // A shared command removes what is known dead here and keeps the rest.
     assert_eq!(repo.names(), std::slice::from_ref(&e1));
-    assert_eq!(repo.tmp_names(), [format!("save-{live}-{boot}-2")]);
-    fs::remove_dir_all(tmp.join(format!("save-{live}-{boot}-2"))).unwrap();
+    let mut kept: Vec<String> = elsewhere.to_vec();
+    kept.push(live_here.clone());
+    kept.sort();
+    assert_eq!(repo.tmp_names(), kept);
+    assert_eq!(names_in(&records), [other_record.clone(), rec.clone()]);
+    fs::remove_dir_all(tmp.join(&live_here)).unwrap();
+    fs::remove_file(records.join(&other_record)).unwrap();
+    for name in &elsewhere {
+        fs::remove_dir_all(tmp.join(name)).unwrap();
+    }
     let after = repo_snapshot(&repo.root);
     assert!(
         before == after,
@@ -654,6 +695,20 @@ fn leftovers_of_dead_commands_are_removed_and_live_ones_kept() {
         snapshot_diff(&before, &after)
     );
     repo.assert_builds_to(&e1, &WaState::of(&wa), &t.path().join("check"));
+
+    // Alone with the exclusive lock, a command knows nobody on any host is at work: the other
+    // host's leftovers go too.
+    for name in &elsewhere {
+        fs::create_dir(tmp.join(name)).unwrap();
+    }
+    fs::write(records.join(&other_record), b"{\"half").unwrap();
+    repo.ok(&["consolidate", &e1]);
+    assert_eq!(repo.tmp_names(), Vec::<String>::new());
+    let left = names_in(&records);
+    assert!(
+        left.contains(&rec) && !left.contains(&other_record),
+        "{left:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -240,6 +240,18 @@ impl Model {
             .map(|(k, _)| *k)
             .collect()
     }
+    /// Every entry below `n` in its tree, ascending.
+    fn descendants(&self, n: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut todo = vec![n];
+        while let Some(m) = todo.pop() {
+            let c = self.children(m);
+            out.extend(&c);
+            todo.extend(c);
+        }
+        out.sort();
+        out
+    }
     /// The mode a rewritten entry gets (rewrite.rs: full without a parent; differential only
     /// when a differential entry is restaged onto a full entry; else incremental).
     fn rewritten_mode(&self, e: u64, new_parent: Option<u64>) -> &'static str {
@@ -553,10 +565,22 @@ impl Case {
         if !rebase && !children.is_empty() {
             let before = self.repo.list();
             let err = self.repo.fails(&["rm", &name(n)], 7);
-            for c in &children {
-                assert!(
-                    err.contains(&name(*c)),
-                    "{label}: the error names {c}: {err}"
+            // "En is needed by A, B (and, through them, by C, D); rm --rebase ...": every
+            // entry that needs n, and no other, when there are at most ten of each.
+            let needers = self.model.descendants(n);
+            let listed = err
+                .split_once("is needed by ")
+                .and_then(|(_, r)| r.split_once(';'))
+                .map_or("", |(l, _)| l);
+            let mut named: Vec<u64> = listed
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter_map(|w| w.strip_prefix('E').and_then(|d| d.parse().ok()))
+                .collect();
+            named.sort();
+            if children.len() <= 10 && needers.len() - children.len() <= 10 {
+                assert_eq!(
+                    named, needers,
+                    "{label}: the error names what needs it: {err}"
                 );
             }
             assert_eq!(

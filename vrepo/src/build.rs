@@ -8,7 +8,8 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{unhex32, Entry};
-use crate::repo::{boot_id, pid_alive, Repo};
+use crate::owner::{own_tag, owner_of, Owner};
+use crate::repo::Repo;
 use crate::store;
 use crate::volume::FilesSink;
 use crate::workarea::BUILD_PREFIX;
@@ -44,19 +45,14 @@ pub struct Built {
 
 /// Remove `.vrepo-build-*` folders left in `root` by builds whose process is gone.
 fn clean_build_leftovers(root: &Path) -> Result<()> {
-    let boot = boot_id();
     for e in fs::read_dir(root).at(root)? {
         let e = e.at(root)?;
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(".vrepo-build-") else {
             continue;
         };
-        let mut it = rest.split('-');
-        let dead = match (it.next().and_then(|p| p.parse::<u32>().ok()), it.next()) {
-            (Some(pid), Some(b)) => b != boot || !pid_alive(pid),
-            _ => true,
-        };
-        if dead {
+        // `.vrepo-build-TAG`: the builds of another host into a shared folder are left alone.
+        if owner_of(rest) == Owner::Gone {
             fs::remove_dir_all(e.path()).at(&e.path())?;
         }
     }
@@ -220,11 +216,7 @@ pub fn build(
         }
     }
 
-    let tmp = root.join(format!(
-        "{BUILD_PREFIX}build-{}-{}",
-        std::process::id(),
-        boot_id()
-    ));
+    let tmp = root.join(format!("{BUILD_PREFIX}build-{}", own_tag()));
     fs::create_dir(&tmp).at(&tmp)?;
     let result = (|| -> Result<Built> {
         let written = write_files(repo, &chain, entry, &tmp, progress, opts.sync)?;

@@ -17,6 +17,7 @@ pub mod build;
 pub mod error;
 pub mod lock;
 pub mod manifest;
+pub mod owner;
 pub mod query;
 pub mod repo;
 pub mod rewrite;

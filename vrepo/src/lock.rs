@@ -40,12 +40,6 @@ impl Drop for RepoLock {
     }
 }
 
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "?".into())
-}
-
 impl Repo {
     /// Take the repository lock. `wait`: how long to wait for a conflicting holder (none: fail
     /// at once with the "locked" error).
@@ -80,7 +74,7 @@ impl Repo {
             let p = self.root.join(LOCK_INFO);
             let v = serde_json::json!({
                 "pid": std::process::id(),
-                "host": hostname(),
+                "host": crate::owner::hostname(),
                 "command": command,
                 "since": now_rfc3339(),
             });
@@ -103,10 +97,10 @@ impl Repo {
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             // A holder killed with SIGKILL leaves lock.json behind: name only a live one.
             .filter(|v| {
-                v["host"].as_str() != Some(hostname().as_str())
+                v["host"].as_str() != Some(crate::owner::hostname().as_str())
                     || v["pid"]
                         .as_u64()
-                        .is_some_and(|p| crate::repo::pid_alive(p as u32))
+                        .is_some_and(|p| crate::owner::pid_alive(p as u32))
             })
             .map(|v| {
                 format!(

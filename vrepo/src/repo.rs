@@ -3,6 +3,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, parse_entry_name, Entry, MAX_MANIFEST_BYTES};
+use crate::owner::{own_tag, owner_of, Owner};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -58,19 +59,6 @@ pub fn now_rfc3339() -> String {
     vmx_parse::vmsd::rfc3339_from_us(us)
 }
 
-/// The id of this boot, so a leftover of a process from before a reboot is known dead even if
-/// its pid is taken again.
-pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().replace('-', "").chars().take(12).collect())
-        .unwrap_or_else(|_| "noboot".into())
-}
-
-/// Whether a process with this pid exists on this host.
-pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).at(dir)
 }
@@ -81,7 +69,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        own_tag()
     ));
     let written = File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
@@ -227,11 +215,23 @@ impl Repo {
         Ok(repo)
     }
 
-    /// Remove the temporary folders of saves whose process is gone (killed, or from before a
-    /// reboot). Folders of live processes are left alone.
+    /// Remove the leftovers of commands whose process is gone (killed, or from before a
+    /// reboot): their folders in `tmp/` and `write_atomic`'s temporary files. Those of live
+    /// processes, and of processes of other hosts (see [`crate::owner`]), are left alone.
     pub fn clean_leftovers(&self) -> Result<()> {
+        self.clean(false)
+    }
+
+    /// [`Repo::clean_leftovers`] for a command holding the exclusive lock: no other command
+    /// on any host holds a lock beside it, so every leftover goes, whoever made it, except
+    /// the folders an unfinished rewrite's journal names.
+    pub fn clean_all_leftovers(&self) -> Result<()> {
+        self.clean(true)
+    }
+
+    fn clean(&self, exclusive: bool) -> Result<()> {
+        let gone = |tag: &str| exclusive || owner_of(tag) == Owner::Gone;
         let tmp = self.root.join(TMP);
-        let boot = boot_id();
         // Folders a rewrite's journal still needs are kept until the rewrite is finished.
         let keep: Vec<String> = fs::read(self.root.join("journal.json"))
             .ok()
@@ -250,17 +250,16 @@ impl Repo {
             if keep.contains(&name) {
                 continue;
             }
-            let mut parts = name.split('-');
-            let (_kind, pid, b) = (parts.next(), parts.next(), parts.next());
-            let dead = match (pid.and_then(|p| p.parse::<u32>().ok()), b) {
-                (Some(pid), Some(b)) => b != boot || !pid_alive(pid),
-                _ => true,
-            };
-            if dead {
+            // KIND-TAG-NANOS
+            let tag = name
+                .split_once('-')
+                .and_then(|(_, rest)| rest.rsplit_once('-'))
+                .map_or("", |(tag, _)| tag);
+            if gone(tag) {
                 remove_leftover(&e.path())?;
             }
         }
-        // write_atomic's temporary files (`.NAME.PID.tmp`) of processes that died while
+        // write_atomic's temporary files (`.NAME.TAG.tmp`) of processes that died while
         // replacing a working-area record, `last-entry` or the journal.
         for dir in [self.root.clone(), self.root.join(WORKAREAS)] {
             for e in fs::read_dir(&dir).at(&dir)? {
@@ -269,8 +268,14 @@ impl Repo {
                 let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
                     continue;
                 };
-                let pid = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok());
-                if pid.is_some_and(|pid| !pid_alive(pid)) && e.path().is_file() {
+                let Some((_, tag)) = rest.rsplit_once('.') else {
+                    continue;
+                };
+                let ours = tag
+                    .split('-')
+                    .next()
+                    .is_some_and(|p| p.parse::<u32>().is_ok());
+                if ours && gone(tag) && e.path().is_file() {
                     remove_leftover(&e.path())?;
                 }
             }
@@ -278,33 +283,35 @@ impl Repo {
         Ok(())
     }
 
-    /// Remove every folder of this process in `tmp/` (`KIND-PID-BOOT-NANOS`): what a command
+    /// Remove every folder of this process in `tmp/` (`KIND-TAG-NANOS`): what a command
     /// that failed before it changed anything had prepared. Errors are ignored: the next
     /// command removes what is left, as for a dead process.
     pub fn remove_own_tmp(&self) {
         let tmp = self.root.join(TMP);
-        let (pid, boot) = (std::process::id().to_string(), boot_id());
+        let own = own_tag();
         let Ok(dir) = fs::read_dir(&tmp) else { return };
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let mut parts = name.split('-').skip(1);
-            if parts.next() == Some(pid.as_str()) && parts.next() == Some(boot.as_str()) {
+            let mine = name
+                .split_once('-')
+                .and_then(|(_, rest)| rest.strip_prefix(own.as_str()))
+                .is_some_and(|nanos| nanos.starts_with('-'));
+            if mine {
                 let _ = remove_leftover(&e.path());
             }
         }
     }
 
-    /// A new temporary folder for a command of this process.
+    /// A new temporary folder for a command of this process: `tmp/KIND-TAG-NANOS`.
     pub fn tmp_dir(&self, kind: &str) -> Result<PathBuf> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let p = self.root.join(TMP).join(format!(
-            "{kind}-{}-{}-{nanos}",
-            std::process::id(),
-            boot_id()
-        ));
+        let p = self
+            .root
+            .join(TMP)
+            .join(format!("{kind}-{}-{nanos}", own_tag()));
         fs::create_dir(&p).at(&p)?;
         Ok(p)
     }

@@ -400,7 +400,7 @@ pub fn apply_journal(repo: &Repo, j: &Journal) -> Result<()> {
     for t in trash {
         let _ = fs::remove_dir_all(t);
     }
-    let _ = repo.clean_leftovers();
+    let _ = repo.clean_all_leftovers();
     Ok(())
 }
 
@@ -481,6 +481,43 @@ fn staged_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The entries below `roots` in the trees of `all` (`roots` not included), by number.
+fn descendants<'a>(all: &'a [Entry], roots: &[&str]) -> Vec<&'a str> {
+    let mut children: HashMap<&str, Vec<&'a str>> = HashMap::new();
+    for e in all {
+        if let Some(p) = &e.parent {
+            children
+                .entry(p.as_str())
+                .or_default()
+                .push(e.name.as_str());
+        }
+    }
+    let mut out: Vec<&'a str> = Vec::new();
+    let mut todo: Vec<&str> = roots.to_vec();
+    while let Some(n) = todo.pop() {
+        for &c in children.get(n).into_iter().flatten() {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out.sort_by_key(|n| parse_entry_name(n));
+    out
+}
+
+/// Names for a one-line message: the first ten, then how many in all.
+fn name_list(names: &[&str]) -> String {
+    const SHOWN: usize = 10;
+    if names.len() <= SHOWN {
+        names.join(", ")
+    } else {
+        format!(
+            "{}, ... ({} in all)",
+            names[..SHOWN].join(", "),
+            names.len()
+        )
+    }
+}
+
 /// `rm ENTRY` (refused while entries depend on it) and `rm --rebase ENTRY` (its children are
 /// first restaged onto its parent, or made full).
 pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: i32) -> Result<Rewritten> {
@@ -490,13 +527,16 @@ pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: i32) -> Result<Rewrit
         .filter(|c| c.parent.as_deref() == Some(&e.name))
         .collect();
     if !children.is_empty() && !rebase {
-        let names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
-        return Err(Error::Refused(format!(
-            "{} is needed by {}; rm --rebase {} rewrites them first",
-            e.name,
-            names.join(", "),
-            e.name
-        )));
+        let direct: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
+        let through = descendants(&all, &direct);
+        let mut msg = format!("{} is needed by {}", e.name, name_list(&direct));
+        let them = if direct.len() == 1 { direct[0] } else { "them" };
+        if !through.is_empty() {
+            let it = if direct.len() == 1 { "it" } else { "them" };
+            msg += &format!(" (and, through {it}, by {})", name_list(&through));
+        }
+        msg += &format!("; rm --rebase {} rewrites {them} first", e.name);
+        return Err(Error::Refused(msg));
     }
     let new_parent = match &e.parent {
         Some(p) => Some(repo.load(p)?),
@@ -744,6 +784,8 @@ pub fn open_locked(
     let lock = repo.lock(mode, command, wait)?;
     if mode == LockMode::Exclusive {
         recover(&repo)?;
+        // Alone now: the leftovers of other hosts' dead commands go too.
+        repo.clean_all_leftovers()?;
     }
     Ok((repo, lock))
 }
