@@ -8,6 +8,11 @@
 //!
 //! The repository: E1 full, E2 on E1, E3 on E2, E4 on E1. Damage to E2 makes E3 unbuildable
 //! and leaves E1 and E4 fine; damage to E1 leaves nothing buildable.
+//!
+//! The bookkeeping files (`last-entry`, working-area records, a journal) are sealed: damaged,
+//! each is reported by verify apart from the entries (exit 1, every entry fine), never
+//! believed (a damaged journal's rewrite is given up, not carried out), and mended or
+//! cleared by the next command that writes it.
 
 mod common;
 mod vrepo_support;
@@ -160,6 +165,11 @@ fn case(fx: &Fixture, entry: &str, file: &str, d: Damage, build_reads: bool) {
     assert_eq!(names(&r["damaged"]), damaged, "{label}: {r}");
     assert_eq!(names(&r["unbuildable"]), unbuildable, "{label}: {r}");
     assert_eq!(names(&r["ok"]), fine, "{label}: {r}");
+    assert_eq!(
+        r["files"],
+        serde_json::json!([]),
+        "{label}: only entries are damaged: {r}"
+    );
     let line = err.lines().last().unwrap_or("");
     for (what, list) in [("damaged: ", &damaged), ("cannot be built: ", &unbuildable)] {
         assert!(
@@ -353,8 +363,9 @@ fn damaged_repository_and_working_area_records() {
         repo.fails(&["build", "E2", s(&wa), "--force"], 3);
         assert_same_files(&fx.states["E4"], &wa, &label);
     }
-    // A working-area record only names a default parent: damaged, it is ignored (the next
-    // save is full), and every entry is fine.
+    // A working-area record only names a default parent: damaged, verify reports it (exit
+    // 1, every entry fine), the record is ignored (the next save is full and says why) and
+    // written anew.
     let rec_dir = fx.template.join("workareas");
     let rec = fs::read_dir(&rec_dir)
         .unwrap()
@@ -362,34 +373,194 @@ fn damaged_repository_and_working_area_records() {
         .unwrap()
         .unwrap()
         .path();
-    let len = fs::metadata(&rec).unwrap().len();
+    let rec_name = format!("workareas/{}", rec.file_name().unwrap().to_string_lossy());
+    let text = fs::read_to_string(&rec).unwrap();
+    let len = text.len() as u64;
+    // Still valid JSON naming an entry that exists, under the old seal.
+    let other_entry = text.replacen("\"entry\": \"E4\"", "\"entry\": \"E2\"", 1);
+    assert_ne!(other_entry, text, "the record names E4: {text}");
     for (i, d) in [
         Damage::Flip(json_offset(&rec, "\"entry\": \"E", 11)),
         Damage::Flip(2),
+        Damage::Flip(len - 10),
+        Damage::Truncate(len / 2),
+        Damage::Truncate(len - 1),
+        Damage::Truncate(0),
+    ]
+    .into_iter()
+    .map(Some)
+    .chain([None])
+    .enumerate()
+    {
+        let repo = fx.copy();
+        let rec = repo.root.join(&rec_name);
+        match d {
+            Some(d) => damage(&rec, &d),
+            None => fs::write(&rec, &other_entry).unwrap(),
+        }
+        let label = format!("workarea record case {i}");
+        verify_finds_file(&repo, &rec_name, &label);
+        for (name, state) in &fx.states {
+            assert_builds(&repo, name, state, &fx.path("ok"));
+        }
+        // The recorded working area saves again, full, and says why; the record is whole.
+        let wa = fx.dir.join("wa");
+        let o = repo.output(&["--json", "save", s(&wa)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{label}: {err}");
+        let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(e["mode"], "full", "{label}: {e}");
+        assert!(
+            err.contains("record") && err.contains("damaged"),
+            "{label}: {err}"
+        );
+        let st = keep(&wa, &fx.path("st"));
+        assert_builds(&repo, "E5", &st, &fx.path("ok"));
+        repo.ok(&["verify"]);
+    }
+}
+
+/// `verify --read-data` of a repository whose entries are all sound but whose bookkeeping
+/// file `file` is damaged: exit 1, every entry fine, `files` names exactly `file`.
+fn verify_finds_file(repo: &Repo, file: &str, label: &str) {
+    let o = repo.output(&["--json", "verify", "--read-data"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{label}: verify: {err}");
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        names(&r["ok"]),
+        strs(&["E1", "E2", "E3", "E4"]),
+        "{label}: {r}"
+    );
+    assert_eq!(r["damaged"], serde_json::json!([]), "{label}: {r}");
+    assert_eq!(r["unbuildable"], serde_json::json!([]), "{label}: {r}");
+    let files: Vec<&str> = r["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, [file], "{label}: {r}");
+    assert!(err.contains(file), "{label}: {err}");
+    // The text report names it too.
+    let o = repo.output(&["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{label}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("file  {file} damaged")));
+}
+
+#[test]
+fn damaged_last_entry() {
+    let fx = fixture();
+    let path = fx.template.join("last-entry");
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("4\n"), "{text}");
+    let len = text.len() as u64;
+    for (i, d) in [
+        Damage::Flip(0),
+        Damage::Flip(len - 10),
+        Damage::Truncate(2),
         Damage::Truncate(len / 2),
         Damage::Truncate(0),
     ]
     .into_iter()
+    .map(Some)
+    .chain([None])
     .enumerate()
     {
         let repo = fx.copy();
-        let rec = repo.root.join("workareas").join(rec.file_name().unwrap());
-        damage(&rec, &d);
-        let label = format!("workarea record case {i}");
-        let v = repo.json(&["verify", "--read-data"]);
-        assert_eq!(
-            names(&v["ok"]),
-            strs(&["E1", "E2", "E3", "E4"]),
-            "{label}: {v}"
-        );
+        let p = repo.root.join("last-entry");
+        match d {
+            Some(d) => damage(&p, &d),
+            // Another number under the old seal.
+            None => fs::write(&p, text.replacen('4', "9", 1)).unwrap(),
+        }
+        let label = format!("last-entry case {i}");
+        verify_finds_file(&repo, "last-entry", &label);
         for (name, state) in &fx.states {
             assert_builds(&repo, name, state, &fx.path("ok"));
         }
-        // The recorded working area saves again (full: its record is gone).
-        let wa = fx.dir.join("wa");
-        let e = repo.save(&wa, &[]);
-        assert_eq!(e["mode"], "full", "{label}: {e}");
-        let st = keep(&wa, &fx.path("st"));
-        assert_builds(&repo, "E5", &st, &fx.path("ok"));
+        // The next save follows the newest entry present, says why, and mends the record.
+        let wa = keep(&fx.states["E3"], &fx.path("wa"));
+        let o = repo.output(&["--json", "save", "--full", s(&wa)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{label}: {err}");
+        let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(e["name"], "E5", "{label}: {e}");
+        assert!(err.contains("last-entry is damaged"), "{label}: {err}");
+        repo.ok(&["verify"]);
+        assert!(
+            fs::read_to_string(&p).unwrap().starts_with("5\n"),
+            "{label}"
+        );
     }
+}
+
+#[test]
+fn damaged_journal() {
+    let fx = fixture();
+    // The journal an `rm E3` (a leaf) writes before it changes anything.
+    let payload =
+        "{\"schema\": \"vrepo.journal/1\", \"op\": \"rm\", \"swaps\": [], \"remove\": [\"E3\"]}\n";
+    let whole = sealed(payload);
+    let len = whole.len() as u64;
+    // Sound, it is finished by the next command: E3 goes.
+    let repo = fx.copy();
+    fs::write(repo.root.join("journal.json"), &whole).unwrap();
+    assert_eq!(repo.names(), strs(&["E1", "E2", "E4"]));
+    assert!(!repo.root.join("journal.json").exists());
+    // Damaged, it is never acted on: had the flipped name been believed, E2 (which E3 needs)
+    // would go.
+    let wrong_entry = whole.replacen("\"E3\"", "\"E2\"", 1);
+    for (i, d) in [
+        Damage::Flip(json_offset_in(&whole, "\"op\"", 2)),
+        Damage::Flip(len - 10),
+        Damage::Truncate(payload.len() as u64),
+        Damage::Truncate(len / 2),
+        Damage::Truncate(0),
+    ]
+    .into_iter()
+    .map(Some)
+    .chain([None])
+    .enumerate()
+    {
+        let repo = fx.copy();
+        let p = repo.root.join("journal.json");
+        match d {
+            Some(d) => {
+                fs::write(&p, &whole).unwrap();
+                damage(&p, &d);
+            }
+            None => fs::write(&p, &wrong_entry).unwrap(),
+        }
+        // A folder its rewrite staged, from a process that is gone.
+        let staged = repo.root.join("tmp").join("stage-1-nohost-000000000000-1");
+        fs::create_dir(&staged).unwrap();
+        let label = format!("journal case {i}");
+        // Readers and saves go on and leave it for verify to report.
+        verify_finds_file(&repo, "journal.json", &label);
+        assert_eq!(repo.names(), strs(&["E1", "E2", "E3", "E4"]), "{label}");
+        for (name, state) in &fx.states {
+            assert_builds(&repo, name, state, &fx.path("ok"));
+        }
+        assert!(p.exists(), "{label}: a reader acted on a damaged journal");
+        // The next exclusive command gives its rewrite up and says so; every entry stays.
+        let o = repo.output(&["consolidate", "E1"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{label}: {err}");
+        assert!(
+            err.contains("journal.json was damaged") && err.contains("given up"),
+            "{label}: {err}"
+        );
+        assert!(!p.exists(), "{label}");
+        assert_eq!(tmp_contents(&repo), Vec::<String>::new(), "{label}");
+        assert_eq!(repo.names(), strs(&["E1", "E2", "E3", "E4"]), "{label}");
+        repo.ok(&["verify", "--read-data"]);
+        for (name, state) in &fx.states {
+            assert_builds(&repo, name, state, &fx.path("ok"));
+        }
+    }
+}
+
+fn json_offset_in(text: &str, pat: &str, plus: u64) -> u64 {
+    text.find(pat).unwrap_or_else(|| panic!("{pat} in {text}")) as u64 + plus
 }

@@ -382,7 +382,7 @@ fn a_save_onto_an_entry_an_unfinished_rm_removes_keeps_it() {
     // What `rm E2` writes before it changes anything.
     fs::write(
         repo.root.join("journal.json"),
-        r#"{"schema": "vrepo.journal/1", "op": "rm", "swaps": [], "remove": ["E2"]}"#,
+        sealed("{\"schema\": \"vrepo.journal/1\", \"op\": \"rm\", \"swaps\": [], \"remove\": [\"E2\"]}\n"),
     )
     .unwrap();
     guest_write(&wa.join("disk.vmdk"), 3 * MIB, MIB, 33);

@@ -126,7 +126,8 @@ enum Command {
     Diff { entry1: String, entry2: String },
     /// Check that entries can be built: structure always; with --read-data every stored byte
     /// against its digest. Names every damaged entry, every entry that needs one
-    /// (unbuildable) and every entry still fine; exit 1 on damage.
+    /// (unbuildable) and every entry still fine, and any damaged bookkeeping file (last-entry,
+    /// a working-area record, a journal); exit 1 on damage.
     Verify {
         /// Entries to check (with the entries they need); default all.
         entries: Vec<String>,
@@ -246,7 +247,11 @@ fn open_as(cli: &CliCommon, command: &str, mode: LockMode) -> Result<(Repo, Repo
         ));
     };
     let wait = cli.wait.map(std::time::Duration::from_secs);
-    vrepo::rewrite::open_locked(r, mode, command, wait).map_err(fail)
+    let (repo, lock, note) = vrepo::rewrite::open_locked(r, mode, command, wait).map_err(fail)?;
+    if let Some(n) = note {
+        eprintln!("vrepo: {n}");
+    }
+    Ok((repo, lock))
 }
 
 fn open(cli: &CliCommon, command: &str) -> Result<(Repo, RepoLock), Failure> {
@@ -529,6 +534,14 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                     }
                     writeln!(stdout, "{line}").map_err(out_err)?;
                 }
+                for f in &report.files {
+                    writeln!(
+                        stdout,
+                        "file  {} damaged ({}); {}",
+                        f.file, f.problem, f.effect
+                    )
+                    .map_err(out_err)?;
+                }
             }
             if !report.damaged.is_empty() || !report.unbuildable.is_empty() {
                 eprintln!(
@@ -536,6 +549,14 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                     list_or_none(&report.damaged),
                     list_or_none(&report.unbuildable),
                     list_or_none(&report.ok)
+                );
+                exit = Exit::No;
+            }
+            if !report.files.is_empty() {
+                let names: Vec<&str> = report.files.iter().map(|f| f.file.as_str()).collect();
+                eprintln!(
+                    "vrepo: damaged repository files: {} (no entry needs them)",
+                    names.join(", ")
                 );
                 exit = Exit::No;
             }

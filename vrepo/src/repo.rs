@@ -126,6 +126,105 @@ pub fn read_small(path: &Path, cap: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The length of a seal line: `{"b3":"`, 64 hex digits, `"}`, a newline.
+const SEAL_LEN: usize = 74;
+
+/// `payload` followed by its seal: a last line `{"b3":"HEX"}` with the BLAKE3 of every byte
+/// before it. The small files that are replaced in place (`last-entry`, the working-area
+/// records, the journal) are sealed, so that a flipped bit which still parses, or a cut, is
+/// found rather than believed.
+pub fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut out = payload.to_vec();
+    out.extend_from_slice(b"{\"b3\":\"");
+    out.extend_from_slice(blake3::hash(payload).to_hex().as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    out
+}
+
+/// The payload of a sealed file, or what is wrong with it.
+pub fn unseal(bytes: &[u8]) -> std::result::Result<&[u8], &'static str> {
+    let Some(cut) = bytes.len().checked_sub(SEAL_LEN) else {
+        return Err("too short to hold its seal (cut short?)");
+    };
+    let (payload, line) = bytes.split_at(cut);
+    let hex = line
+        .strip_prefix(b"{\"b3\":\"")
+        .and_then(|r| r.strip_suffix(b"\"}\n"))
+        .ok_or("its last line is not its seal (cut short?)")?;
+    if hex != blake3::hash(payload).to_hex().as_bytes() {
+        return Err("its BLAKE3 differs from its seal");
+    }
+    Ok(payload)
+}
+
+/// What a sealed small file holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sealed {
+    Missing,
+    /// Unreadable as a sealed file: why (without the path).
+    Damaged(String),
+    Payload(Vec<u8>),
+}
+
+/// Read a sealed file of at most `cap` bytes. Only an I/O error other than a missing file is
+/// an error.
+pub fn read_sealed(path: &Path, cap: u64) -> Result<Sealed> {
+    if !path.exists() {
+        return Ok(Sealed::Missing);
+    }
+    let bytes = match read_small(path, cap) {
+        Ok(b) => b,
+        Err(Error::Corrupt(_)) => return Ok(Sealed::Damaged(format!("larger than {cap} bytes"))),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Sealed::Missing)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(match unseal(&bytes) {
+        Ok(p) => Sealed::Payload(p.to_vec()),
+        Err(why) => Sealed::Damaged(why.into()),
+    })
+}
+
+/// The entry number a sealed `last-entry` payload (`N` and a newline) records.
+fn parse_last(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload)
+        .ok()?
+        .strip_suffix('\n')?
+        .parse()
+        .ok()
+}
+
+/// A working-area record at `p`: none, the record, or (inner error) why it is damaged.
+fn read_record(p: &Path) -> Result<std::result::Result<Option<WorkAreaRecord>, String>> {
+    Ok(match read_sealed(p, 1 << 16)? {
+        Sealed::Missing => Ok(None),
+        Sealed::Damaged(why) => Err(why),
+        Sealed::Payload(b) => match serde_json::from_slice::<WorkAreaRecord>(&b) {
+            Ok(r) if r.schema == WORKAREA_SCHEMA => Ok(Some(r)),
+            Ok(_) => Err("an unknown schema".into()),
+            Err(e) => Err(e.to_string()),
+        },
+    })
+}
+
+/// Every working-area record that is damaged: its path and why.
+pub fn damaged_records(repo: &Repo) -> Result<Vec<(PathBuf, String)>> {
+    let dir = repo.root.join(WORKAREAS);
+    let mut out = Vec::new();
+    for e in fs::read_dir(&dir).at(&dir)? {
+        let p = e.at(&dir)?.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        if let Err(why) = read_record(&p)? {
+            out.push((p, why));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 impl Repo {
     /// Make a repository in `path` (created if missing; an existing folder must be empty).
     pub fn init(path: &Path, block_size: u32, max_chain: Option<u32>) -> Result<Repo> {
@@ -233,9 +332,13 @@ impl Repo {
         let gone = |tag: &str| exclusive || owner_of(tag) == Owner::Gone;
         let tmp = self.root.join(TMP);
         // Folders a rewrite's journal still needs are kept until the rewrite is finished.
-        let keep: Vec<String> = fs::read(self.root.join("journal.json"))
+        // (A damaged journal keeps nothing: its rewrite is given up, never finished.)
+        let keep: Vec<String> = read_sealed(&self.root.join("journal.json"), 1 << 20)
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|s| match s {
+                Sealed::Payload(b) => serde_json::from_slice::<serde_json::Value>(&b).ok(),
+                _ => None,
+            })
             .and_then(|v| {
                 v["swaps"].as_array().map(|a| {
                     a.iter()
@@ -424,22 +527,23 @@ impl Repo {
     }
 
     /// The entry a working area (canonical path) was last saved as or built from, if that
-    /// entry still exists.
+    /// entry still exists. A damaged record is no record (see [`Repo::workarea_record`]).
     pub fn workarea_entry(&self, workarea: &Path) -> Result<Option<String>> {
-        let p = self.record_path(workarea);
-        if !p.exists() {
+        let Ok(Some(r)) = self.workarea_record(workarea)? else {
             return Ok(None);
-        }
-        let bytes = read_small(&p, 1 << 16)?;
-        let r: WorkAreaRecord = match serde_json::from_slice(&bytes) {
-            Ok(r) => r,
-            // A damaged record only loses the default parent: save falls back to full.
-            Err(_) => return Ok(None),
         };
         if r.path != workarea.to_string_lossy() || parse_entry_name(&r.entry).is_none() {
             return Ok(None);
         }
         Ok(self.entry_dir(&r.entry).is_dir().then_some(r.entry))
+    }
+
+    /// A working area's record: none, the record, or (inner error) why it is damaged.
+    pub fn workarea_record(
+        &self,
+        workarea: &Path,
+    ) -> Result<std::result::Result<Option<WorkAreaRecord>, String>> {
+        read_record(&self.record_path(workarea))
     }
 
     /// Point every working-area record naming an entry of `moved` at its replacement, so a
@@ -452,17 +556,15 @@ impl Repo {
             if p.extension().and_then(|x| x.to_str()) != Some("json") {
                 continue;
             }
-            let Ok(bytes) = read_small(&p, 1 << 16) else {
-                continue;
-            };
-            let Ok(mut r) = serde_json::from_slice::<WorkAreaRecord>(&bytes) else {
+            // A damaged record is left as it is, for verify to report.
+            let Ok(Ok(Some(mut r))) = read_record(&p) else {
                 continue;
             };
             match moved.get(&r.entry) {
                 Some(Some(to)) => {
                     r.entry = to.clone();
                     let text = serde_json::to_string_pretty(&r).expect("serializable") + "\n";
-                    write_atomic(&p, text.as_bytes())?;
+                    write_atomic(&p, &seal(text.as_bytes()))?;
                 }
                 Some(None) => fs::remove_file(&p).at(&p)?,
                 None => {}
@@ -480,7 +582,7 @@ impl Repo {
             time: now_rfc3339(),
         };
         let text = serde_json::to_string_pretty(&r).expect("serializable") + "\n";
-        write_atomic(&self.record_path(workarea), text.as_bytes())
+        write_atomic(&self.record_path(workarea), &seal(text.as_bytes()))
     }
 
     /// Publish a prepared entry folder as the next entry: its `entry.json` is written with the
@@ -526,28 +628,36 @@ impl Repo {
     }
 
     /// The highest entry number ever given: names are never reused, even after the newest
-    /// entries were removed.
+    /// entries were removed. A damaged `last-entry` counts as none: numbering goes on from the
+    /// newest entry present (and the record is rewritten by the next save).
     pub fn last_number(&self) -> Result<u64> {
         let present = self.numbers()?.last().copied().unwrap_or(0);
-        let recorded = fs::read_to_string(self.root.join(LAST))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        Ok(present.max(recorded))
+        Ok(present.max(self.last_record()?.unwrap_or(0)))
+    }
+
+    /// What `last-entry` records (0 when it is missing), or why it is damaged or unreadable:
+    /// it is only a floor above the entries present, so a save goes on without it.
+    pub fn last_record(&self) -> Result<std::result::Result<u64, String>> {
+        Ok(match read_sealed(&self.root.join(LAST), 256) {
+            Ok(Sealed::Missing) => Ok(0),
+            Ok(Sealed::Payload(b)) => parse_last(&b).ok_or_else(|| "not an entry number".into()),
+            Ok(Sealed::Damaged(why)) => Err(why),
+            Err(e) => Err(e.to_string()),
+        })
     }
 
     /// Record that entry number `n` was given (or removed).
     pub fn bump_last(&self, n: u64) -> Result<()> {
         // Only a write that changes the record: removing the newest entry after its save
-        // recorded it writes nothing (which matters on a full disk).
-        let recorded = fs::read_to_string(self.root.join(LAST))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if recorded >= n || self.last_number()? > n {
-            return Ok(());
-        }
-        write_atomic(&self.root.join(LAST), format!("{n}\n").as_bytes())
+        // recorded it writes nothing (which matters on a full disk). A damaged record is
+        // replaced.
+        let present = self.numbers()?.last().copied().unwrap_or(0);
+        let n = match self.last_record()? {
+            Ok(r) if r >= n || present > n => return Ok(()),
+            Ok(_) => n,
+            Err(_) => n.max(present),
+        };
+        write_atomic(&self.root.join(LAST), &seal(format!("{n}\n").as_bytes()))
     }
 
     pub fn check_tags_free(&self, tags: &[String]) -> Result<()> {
@@ -591,5 +701,37 @@ pub fn check_tag(t: &str) -> Result<()> {
         Err(Error::Usage(format!(
             "tag {t:?}: use up to 64 letters, digits and - _ . @ +, not an entry name or \"latest\""
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seal_finds_every_flipped_bit_and_every_cut() {
+        let payload = b"{\n  \"entry\": \"E3\"\n}\n";
+        let sealed = seal(payload);
+        assert_eq!(sealed.len(), payload.len() + SEAL_LEN);
+        assert_eq!(unseal(&sealed), Ok(&payload[..]));
+        for at in 0..sealed.len() {
+            for bit in 0..8 {
+                let mut b = sealed.clone();
+                b[at] ^= 1 << bit;
+                assert!(unseal(&b).is_err(), "byte {at} bit {bit}");
+            }
+        }
+        for len in 0..sealed.len() {
+            assert!(unseal(&sealed[..len]).is_err(), "cut to {len}");
+        }
+        assert_eq!(unseal(&seal(b"")), Ok(&b""[..]));
+    }
+
+    #[test]
+    fn last_entry_payloads() {
+        assert_eq!(parse_last(b"7\n"), Some(7));
+        for bad in [&b"7"[..], b"", b"\n", b"x\n", b"7 \n", b"-1\n"] {
+            assert_eq!(parse_last(bad), None, "{bad:?}");
+        }
     }
 }

@@ -15,7 +15,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{parse_entry_name, Entry, Mode};
-use crate::repo::{fsync_dir, read_small, write_atomic, Repo, ENTRIES, TMP};
+use crate::repo::{fsync_dir, read_sealed, seal, write_atomic, Repo, Sealed, ENTRIES, TMP};
 use crate::store;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -300,8 +300,19 @@ pub fn read_journal(repo: &Repo) -> Result<Option<Journal>> {
     if !p.exists() {
         return Ok(None);
     }
-    let bytes = read_small(&p, 1 << 20)?;
-    parse_journal(&bytes, &p).map(Some)
+    match read_sealed(&p, 1 << 20)? {
+        Sealed::Missing => Ok(None),
+        Sealed::Damaged(why) => Err(Error::Corrupt(format!("{}: damaged: {why}", p.display()))),
+        Sealed::Payload(bytes) => parse_journal(&bytes, &p).map(Some),
+    }
+}
+
+/// Why the journal is damaged (its seal does not match), if it is.
+pub fn journal_damage(repo: &Repo) -> Result<Option<String>> {
+    Ok(match read_sealed(&journal_path(repo), 1 << 20)? {
+        Sealed::Damaged(why) => Some(why),
+        _ => None,
+    })
 }
 
 /// Parse and check a journal's bytes (`path` for messages).
@@ -431,14 +442,36 @@ fn still_unneeded(repo: &Repo, remove: &[String]) -> Result<Vec<String>> {
         .collect())
 }
 
+/// What [`recover`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovered {
+    /// No rewrite was left unfinished.
+    Nothing,
+    /// A killed rewrite was finished.
+    Finished,
+    /// The journal was damaged (why): its rewrite was given up, every entry as it is.
+    GivenUp(String),
+}
+
 /// Finish a rewrite a killed command left behind. Call with the exclusive lock held.
-pub fn recover(repo: &Repo) -> Result<bool> {
+///
+/// A damaged journal is never acted on (a flipped entry name would remove the wrong entry).
+/// Every step of a rewrite leaves each entry buildable, so its rewrite is given up instead:
+/// the journal goes, with what it staged, and every entry stays as it is.
+pub fn recover(repo: &Repo) -> Result<Recovered> {
+    if let Some(why) = journal_damage(repo)? {
+        let p = journal_path(repo);
+        fs::remove_file(&p).at(&p)?;
+        fsync_dir(&repo.root)?;
+        repo.clean_all_leftovers()?;
+        return Ok(Recovered::GivenUp(why));
+    }
     match read_journal(repo)? {
         Some(j) => {
             apply_journal(repo, &j)?;
-            Ok(true)
+            Ok(Recovered::Finished)
         }
-        None => Ok(false),
+        None => Ok(Recovered::Nothing),
     }
 }
 
@@ -465,7 +498,7 @@ fn run(repo: &Repo, j: Journal) -> Result<()> {
         },
         other => other,
     };
-    if let Err(err) = write_atomic(&journal_path(repo), text.as_bytes()) {
+    if let Err(err) = write_atomic(&journal_path(repo), &seal(text.as_bytes())) {
         if journal_path(repo).exists() {
             return Err(half_done(err));
         }
@@ -760,15 +793,18 @@ pub fn prune(repo: &Repo, r: Retention, dry_run: bool, level: i32) -> Result<Pru
 /// Open the repository at `path` for `command` and take its lock (`wait`: how long to wait for
 /// it). A rewrite a killed command left half-done is finished first, by whoever can get the
 /// exclusive lock: an exclusive command always, a shared one when no one else holds the lock.
+/// A damaged journal is left to verify to report and to the next exclusive command to give up
+/// (see [`recover`]); the returned note then says what was given up.
 pub fn open_locked(
     path: &Path,
     mode: crate::lock::LockMode,
     command: &str,
     wait: Option<std::time::Duration>,
-) -> Result<(Repo, crate::lock::RepoLock)> {
+) -> Result<(Repo, crate::lock::RepoLock, Option<String>)> {
     use crate::lock::LockMode;
     let repo = Repo::open(path)?;
-    if mode == LockMode::Shared && journal_path(&repo).exists() {
+    if mode == LockMode::Shared && journal_path(&repo).exists() && journal_damage(&repo)?.is_none()
+    {
         if let Ok(_x) = repo.lock(LockMode::Exclusive, "recover", None) {
             // Every entry builds at every step of a rewrite, so a reader does not need it
             // finished: a write that fails now (a full disk) leaves it for a later command
@@ -782,12 +818,18 @@ pub fn open_locked(
         }
     }
     let lock = repo.lock(mode, command, wait)?;
+    let mut note = None;
     if mode == LockMode::Exclusive {
-        recover(&repo)?;
+        if let Recovered::GivenUp(why) = recover(&repo)? {
+            note = Some(format!(
+                "{JOURNAL} was damaged ({why}): the interrupted rewrite it recorded was given \
+                 up, and every entry stays as it was"
+            ));
+        }
         // Alone now: the leftovers of other hosts' dead commands go too.
         repo.clean_all_leftovers()?;
     }
-    Ok((repo, lock))
+    Ok((repo, lock, note))
 }
 
 #[cfg(test)]

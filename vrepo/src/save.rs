@@ -71,7 +71,17 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
     let (mode, parent) = match (opts.mode, anchor) {
         (Some(Mode::Full), _) => (Mode::Full, None),
         (m, None) => {
-            if let Some(m) = m {
+            let damaged = match &opts.parent {
+                None => repo.workarea_record(&wa.root)?.err(),
+                Some(_) => None,
+            };
+            if let Some(why) = damaged {
+                note = Some(format!(
+                    "saved full: this working area's record in the repository is damaged \
+                     ({why}), so the entry it was last saved as or built from is not known \
+                     (--parent names one)"
+                ));
+            } else if let Some(m) = m {
                 note = Some(format!(
                     "saved full: {} needs an earlier entry, and this working area has none \
                      (it was never saved or built here; --parent names one)",
@@ -291,6 +301,7 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             return Err(e);
         }
     };
+    let last_damaged = repo.last_record()?.err();
     let warning = match repo.publish(&tmp, &mut entry) {
         Ok(w) => w,
         Err(e) => {
@@ -310,7 +321,18 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
                 entry.name
             )
         });
-    let notes: Vec<String> = [note, warning, recorded].into_iter().flatten().collect();
+    let renumbered = last_damaged.map(|why| {
+        format!(
+            "{} follows the newest entry present, because last-entry is damaged or unreadable \
+             ({why}): \
+             if newer entries were removed, their names may come again",
+            entry.name
+        )
+    });
+    let notes: Vec<String> = [note, renumbered, warning, recorded]
+        .into_iter()
+        .flatten()
+        .collect();
     let note = (!notes.is_empty()).then(|| notes.join("; "));
     Ok(Saved { entry, note })
 }

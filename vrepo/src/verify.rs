@@ -8,7 +8,9 @@
 //! at random, read through the index and checked, plus the BLAKE3 of the small files.
 //!
 //! An entry whose own files are damaged is `damaged`; an entry that needs a damaged or missing
-//! entry is `unbuildable`; the rest are `ok`.
+//! entry is `unbuildable`; the rest are `ok`. The repository's sealed bookkeeping files
+//! (`last-entry`, working-area records, an unfinished rewrite's journal) are checked against
+//! their seals and reported apart, in `files`.
 
 use crate::error::Result;
 use crate::manifest::{unhex32, Entry};
@@ -36,6 +38,16 @@ pub struct EntryReport {
     pub needs: Option<String>,
 }
 
+/// A damaged file of the repository's own bookkeeping (not of an entry).
+#[derive(Clone, Debug, Serialize)]
+pub struct FileReport {
+    /// The path inside the repository: `last-entry`, `workareas/H.json`, `journal.json`.
+    pub file: String,
+    pub problem: String,
+    /// What it means for the user.
+    pub effect: &'static str,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub schema: &'static str,
@@ -43,6 +55,8 @@ pub struct Report {
     pub ok: Vec<String>,
     pub damaged: Vec<String>,
     pub unbuildable: Vec<String>,
+    /// Damaged bookkeeping files: none of them can make an entry unbuildable.
+    pub files: Vec<FileReport>,
 }
 
 pub const VERIFY_SCHEMA: &str = "vrepo.verify/1";
@@ -281,5 +295,41 @@ pub fn verify(repo: &Repo, names: &[String], opts: VerifyOptions) -> Result<Repo
         ok,
         damaged,
         unbuildable,
+        files: bookkeeping(repo)?,
     })
+}
+
+/// The sealed bookkeeping files (`last-entry`, working-area records, a journal), checked
+/// against their seals.
+fn bookkeeping(repo: &Repo) -> Result<Vec<FileReport>> {
+    let rel = |p: &std::path::Path| {
+        p.strip_prefix(&repo.root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut out = Vec::new();
+    if let Err(problem) = repo.last_record()? {
+        out.push(FileReport {
+            file: crate::repo::LAST.into(),
+            problem,
+            effect: "the next save numbers on from the newest entry present and rewrites it",
+        });
+    }
+    for (p, problem) in crate::repo::damaged_records(repo)? {
+        out.push(FileReport {
+            file: rel(&p),
+            problem,
+            effect: "its working area's next save is full (or give --parent)",
+        });
+    }
+    if let Some(problem) = crate::rewrite::journal_damage(repo)? {
+        out.push(FileReport {
+            file: crate::rewrite::JOURNAL.into(),
+            problem,
+            effect: "every entry builds; the next rm, consolidate or prune gives up the \
+                     interrupted rewrite it recorded",
+        });
+    }
+    Ok(out)
 }

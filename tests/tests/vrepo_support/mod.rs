@@ -331,6 +331,15 @@ pub fn assert_builds(repo: &Repo, entry: &str, state: &Path, dest: &Path) {
     fs::remove_dir_all(dest).unwrap();
 }
 
+/// `payload` as vrepo seals its small bookkeeping files (docs/vrepo.md, "Sealed files"): a
+/// last line `{"b3":"HEX"}` with the BLAKE3 of every byte before it.
+pub fn sealed(payload: &str) -> String {
+    format!(
+        "{payload}{{\"b3\":\"{}\"}}\n",
+        blake3::hash(payload.as_bytes()).to_hex()
+    )
+}
+
 /// Names of what is in `REPO/tmp`.
 pub fn tmp_contents(repo: &Repo) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(repo.root.join("tmp"))

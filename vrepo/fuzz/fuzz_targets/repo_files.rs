@@ -1,5 +1,6 @@
 //! The files vrepo reads from a repository, on arbitrary bytes: `entry.json` (parsed and
-//! validated), a relative signature (applied to a small parent scan), `journal.json`.
+//! validated), a relative signature (applied to a small parent scan), `journal.json`, and the
+//! seal of the sealed files.
 //! Nothing may panic or allocate beyond what the input justifies.
 #![no_main]
 
@@ -24,4 +25,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(s.blocks.len() as u64, s.size.div_ceil(4096));
     }
     let _ = vrepo::rewrite::parse_journal(data, Path::new("journal.json"));
+    // Sealed files (last-entry, working-area records, the journal): any bytes unseal or not
+    // without a panic, and a seal always opens to what it sealed.
+    if let Ok(p) = vrepo::repo::unseal(data) {
+        let _ = vrepo::rewrite::parse_journal(p, Path::new("journal.json"));
+    }
+    let sealed = vrepo::repo::seal(data);
+    assert_eq!(vrepo::repo::unseal(&sealed), Ok(data));
 });
