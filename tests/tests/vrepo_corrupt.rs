@@ -379,45 +379,41 @@ fn damaged_repository_and_working_area_records() {
     // Still valid JSON naming an entry that exists, under the old seal.
     let other_entry = text.replacen("\"entry\": \"E4\"", "\"entry\": \"E2\"", 1);
     assert_ne!(other_entry, text, "the record names E4: {text}");
-    for (i, d) in [
+    let damages = vec![
         Damage::Flip(json_offset(&rec, "\"entry\": \"E", 11)),
         Damage::Flip(2),
         Damage::Flip(len - 10),
         Damage::Truncate(len / 2),
         Damage::Truncate(len - 1),
         Damage::Truncate(0),
-    ]
-    .into_iter()
-    .map(Some)
-    .chain([None])
-    .enumerate()
-    {
-        let repo = fx.copy();
-        let rec = repo.root.join(&rec_name);
-        match d {
-            Some(d) => damage(&rec, &d),
-            None => fs::write(&rec, &other_entry).unwrap(),
-        }
-        let label = format!("workarea record case {i}");
-        verify_finds_file(&repo, &rec_name, &label);
-        for (name, state) in &fx.states {
-            assert_builds(&repo, name, state, &fx.path("ok"));
-        }
-        // The recorded working area saves again, full, and says why; the record is whole.
-        let wa = fx.dir.join("wa");
-        let o = repo.output(&["--json", "save", s(&wa)]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "{label}: {err}");
-        let e: Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(e["mode"], "full", "{label}: {e}");
-        assert!(
-            err.contains("record") && err.contains("damaged"),
-            "{label}: {err}"
-        );
-        let st = keep(&wa, &fx.path("st"));
-        assert_builds(&repo, "E5", &st, &fx.path("ok"));
-        repo.ok(&["verify"]);
-    }
+    ];
+    each_damage(
+        &fx,
+        &rec_name,
+        &text,
+        damages,
+        &other_entry,
+        |repo, label| {
+            verify_finds_file(repo, &rec_name, label);
+            for (name, state) in &fx.states {
+                assert_builds(repo, name, state, &fx.path("ok"));
+            }
+            // The recorded working area saves again, full, and says why; the record is whole.
+            let wa = fx.dir.join("wa");
+            let o = repo.output(&["--json", "save", s(&wa)]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{label}: {err}");
+            let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(e["mode"], "full", "{label}: {e}");
+            assert!(
+                err.contains("record") && err.contains("damaged"),
+                "{label}: {err}"
+            );
+            let st = keep(&wa, &fx.path("st"));
+            assert_builds(repo, "E5", &st, &fx.path("ok"));
+            repo.ok(&["verify"]);
+        },
+    );
 }
 
 /// `verify --read-data` of a repository whose entries are all sound but whose bookkeeping
@@ -455,29 +451,20 @@ fn damaged_last_entry() {
     let text = fs::read_to_string(&path).unwrap();
     assert!(text.starts_with("4\n"), "{text}");
     let len = text.len() as u64;
-    for (i, d) in [
+    let damages = vec![
         Damage::Flip(0),
         Damage::Flip(len - 10),
         Damage::Truncate(2),
         Damage::Truncate(len / 2),
         Damage::Truncate(0),
-    ]
-    .into_iter()
-    .map(Some)
-    .chain([None])
-    .enumerate()
-    {
-        let repo = fx.copy();
+    ];
+    // Another number under the old seal.
+    let other = text.replacen('4', "9", 1);
+    each_damage(&fx, "last-entry", &text, damages, &other, |repo, label| {
         let p = repo.root.join("last-entry");
-        match d {
-            Some(d) => damage(&p, &d),
-            // Another number under the old seal.
-            None => fs::write(&p, text.replacen('4', "9", 1)).unwrap(),
-        }
-        let label = format!("last-entry case {i}");
-        verify_finds_file(&repo, "last-entry", &label);
+        verify_finds_file(repo, "last-entry", label);
         for (name, state) in &fx.states {
-            assert_builds(&repo, name, state, &fx.path("ok"));
+            assert_builds(repo, name, state, &fx.path("ok"));
         }
         // The next save follows the newest entry present, says why, and mends the record.
         let wa = keep(&fx.states["E3"], &fx.path("wa"));
@@ -492,7 +479,7 @@ fn damaged_last_entry() {
             fs::read_to_string(&p).unwrap().starts_with("5\n"),
             "{label}"
         );
-    }
+    });
 }
 
 #[test]
@@ -511,56 +498,80 @@ fn damaged_journal() {
     // Damaged, it is never acted on: had the flipped name been believed, E2 (which E3 needs)
     // would go.
     let wrong_entry = whole.replacen("\"E3\"", "\"E2\"", 1);
-    for (i, d) in [
+    let damages = vec![
         Damage::Flip(json_offset_in(&whole, "\"op\"", 2)),
         Damage::Flip(len - 10),
         Damage::Truncate(payload.len() as u64),
         Damage::Truncate(len / 2),
         Damage::Truncate(0),
-    ]
-    .into_iter()
-    .map(Some)
-    .chain([None])
-    .enumerate()
-    {
-        let repo = fx.copy();
-        let p = repo.root.join("journal.json");
-        match d {
-            Some(d) => {
-                fs::write(&p, &whole).unwrap();
-                damage(&p, &d);
+    ];
+    each_damage(
+        &fx,
+        "journal.json",
+        &whole,
+        damages,
+        &wrong_entry,
+        |repo, label| {
+            let p = repo.root.join("journal.json");
+            // A folder its rewrite staged, from a process that is gone.
+            let staged = repo.root.join("tmp").join("stage-1-nohost-000000000000-1");
+            fs::create_dir(&staged).unwrap();
+            // Readers and saves go on and leave it for verify to report.
+            verify_finds_file(repo, "journal.json", label);
+            assert_eq!(repo.names(), strs(&["E1", "E2", "E3", "E4"]), "{label}");
+            for (name, state) in &fx.states {
+                assert_builds(repo, name, state, &fx.path("ok"));
             }
-            None => fs::write(&p, &wrong_entry).unwrap(),
-        }
-        // A folder its rewrite staged, from a process that is gone.
-        let staged = repo.root.join("tmp").join("stage-1-nohost-000000000000-1");
-        fs::create_dir(&staged).unwrap();
-        let label = format!("journal case {i}");
-        // Readers and saves go on and leave it for verify to report.
-        verify_finds_file(&repo, "journal.json", &label);
-        assert_eq!(repo.names(), strs(&["E1", "E2", "E3", "E4"]), "{label}");
-        for (name, state) in &fx.states {
-            assert_builds(&repo, name, state, &fx.path("ok"));
-        }
-        assert!(p.exists(), "{label}: a reader acted on a damaged journal");
-        // The next exclusive command gives its rewrite up and says so; every entry stays.
-        let o = repo.output(&["consolidate", "E1"]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "{label}: {err}");
-        assert!(
-            err.contains("journal.json was damaged") && err.contains("given up"),
-            "{label}: {err}"
-        );
-        assert!(!p.exists(), "{label}");
-        assert_eq!(tmp_contents(&repo), Vec::<String>::new(), "{label}");
-        assert_eq!(repo.names(), strs(&["E1", "E2", "E3", "E4"]), "{label}");
-        repo.ok(&["verify", "--read-data"]);
-        for (name, state) in &fx.states {
-            assert_builds(&repo, name, state, &fx.path("ok"));
-        }
-    }
+            assert!(p.exists(), "{label}: a reader acted on a damaged journal");
+            // The next exclusive command gives its rewrite up and says so; every entry stays.
+            let o = repo.output(&["consolidate", "E1"]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{label}: {err}");
+            assert!(
+                err.contains("journal.json was damaged") && err.contains("given up"),
+                "{label}: {err}"
+            );
+            assert!(!p.exists(), "{label}");
+            assert_eq!(tmp_contents(repo), Vec::<String>::new(), "{label}");
+            assert_eq!(repo.names(), strs(&["E1", "E2", "E3", "E4"]), "{label}");
+            repo.ok(&["verify", "--read-data"]);
+            for (name, state) in &fx.states {
+                assert_builds(repo, name, state, &fx.path("ok"));
+            }
+        },
+    );
 }
 
 fn json_offset_in(text: &str, pat: &str, plus: u64) -> u64 {
     text.find(pat).unwrap_or_else(|| panic!("{pat} in {text}")) as u64 + plus
+}
+
+/// For each of `damages`, and for `other` (other content that parses, under the old seal):
+/// a fresh copy of the fixture's repository whose bookkeeping file `file` holds `whole`
+/// damaged that way, handed to `check` with a label.
+fn each_damage(
+    fx: &Fixture,
+    file: &str,
+    whole: &str,
+    damages: Vec<Damage>,
+    other: &str,
+    check: impl Fn(&Repo, &str),
+) {
+    let n = damages.len();
+    for (i, d) in damages.into_iter().map(Some).chain([None]).enumerate() {
+        let repo = fx.copy();
+        let p = repo.root.join(file);
+        fs::write(&p, whole).unwrap();
+        let label = match d {
+            Some(d) => {
+                damage(&p, &d);
+                format!("{file} case {i}")
+            }
+            None => {
+                fs::write(&p, other).unwrap();
+                format!("{file} case {n}: other content under the old seal")
+            }
+        };
+        check(&repo, &label);
+    }
 }
