@@ -306,3 +306,46 @@ fn a_lock_held_by_a_killed_process_does_not_block() {
     assert!(!repo.root.join("journal.json").exists());
     assert_eq!(tmp_contents(&repo), Vec::<String>::new());
 }
+
+/// A holder on another host sharing the repository (NFS): its pid means nothing here, so it is
+/// named whatever that pid is on this host, never taken for a dead holder, and its lock is
+/// never broken: commands fail with exit 8 (or wait) as long as it holds the lock. Simulated
+/// with an exclusive `flock` holder and the `lock.json` such a holder writes.
+#[test]
+fn a_holder_on_another_host_is_named_and_never_broken() {
+    let t = tempdir();
+    let (repo, _wa) = small_repo(t.path());
+    let mut holder = flock_holder(&repo, false, 30);
+    // A pid that is not running here.
+    let dead = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    fs::write(
+        repo.root.join("lock.json"),
+        format!(
+            r#"{{"pid": {dead}, "host": "otherhost", "command": "prune", "since": "2026-12-07T03:00:00Z"}}"#
+        ),
+    )
+    .unwrap();
+    for args in [&["list"][..], &["prune", "--keep-last", "1"], &["rm", "E3"]] {
+        let err = locked_at_once(&repo, args);
+        assert!(
+            err.contains(&format!("vrepo prune (pid {dead} on otherhost")),
+            "{args:?}: the other host's holder is named: {err}"
+        );
+    }
+    let t0 = Instant::now();
+    let err = repo.fails(&["--wait", "1", "rm", "E3"], 8);
+    assert!(t0.elapsed() >= Duration::from_millis(900), "{err}");
+    assert!(err.contains("otherhost") && err.contains("waited"), "{err}");
+    assert!(
+        repo.root.join("lock.json").exists(),
+        "its lock.json is left alone"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(repo.names(), ["E1", "E2", "E3"], "nothing was removed");
+}
