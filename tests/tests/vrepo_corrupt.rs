@@ -542,6 +542,41 @@ fn damaged_journal() {
     );
 }
 
+/// A sound journal vrepo does not understand (another version's schema) is neither carried
+/// out nor given up: every command refuses (exit 3) naming it, and `tmp/` is left as it is.
+#[test]
+fn a_journal_of_another_version_stops_every_command() {
+    let fx = fixture();
+    let repo = fx.copy();
+    let payload =
+        "{\"schema\": \"vrepo.journal/9\", \"op\": \"rm\", \"swaps\": [], \"remove\": [\"E3\"]}\n";
+    fs::write(repo.root.join("journal.json"), sealed(payload)).unwrap();
+    // A staged folder of a process that is gone (a pid-only tag: this host).
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let staged = format!("stage-{dead}-1");
+    fs::create_dir(repo.root.join("tmp").join(&staged)).unwrap();
+    for args in [
+        &["list"][..],
+        &["verify"],
+        &["rm", "E3"],
+        &["consolidate", "E1"],
+    ] {
+        let err = repo.fails(args, 3);
+        assert!(
+            err.contains("journal.json") && err.contains("schema"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(tmp_contents(&repo), [staged]);
+    fs::remove_file(repo.root.join("journal.json")).unwrap();
+    assert_eq!(repo.names(), strs(&["E1", "E2", "E3", "E4"]));
+}
+
 fn json_offset_in(text: &str, pat: &str, plus: u64) -> u64 {
     text.find(pat).unwrap_or_else(|| panic!("{pat} in {text}")) as u64 + plus
 }

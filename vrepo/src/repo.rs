@@ -331,22 +331,21 @@ impl Repo {
     fn clean(&self, exclusive: bool) -> Result<()> {
         let gone = |tag: &str| exclusive || owner_of(tag) == Owner::Gone;
         let tmp = self.root.join(TMP);
-        // Folders a rewrite's journal still needs are kept until the rewrite is finished.
-        // (A damaged journal keeps nothing: its rewrite is given up, never finished.)
-        let keep: Vec<String> = read_sealed(&self.root.join("journal.json"), 1 << 20)
-            .ok()
-            .and_then(|s| match s {
-                Sealed::Payload(b) => serde_json::from_slice::<serde_json::Value>(&b).ok(),
-                _ => None,
-            })
-            .and_then(|v| {
-                v["swaps"].as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|s| s["staged"].as_str().map(str::to_owned))
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
+        // Folders a rewrite's journal still needs are kept until the rewrite is finished. A
+        // damaged journal keeps nothing (its rewrite is given up, never finished); one that
+        // cannot be read, or is sealed but not understood (another version's), keeps tmp/ as
+        // it is.
+        let keep: Vec<String> = match read_sealed(&self.root.join("journal.json"), 1 << 20) {
+            Ok(Sealed::Missing | Sealed::Damaged(_)) => Vec::new(),
+            Ok(Sealed::Payload(b)) => {
+                let path = self.root.join("journal.json");
+                match crate::rewrite::parse_journal(&b, &path) {
+                    Ok(j) => j.swaps.into_iter().map(|s| s.staged).collect(),
+                    Err(_) => return self.clean_atomic_leftovers(&gone),
+                }
+            }
+            Err(_) => return self.clean_atomic_leftovers(&gone),
+        };
         for e in fs::read_dir(&tmp).at(&tmp)? {
             let e = e.at(&tmp)?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -362,8 +361,12 @@ impl Repo {
                 remove_leftover(&e.path())?;
             }
         }
-        // write_atomic's temporary files (`.NAME.TAG.tmp`) of processes that died while
-        // replacing a working-area record, `last-entry` or the journal.
+        self.clean_atomic_leftovers(&gone)
+    }
+
+    /// `write_atomic`'s temporary files (`.NAME.TAG.tmp`) of processes that died while
+    /// replacing a working-area record, `last-entry` or the journal.
+    fn clean_atomic_leftovers(&self, gone: &dyn Fn(&str) -> bool) -> Result<()> {
         for dir in [self.root.clone(), self.root.join(WORKAREAS)] {
             for e in fs::read_dir(&dir).at(&dir)? {
                 let e = e.at(&dir)?;
