@@ -4,6 +4,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, parse_entry_name, Entry, MAX_MANIFEST_BYTES};
 use crate::owner::{own_tag, owner_of, Owner};
+use crate::rewrite::JournalFile;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -208,8 +209,9 @@ fn read_record(p: &Path) -> Result<std::result::Result<Option<WorkAreaRecord>, S
     })
 }
 
-/// Every working-area record that is damaged: its path and why.
-pub fn damaged_records(repo: &Repo) -> Result<Vec<(PathBuf, String)>> {
+/// Every working-area record that is damaged: its path in the repository
+/// (`workareas/H.json`) and why.
+pub fn damaged_records(repo: &Repo) -> Result<Vec<(String, String)>> {
     let dir = repo.root.join(WORKAREAS);
     let mut out = Vec::new();
     for e in fs::read_dir(&dir).at(&dir)? {
@@ -218,7 +220,8 @@ pub fn damaged_records(repo: &Repo) -> Result<Vec<(PathBuf, String)>> {
             continue;
         }
         if let Err(why) = read_record(&p)? {
-            out.push((p, why));
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            out.push((format!("{WORKAREAS}/{name}"), why));
         }
     }
     out.sort();
@@ -335,15 +338,9 @@ impl Repo {
         // damaged journal keeps nothing (its rewrite is given up, never finished); one that
         // cannot be read, or is sealed but not understood (another version's), keeps tmp/ as
         // it is.
-        let keep: Vec<String> = match read_sealed(&self.root.join("journal.json"), 1 << 20) {
-            Ok(Sealed::Missing | Sealed::Damaged(_)) => Vec::new(),
-            Ok(Sealed::Payload(b)) => {
-                let path = self.root.join("journal.json");
-                match crate::rewrite::parse_journal(&b, &path) {
-                    Ok(j) => j.swaps.into_iter().map(|s| s.staged).collect(),
-                    Err(_) => return self.clean_atomic_leftovers(&gone),
-                }
-            }
+        let keep: Vec<String> = match crate::rewrite::read_journal(self) {
+            Ok(JournalFile::Absent | JournalFile::Damaged(_)) => Vec::new(),
+            Ok(JournalFile::Sound(j)) => j.swaps.into_iter().map(|s| s.staged).collect(),
             Err(_) => return self.clean_atomic_leftovers(&gone),
         };
         for e in fs::read_dir(&tmp).at(&tmp)? {
@@ -530,23 +527,19 @@ impl Repo {
     }
 
     /// The entry a working area (canonical path) was last saved as or built from, if that
-    /// entry still exists. A damaged record is no record (see [`Repo::workarea_record`]).
-    pub fn workarea_entry(&self, workarea: &Path) -> Result<Option<String>> {
-        let Ok(Some(r)) = self.workarea_record(workarea)? else {
-            return Ok(None);
-        };
-        if r.path != workarea.to_string_lossy() || parse_entry_name(&r.entry).is_none() {
-            return Ok(None);
-        }
-        Ok(self.entry_dir(&r.entry).is_dir().then_some(r.entry))
-    }
-
-    /// A working area's record: none, the record, or (inner error) why it is damaged.
-    pub fn workarea_record(
+    /// entry still exists; or (inner error) why its record is damaged.
+    pub fn workarea_entry(
         &self,
         workarea: &Path,
-    ) -> Result<std::result::Result<Option<WorkAreaRecord>, String>> {
-        read_record(&self.record_path(workarea))
+    ) -> Result<std::result::Result<Option<String>, String>> {
+        let r = match read_record(&self.record_path(workarea))? {
+            Ok(Some(r)) => r,
+            other => return Ok(other.map(|_| None)),
+        };
+        if r.path != workarea.to_string_lossy() || parse_entry_name(&r.entry).is_none() {
+            return Ok(Ok(None));
+        }
+        Ok(Ok(self.entry_dir(&r.entry).is_dir().then_some(r.entry)))
     }
 
     /// Point every working-area record naming an entry of `moved` at its replacement, so a

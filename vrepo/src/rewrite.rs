@@ -294,24 +294,24 @@ fn journal_path(repo: &Repo) -> PathBuf {
     repo.root.join(JOURNAL)
 }
 
-/// The journal of a rewrite in progress, if any.
-pub fn read_journal(repo: &Repo) -> Result<Option<Journal>> {
-    let p = journal_path(repo);
-    if !p.exists() {
-        return Ok(None);
-    }
-    match read_sealed(&p, 1 << 20)? {
-        Sealed::Missing => Ok(None),
-        Sealed::Damaged(why) => Err(Error::Corrupt(format!("{}: damaged: {why}", p.display()))),
-        Sealed::Payload(bytes) => parse_journal(&bytes, &p).map(Some),
-    }
+/// What `journal.json` holds.
+#[derive(Debug)]
+pub enum JournalFile {
+    /// No rewrite is unfinished.
+    Absent,
+    /// Its seal does not match (why): it must never be carried out.
+    Damaged(String),
+    Sound(Journal),
 }
 
-/// Why the journal is damaged (its seal does not match), if it is.
-pub fn journal_damage(repo: &Repo) -> Result<Option<String>> {
-    Ok(match read_sealed(&journal_path(repo), 1 << 20)? {
-        Sealed::Damaged(why) => Some(why),
-        _ => None,
+/// The journal of a rewrite in progress, if any. A sound seal over a journal this version
+/// does not understand (another schema) is an error.
+pub fn read_journal(repo: &Repo) -> Result<JournalFile> {
+    let p = journal_path(repo);
+    Ok(match read_sealed(&p, 1 << 20)? {
+        Sealed::Missing => JournalFile::Absent,
+        Sealed::Damaged(why) => JournalFile::Damaged(why),
+        Sealed::Payload(bytes) => JournalFile::Sound(parse_journal(&bytes, &p)?),
     })
 }
 
@@ -459,19 +459,19 @@ pub enum Recovered {
 /// Every step of a rewrite leaves each entry buildable, so its rewrite is given up instead:
 /// the journal goes, with what it staged, and every entry stays as it is.
 pub fn recover(repo: &Repo) -> Result<Recovered> {
-    if let Some(why) = journal_damage(repo)? {
-        let p = journal_path(repo);
-        fs::remove_file(&p).at(&p)?;
-        fsync_dir(&repo.root)?;
-        repo.clean_all_leftovers()?;
-        return Ok(Recovered::GivenUp(why));
-    }
     match read_journal(repo)? {
-        Some(j) => {
+        JournalFile::Absent => Ok(Recovered::Nothing),
+        JournalFile::Damaged(why) => {
+            let p = journal_path(repo);
+            fs::remove_file(&p).at(&p)?;
+            fsync_dir(&repo.root)?;
+            repo.clean_all_leftovers()?;
+            Ok(Recovered::GivenUp(why))
+        }
+        JournalFile::Sound(j) => {
             apply_journal(repo, &j)?;
             Ok(Recovered::Finished)
         }
-        None => Ok(Recovered::Nothing),
     }
 }
 
@@ -562,13 +562,16 @@ pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: i32) -> Result<Rewrit
     if !children.is_empty() && !rebase {
         let direct: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
         let through = descendants(&all, &direct);
+        // "rewrites E3 first" / "rewrites them first"; "through it" / "through them".
+        let (named, pronoun) = match direct[..] {
+            [c] => (c, "it"),
+            _ => ("them", "them"),
+        };
         let mut msg = format!("{} is needed by {}", e.name, name_list(&direct));
-        let them = if direct.len() == 1 { direct[0] } else { "them" };
         if !through.is_empty() {
-            let it = if direct.len() == 1 { "it" } else { "them" };
-            msg += &format!(" (and, through {it}, by {})", name_list(&through));
+            msg += &format!(" (and, through {pronoun}, by {})", name_list(&through));
         }
-        msg += &format!("; rm --rebase {} rewrites {them} first", e.name);
+        msg += &format!("; rm --rebase {} rewrites {named} first", e.name);
         return Err(Error::Refused(msg));
     }
     let new_parent = match &e.parent {
@@ -803,8 +806,8 @@ pub fn open_locked(
 ) -> Result<(Repo, crate::lock::RepoLock, Option<String>)> {
     use crate::lock::LockMode;
     let repo = Repo::open(path)?;
-    if mode == LockMode::Shared && journal_path(&repo).exists() && journal_damage(&repo)?.is_none()
-    {
+    // Read again under the lock by `recover`: this look, without it, is only a hint.
+    if mode == LockMode::Shared && matches!(read_journal(&repo)?, JournalFile::Sound(_)) {
         if let Ok(_x) = repo.lock(LockMode::Exclusive, "recover", None) {
             // Every entry builds at every step of a rewrite, so a reader does not need it
             // finished: a write that fails now (a full disk) leaves it for a later command

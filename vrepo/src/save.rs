@@ -61,21 +61,22 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
 
     // The parent.
     let mut note = None;
+    let mut record_damage = None;
     let anchor = match &opts.parent {
         Some(p) => Some(repo.resolve(p)?),
         None => match repo.workarea_entry(&wa.root)? {
-            Some(n) => Some(repo.load(&n)?),
-            None => None,
+            Ok(Some(n)) => Some(repo.load(&n)?),
+            Ok(None) => None,
+            Err(why) => {
+                record_damage = Some(why);
+                None
+            }
         },
     };
     let (mode, parent) = match (opts.mode, anchor) {
         (Some(Mode::Full), _) => (Mode::Full, None),
         (m, None) => {
-            let damaged = match &opts.parent {
-                None => repo.workarea_record(&wa.root)?.err(),
-                Some(_) => None,
-            };
-            if let Some(why) = damaged {
+            if let Some(why) = record_damage {
                 note = Some(format!(
                     "saved full: this working area's record in the repository is damaged \
                      ({why}), so the entry it was last saved as or built from is not known \

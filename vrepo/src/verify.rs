@@ -302,12 +302,6 @@ pub fn verify(repo: &Repo, names: &[String], opts: VerifyOptions) -> Result<Repo
 /// The sealed bookkeeping files (`last-entry`, working-area records, a journal), checked
 /// against their seals.
 fn bookkeeping(repo: &Repo) -> Result<Vec<FileReport>> {
-    let rel = |p: &std::path::Path| {
-        p.strip_prefix(&repo.root)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned()
-    };
     let mut out = Vec::new();
     if let Err(problem) = repo.last_record()? {
         out.push(FileReport {
@@ -316,14 +310,14 @@ fn bookkeeping(repo: &Repo) -> Result<Vec<FileReport>> {
             effect: "the next save numbers on from the newest entry present and rewrites it",
         });
     }
-    for (p, problem) in crate::repo::damaged_records(repo)? {
+    for (file, problem) in crate::repo::damaged_records(repo)? {
         out.push(FileReport {
-            file: rel(&p),
+            file,
             problem,
             effect: "its working area's next save is full (or give --parent)",
         });
     }
-    if let Some(problem) = crate::rewrite::journal_damage(repo)? {
+    if let crate::rewrite::JournalFile::Damaged(problem) = crate::rewrite::read_journal(repo)? {
         out.push(FileReport {
             file: crate::rewrite::JOURNAL.into(),
             problem,
