@@ -8,6 +8,7 @@
 //! - [`workarea`]: what a working area holds (one VM, via vmx-parse's inventory).
 //! - [`volume`]: an entry's files laid end to end as one image, the unit vdiff and vpatch see.
 //! - [`store`]: the stored files of an entry (delta, block digests, chunk digests).
+//! - [`vms`]: the VMs of a repository, entry selectors, choosing a clone's base.
 //! - [`save`], [`build`], [`query`]: the commands.
 //!
 //! The on-disk layout is specified in `docs/vrepo.md`. The library never prints or exits; the
@@ -24,6 +25,7 @@ pub mod rewrite;
 pub mod save;
 pub mod store;
 pub mod verify;
+pub mod vms;
 pub mod volume;
 pub mod workarea;
 

@@ -15,8 +15,12 @@ use vrepo::{query, Error, ErrorKind, Mode, Repo};
 /// Save VMware VMs into a repository as full, incremental or differential entries, and build
 /// any entry back into a working area, byte for byte.
 ///
-/// A working area is a folder holding one VM (.vmx, disks, snapshot chain, nvram...). Entries
-/// are named E1, E2, ... in the order they are made, by a tag, or `latest`. Layout of the
+/// A working area is a folder holding one VM (.vmx, disks, snapshot chain, nvram...). Every
+/// entry belongs to a VM (save --vm NAME; by default the working area's folder name); many VMs
+/// share one repository, and a clone of a template is stored as what differs from it.
+///
+/// ENTRY selectors: E7; a tag; latest (the repository's newest entry); VM:latest;
+/// VM:latest~N (the Nth entry of VM before its newest); VM:TAG; VM:E7. Layout of the
 /// repository: docs/vrepo.md. Exit codes: 0 ok, 1 no (verify found damage), 2 usage,
 /// 3 corrupt input or repository, 4 missing (entry, file, repository), 5 unsupported, 6 I/O
 /// error, 7 refused (running VM, non-empty working area, unsafe path), 8 locked
@@ -57,10 +61,17 @@ enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_chain: Option<u32>,
     },
-    /// Save the VM of a working area as a new entry. Default: incremental against the entry
-    /// this working area was last saved as or built from; full when there is none.
+    /// Save the VM of a working area as a new entry of its VM. Default: incremental against
+    /// the entry this working area was last saved as or built from; else against its VM's
+    /// newest entry (a moved folder keeps its chain); else, for a VM's first entry, against
+    /// the stored entry sharing the most content with it (at least 10%: a clone of a
+    /// template); else full.
     Save {
         workarea: PathBuf,
+        /// The VM the entry belongs to (default: the working area's folder name). No `/`, no
+        /// control characters, not an entry name.
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
         /// A full entry: the whole VM.
         #[arg(long, conflicts_with_all = ["incremental", "differential"])]
         full: bool,
@@ -70,7 +81,8 @@ enum Command {
         /// Only what differs from the full entry at the base of the tree.
         #[arg(long)]
         differential: bool,
-        /// Save relative to this entry (E3, a tag, latest) instead of the working area's.
+        /// Save relative to this entry (E3, a tag, latest, VM:latest...) instead of the one
+        /// chosen as above.
         #[arg(long, value_name = "ENTRY", conflicts_with = "full")]
         parent: Option<String>,
         /// A message stored with the entry.
@@ -115,15 +127,34 @@ enum Command {
         sync: bool,
     },
     /// The entries, oldest first.
-    List,
-    /// Draw the trees of entries: mode, stored size, time and message of each.
-    Tree,
+    List {
+        /// Only the entries of this VM (may be repeated).
+        #[arg(long = "vm", value_name = "NAME")]
+        vms: Vec<String>,
+    },
+    /// Draw the trees of entries by VM: mode, stored size, time and message of each; an entry
+    /// standing on another VM's entry names it.
+    Tree {
+        /// Only this VM (may be repeated).
+        #[arg(long = "vm", value_name = "NAME")]
+        vms: Vec<String>,
+    },
+    /// The VMs: entries, newest entry, stored bytes only each one uses and bytes shared with
+    /// other VMs (a template's entries its clones stand on).
+    Vms,
     /// Everything about one entry (its entry.json with --json).
     Show { entry: String },
     /// The entries needed to build ENTRY, its tree's full entry first.
     Deps { entry: String },
     /// Which files changed between two entries, and how many bytes (from stored digests).
-    Diff { entry1: String, entry2: String },
+    /// With --vm NAME and no entries: the VM's entry before its newest, and its newest.
+    Diff {
+        entry1: Option<String>,
+        entry2: Option<String>,
+        /// Entries without a VM (latest, latest~1, a tag) are this VM's.
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+    },
     /// Check that entries can be built: structure always; with --read-data every stored byte
     /// against its digest. Names every damaged entry, every entry that needs one
     /// (unbuildable) and every entry still fine, and any damaged bookkeeping file (last-entry,
@@ -131,6 +162,9 @@ enum Command {
     Verify {
         /// Entries to check (with the entries they need); default all.
         entries: Vec<String>,
+        /// Check every entry of this VM (may be repeated), with the entries they need.
+        #[arg(long = "vm", value_name = "NAME")]
+        vms: Vec<String>,
         /// Read every stored byte: BLAKE3 of every file, every delta record's checksum.
         #[arg(long, conflicts_with = "sample")]
         read_data: bool,
@@ -140,12 +174,24 @@ enum Command {
     },
     /// Remove an entry. Refused while other entries depend on it, unless --rebase: they are
     /// first rewritten so they no longer need it (relative to its parent, or full). Every
-    /// other entry still builds to the same bytes. Takes the exclusive lock.
+    /// other entry still builds to the same bytes. `rm --vm NAME --all` retires a VM: every
+    /// entry of it goes, and other VMs' entries standing on them are rewritten. Takes the
+    /// exclusive lock.
     Rm {
-        entry: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        entry: Option<String>,
         /// Rewrite the entries that depend on ENTRY first.
         #[arg(long)]
         rebase: bool,
+        /// With --all: the VM to retire (may be repeated).
+        #[arg(long = "vm", value_name = "NAME", requires = "all")]
+        vms: Vec<String>,
+        /// Remove every entry of the VMs given with --vm.
+        #[arg(long, requires = "vms")]
+        all: bool,
+        /// With --all: print what would be done, change nothing.
+        #[arg(long, requires = "all")]
+        dry_run: bool,
     },
     /// Shorten the chain an entry needs: rewrite it relative to its parent's parent, or with
     /// --full (or when its parent is a full entry) as a full entry. Entries depending on it
@@ -155,10 +201,17 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Remove the entries a retention policy does not keep. Kept entries never break: a kept
-    /// entry whose parent goes is rewritten onto its nearest kept ancestor (or made full).
-    /// Prints what it removes and rewrites. Takes the exclusive lock.
+    /// Remove the entries a retention policy does not keep, applied to each VM's entries
+    /// separately. Kept entries never break: a kept entry whose parent goes is rewritten onto
+    /// its nearest kept ancestor, or else onto the earlier kept entry sharing the most content
+    /// with it, or made full. Prints what it removes and rewrites. Takes the exclusive lock.
     Prune {
+        /// Only these VMs' entries (may be repeated); other VMs keep everything.
+        #[arg(long = "vm", value_name = "NAME")]
+        vms: Vec<String>,
+        /// Allow a policy that keeps no entry of a VM (all of its entries go).
+        #[arg(long)]
+        allow_empty: bool,
         /// Keep the newest N entries.
         #[arg(long, default_value_t = 0, value_name = "N")]
         keep_last: usize,
@@ -357,6 +410,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             at_snapshot,
             level,
             max_chain,
+            vm,
         } => {
             let (repo, _lock) = open(&common, "save")?;
             let mode = match (full, incremental, differential) {
@@ -374,6 +428,8 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 at_snapshot,
                 level,
                 max_chain,
+                vm,
+                wait: cli.wait.map(std::time::Duration::from_secs),
             };
             let saved =
                 vrepo::save::save(&repo, &workarea, &opts, bar(cli.quiet, "save")).map_err(fail)?;
@@ -418,35 +474,62 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 .map_err(out_err)?;
             }
         }
-        Command::List => {
+        Command::List { vms } => {
             let (repo, _lock) = open(&common, "list")?;
-            for e in repo.entries().map_err(fail)? {
+            let all = repo.entries().map_err(fail)?;
+            for e in vrepo::vms::of_vms(&all, &vms).map_err(fail)? {
                 if cli.json {
-                    serde_json::to_writer(&mut stdout, &e)
+                    serde_json::to_writer(&mut stdout, e)
                         .map_err(|err| out_err(io::Error::other(err)))?;
                     writeln!(stdout).map_err(out_err)?;
                 } else {
-                    writeln!(stdout, "{}", query::line(&e)).map_err(out_err)?;
+                    writeln!(stdout, "{}", query::line(e)).map_err(out_err)?;
                 }
             }
         }
-        Command::Tree => {
+        Command::Tree { vms } => {
             let (repo, _lock) = open(&common, "tree")?;
-            let entries = repo.entries().map_err(fail)?;
+            let all = repo.entries().map_err(fail)?;
+            let shown = vrepo::vms::of_vms(&all, &vms).map_err(fail)?;
             if cli.json {
-                let nodes: Vec<_> = entries
+                let nodes: Vec<_> = shown
                     .iter()
                     .map(|e| {
                         serde_json::json!({
-                            "name": e.name, "parent": e.parent, "mode": e.mode,
-                            "stored_bytes": e.stored_bytes(), "time": e.time,
+                            "name": e.name, "vm": e.vm_name(), "parent": e.parent,
+                            "mode": e.mode, "stored_bytes": e.stored_bytes(), "time": e.time,
                             "message": e.message, "tags": e.tags,
                         })
                     })
                     .collect();
                 print_json(&nodes)?;
             } else {
-                write!(stdout, "{}", query::tree(&entries)).map_err(out_err)?;
+                write!(stdout, "{}", query::tree(&shown, &all)).map_err(out_err)?;
+            }
+        }
+        Command::Vms => {
+            let (repo, _lock) = open(&common, "vms")?;
+            let all = repo.entries().map_err(fail)?;
+            for v in vrepo::vms::summaries(&all) {
+                if cli.json {
+                    serde_json::to_writer(&mut stdout, &v)
+                        .map_err(|err| out_err(io::Error::other(err)))?;
+                    writeln!(stdout).map_err(out_err)?;
+                } else {
+                    let mut l = format!(
+                        "{:<20} {:>3} entries  newest {:<6} {}  own {:>10}  shared {:>10}",
+                        v.vm,
+                        v.entries,
+                        v.newest,
+                        query::short_time(&v.newest_time),
+                        query::human(v.own_bytes),
+                        query::human(v.shared_bytes)
+                    );
+                    if !v.stands_on.is_empty() {
+                        l.push_str(&format!("  (stands on {})", v.stands_on.join(", ")));
+                    }
+                    writeln!(stdout, "{l}").map_err(out_err)?;
+                }
             }
         }
         Command::Show { entry } => {
@@ -483,10 +566,20 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 }
             }
         }
-        Command::Diff { entry1, entry2 } => {
+        Command::Diff { entry1, entry2, vm } => {
+            let (entry1, entry2) = match (entry1, entry2, &vm) {
+                (Some(a), Some(b), _) => (a, b),
+                (None, None, Some(_)) => ("latest~1".to_owned(), "latest".to_owned()),
+                _ => {
+                    return Err(Failure::new(
+                        Exit::Usage,
+                        "diff takes two entries (or, with --vm NAME, none: the VM's last two)",
+                    ))
+                }
+            };
             let (repo, _lock) = open(&common, "diff")?;
-            let a = repo.resolve(&entry1).map_err(fail)?;
-            let b = repo.resolve(&entry2).map_err(fail)?;
+            let a = repo.resolve_in(&entry1, vm.as_deref()).map_err(fail)?;
+            let b = repo.resolve_in(&entry2, vm.as_deref()).map_err(fail)?;
             let rows = query::diff(&repo, &a, &b).map_err(fail)?;
             for r in &rows {
                 if cli.json {
@@ -506,7 +599,8 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             }
         }
         Command::Verify {
-            entries,
+            mut entries,
+            vms,
             read_data,
             sample,
         } => {
@@ -519,6 +613,12 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 }
             }
             let (repo, _lock) = open(&common, "verify")?;
+            if !vms.is_empty() {
+                let all = repo.entries().map_err(fail)?;
+                for e in vrepo::vms::of_vms(&all, &vms).map_err(fail)? {
+                    entries.push(e.name.clone());
+                }
+            }
             let opts = vrepo::verify::VerifyOptions { read_data, sample };
             let report = vrepo::verify::verify(&repo, &entries, opts).map_err(fail)?;
             if cli.json {
@@ -561,7 +661,21 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 exit = Exit::No;
             }
         }
-        Command::Rm { entry, rebase } => {
+        Command::Rm {
+            entry: None,
+            vms,
+            dry_run,
+            ..
+        } => {
+            let (repo, _lock) = open_as(&common, "rm", LockMode::Exclusive)?;
+            let plan = vrepo::rewrite::retire(&repo, &vms, dry_run, DEFAULT_LEVEL).map_err(fail)?;
+            report_plan(&mut stdout, cli.json, &plan)?;
+        }
+        Command::Rm {
+            entry: Some(entry),
+            rebase,
+            ..
+        } => {
             let (repo, _lock) = open_as(&common, "rm", LockMode::Exclusive)?;
             let e = repo.resolve(&entry).map_err(fail)?;
             let r = vrepo::rewrite::remove(&repo, &e, rebase, DEFAULT_LEVEL).map_err(fail)?;
@@ -577,17 +691,20 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             report_rewrite(&mut stdout, cli.json, &r)?;
         }
         Command::Prune {
+            vms,
+            allow_empty,
             keep_last,
             keep_daily,
             keep_weekly,
             keep_monthly,
             dry_run,
         } => {
-            if keep_last + keep_daily + keep_weekly + keep_monthly == 0 {
+            if keep_last + keep_daily + keep_weekly + keep_monthly == 0 && !allow_empty {
                 return Err(Failure::new(
                     Exit::Usage,
                     "prune needs a policy (--keep-last, --keep-daily, --keep-weekly, \
-                     --keep-monthly): with none it would remove every entry",
+                     --keep-monthly): with none it would remove every entry (--allow-empty \
+                     says that is meant)",
                 ));
             }
             let (repo, _lock) = open_as(&common, "prune", LockMode::Exclusive)?;
@@ -597,29 +714,9 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 weekly: keep_weekly,
                 monthly: keep_monthly,
             };
-            let plan = vrepo::rewrite::prune(&repo, r, dry_run, DEFAULT_LEVEL).map_err(fail)?;
-            if cli.json {
-                print_json(&plan)?;
-            } else {
-                let verb = if dry_run { "would " } else { "" };
-                for (e, p) in &plan.rewrite {
-                    match p {
-                        Some(p) => writeln!(stdout, "{verb}rewrite {e}: relative to {p}"),
-                        None => writeln!(stdout, "{verb}rewrite {e}: a full entry"),
-                    }
-                    .map_err(out_err)?;
-                }
-                for e in &plan.remove {
-                    writeln!(stdout, "{verb}remove {e}").map_err(out_err)?;
-                }
-                writeln!(
-                    stdout,
-                    "{verb}keep {} entries: {}",
-                    plan.keep.len(),
-                    list_or_none(&plan.keep)
-                )
-                .map_err(out_err)?;
-            }
+            let plan = vrepo::rewrite::prune(&repo, r, &vms, allow_empty, dry_run, DEFAULT_LEVEL)
+                .map_err(fail)?;
+            report_plan(&mut stdout, cli.json, &plan)?;
         }
         Command::Cat { entry, file, guest } => {
             let (repo, _lock) = open(&common, "cat")?;
@@ -660,6 +757,39 @@ fn report_rewrite(
     }
     for e in &r.removed {
         writeln!(out, "removed {e}").map_err(out_err)?;
+    }
+    Ok(())
+}
+
+/// What prune or `rm --vm NAME --all` did (or would do): rewrites, removals, and per VM what
+/// it keeps.
+fn report_plan(
+    out: &mut impl Write,
+    json: bool,
+    plan: &vrepo::rewrite::PrunePlan,
+) -> Result<(), Failure> {
+    if json {
+        return print_json(plan);
+    }
+    let verb = if plan.dry_run { "would " } else { "" };
+    for (e, p) in &plan.rewrite {
+        match p {
+            Some(p) => writeln!(out, "{verb}rewrite {e}: relative to {p}"),
+            None => writeln!(out, "{verb}rewrite {e}: a full entry"),
+        }
+        .map_err(out_err)?;
+    }
+    for e in &plan.remove {
+        writeln!(out, "{verb}remove {e}").map_err(out_err)?;
+    }
+    for (vm, v) in &plan.vms {
+        writeln!(
+            out,
+            "{verb}keep {} entries of vm {vm}: {}",
+            v.keep.len(),
+            list_or_none(&v.keep)
+        )
+        .map_err(out_err)?;
     }
     Ok(())
 }

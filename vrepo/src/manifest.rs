@@ -7,7 +7,10 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-pub const ENTRY_SCHEMA: &str = "vrepo.entry/1";
+pub const ENTRY_SCHEMA: &str = "vrepo.entry/2";
+/// Entries of older versions: no VM name (their VM is named after their working area's
+/// folder) and no `based_on`. Read as before, never written.
+pub const ENTRY_SCHEMA_V1: &str = "vrepo.entry/1";
 /// Files start at multiples of this in an entry's volume (the image digest's chunk size), so a
 /// file's chunks, and so its block digests, do not depend on what precedes it.
 pub const FILE_ALIGN: u64 = vdiff::format::CHUNK_BYTES;
@@ -36,6 +39,10 @@ impl Mode {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmIdentity {
+    /// The VM the entry belongs to (`save --vm`, by default the working area's folder name).
+    /// Absent in `vrepo.entry/1` entries: see [`Entry::vm_name`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The `.vmx`'s path in the working area.
     pub vmx: String,
     pub display_name: Option<String>,
@@ -68,6 +75,24 @@ pub struct FileEntry {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub synthesized: bool,
 }
+
+/// Why a save's parent is an entry of another VM: the first save of a VM with no entry of its
+/// own, based on the stored entry sharing the most content with it (a clone of a template).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasedOn {
+    /// The entry chosen (the parent, or with `--differential` the descendant of the parent
+    /// that was measured).
+    pub entry: String,
+    /// Its VM.
+    pub vm: String,
+    /// Percent of the sampled non-zero 1 MiB chunks of the working area found in it.
+    pub shared_percent: f64,
+    /// Bytes of the working area read to choose.
+    pub sampled_bytes: u64,
+}
+
+impl Eq for BasedOn {}
 
 /// A file of the working area that was not stored, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,9 +170,21 @@ pub struct Entry {
     pub skipped: Vec<Skipped>,
     pub stored: StoredFiles,
     pub stats: SaveStats,
+    /// Set when the save chose its parent among other VMs' entries by shared content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub based_on: Option<BasedOn>,
 }
 
 impl Entry {
+    /// The VM this entry belongs to: the name it was saved with, or for an entry of an older
+    /// version the name of the folder it was saved from.
+    pub fn vm_name(&self) -> &str {
+        match &self.vm.name {
+            Some(n) => n,
+            None => folder_name(&self.source),
+        }
+    }
+
     /// Bytes this entry stores (its delta, signature and chunk digests).
     pub fn stored_bytes(&self) -> u64 {
         self.stored.delta.size + self.stored.signature.size + self.stored.chunks.size
@@ -166,11 +203,22 @@ impl Entry {
     /// volume layout (files in order, aligned, inside the volume, not overlapping).
     pub fn validate(&self, dir_name: &str) -> Result<()> {
         let bad = |m: String| Err(Error::Corrupt(format!("entry {dir_name}: entry.json: {m}")));
-        if self.schema != ENTRY_SCHEMA {
-            return bad(format!(
-                "schema {:?}, expected {ENTRY_SCHEMA:?}",
-                self.schema
-            ));
+        match self.schema.as_str() {
+            ENTRY_SCHEMA => {
+                let Some(n) = &self.vm.name else {
+                    return bad("no VM name".into());
+                };
+                check_vm_name(n).map_err(|m| {
+                    Error::Corrupt(format!("entry {dir_name}: entry.json: VM name: {m}"))
+                })?;
+            }
+            ENTRY_SCHEMA_V1 if self.vm.name.is_none() && self.based_on.is_none() => {}
+            _ => {
+                return bad(format!(
+                    "schema {:?}, expected {ENTRY_SCHEMA:?} (or {ENTRY_SCHEMA_V1:?})",
+                    self.schema
+                ))
+            }
         }
         if self.name != dir_name || parse_entry_name(&self.name) != Some(self.number) {
             return bad(format!("names itself {:?}", self.name));
@@ -225,6 +273,33 @@ impl Entry {
         }
         Ok(())
     }
+}
+
+/// The last component of a `/`-separated path (the folder name of a working area).
+pub fn folder_name(path: &str) -> &str {
+    let t = path.trim_end_matches('/');
+    match t.rsplit_once('/') {
+        Some((_, n)) if !n.is_empty() => n,
+        _ if !t.is_empty() => t,
+        _ => "/",
+    }
+}
+
+/// A VM name: what `save --vm` takes and a working area's folder name must be to serve as
+/// one. Not empty, at most 255 bytes, no `/`, no control characters, not an entry name
+/// (`E7`). Other characters, `:` included, are fine: a selector `VM:latest` splits at its
+/// last `:`, and tags and `latest~N` hold none.
+pub fn check_vm_name(n: &str) -> std::result::Result<(), String> {
+    if n.is_empty() || n.len() > 255 {
+        return Err(format!("{n:?} is empty or longer than 255 bytes"));
+    }
+    if n.contains('/') || n.chars().any(char::is_control) {
+        return Err(format!("{n:?} holds a / or a control character"));
+    }
+    if parse_entry_name(n).is_some() {
+        return Err(format!("{n:?} is an entry name"));
+    }
+    Ok(())
 }
 
 /// `E12` → 12.
@@ -313,6 +388,21 @@ mod tests {
         ] {
             assert!(check_stored_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn vm_names() {
+        for ok in ["web", "tmpl A", "db:prod", "E", "E0", "latest", "ünï"] {
+            assert!(check_vm_name(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(256);
+        for bad in ["", "a/b", "a\nb", "a\tb", "E7", long.as_str()] {
+            assert!(check_vm_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(folder_name("/vmfs/web"), "web");
+        assert_eq!(folder_name("/vmfs/web/"), "web");
+        assert_eq!(folder_name("web"), "web");
+        assert_eq!(folder_name("/"), "/");
     }
 
     #[test]

@@ -56,22 +56,35 @@ pub fn line(e: &Entry) -> String {
     s
 }
 
-/// The ASCII drawing of the repository's trees: each full entry at the left, children below
-/// their parent, oldest first.
-pub fn tree(entries: &[Entry]) -> String {
-    let kids = Repo::children(entries);
-    let by_name: HashMap<&str, &Entry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
+/// The ASCII drawing of the repository's trees, grouped by VM: under a `vm NAME` line, each
+/// entry of that VM whose parent is not of that VM (a full entry, or one standing on another
+/// VM's entry, which is named) at the left, children below their parent, oldest first. Only the
+/// VMs of `shown` are drawn; `all` holds every entry (to name parents of other VMs).
+pub fn tree(shown: &[&Entry], all: &[Entry]) -> String {
+    let by_name: HashMap<&str, &Entry> = all.iter().map(|e| (e.name.as_str(), e)).collect();
+    let mut kids: HashMap<&str, Vec<&Entry>> = HashMap::new();
+    for e in all {
+        if let Some(p) = &e.parent {
+            kids.entry(p.as_str()).or_default().push(e);
+        }
+    }
+    let mut vms: Vec<&str> = Vec::new();
+    for e in shown {
+        if !vms.contains(&e.vm_name()) {
+            vms.push(e.vm_name());
+        }
+    }
+    vms.sort_unstable();
     let mut out = String::new();
     fn walk(
         out: &mut String,
-        name: &str,
+        e: &Entry,
         prefix: &str,
         last: bool,
         root: bool,
+        kids: &HashMap<&str, Vec<&Entry>>,
         by_name: &HashMap<&str, &Entry>,
-        kids: &HashMap<String, Vec<String>>,
     ) {
-        let Some(e) = by_name.get(name) else { return };
         let (branch, next) = if root {
             ("", String::new())
         } else if last {
@@ -79,21 +92,41 @@ pub fn tree(entries: &[Entry]) -> String {
         } else {
             ("├── ", format!("{prefix}│   "))
         };
-        out.push_str(&format!("{prefix}{branch}{}\n", line(e)));
-        let mut children = kids.get(name).cloned().unwrap_or_default();
-        children.sort_by_key(|c| crate::manifest::parse_entry_name(c));
+        let mut l = line(e);
+        if root {
+            match e.parent.as_deref().map(|p| (p, by_name.get(p))) {
+                Some((p, Some(pe))) => {
+                    l.push_str(&format!("  (on {p} of vm {})", pe.vm_name()));
+                }
+                Some((p, None)) => l.push_str(&format!("  (its parent {p} is missing)")),
+                None => {}
+            }
+        }
+        out.push_str(&format!("{prefix}{branch}{l}\n"));
+        // Children of the same VM; those of other VMs are drawn under their own VM.
+        let children: Vec<&Entry> = kids
+            .get(e.name.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|c| c.vm_name() == e.vm_name())
+            .collect();
         for (i, c) in children.iter().enumerate() {
-            walk(out, c, &next, i + 1 == children.len(), false, by_name, kids);
+            walk(out, c, &next, i + 1 == children.len(), false, kids, by_name);
         }
     }
-    for e in entries {
-        // Roots, and orphans whose parent is gone (drawn as roots so nothing is hidden).
-        let orphan = e
-            .parent
-            .as_deref()
-            .is_some_and(|p| !by_name.contains_key(p));
-        if e.parent.is_none() || orphan {
-            walk(&mut out, &e.name, "", true, true, &by_name, &kids);
+    for vm in vms {
+        out.push_str(&format!("vm {vm}\n"));
+        for e in all.iter().filter(|e| e.vm_name() == vm) {
+            // Roots: full entries, entries standing on another VM's, and orphans whose parent
+            // is gone (drawn as roots so nothing is hidden).
+            let root = match e.parent.as_deref() {
+                None => true,
+                Some(p) => by_name.get(p).is_none_or(|pe| pe.vm_name() != vm),
+            };
+            if root {
+                walk(&mut out, e, "", true, true, &kids, &by_name);
+            }
         }
     }
     out

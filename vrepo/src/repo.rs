@@ -476,27 +476,20 @@ impl Repo {
             .collect()
     }
 
-    /// `E<n>`, a tag, or `latest` (the newest entry).
+    /// An entry by selector (see [`crate::vms::Selector`]): `E7`, a tag, `latest`,
+    /// `VM:latest`, `VM:latest~N`, `VM:TAG`, `VM:E7`.
     pub fn resolve(&self, spec: &str) -> Result<Entry> {
-        if parse_entry_name(spec).is_some() {
+        self.resolve_in(spec, None)
+    }
+
+    /// [`Repo::resolve`] with a VM scope (a command's `--vm`) for specs that name no VM.
+    pub fn resolve_in(&self, spec: &str, scope: Option<&str>) -> Result<Entry> {
+        crate::vms::parse(spec, scope)?;
+        if scope.is_none() && parse_entry_name(spec).is_some() {
             return self.load(spec);
         }
-        let numbers = self.numbers()?;
-        if spec == "latest" {
-            return match numbers.last() {
-                Some(n) => self.load(&format!("E{n}")),
-                None => Err(Error::Missing("the repository has no entries yet".into())),
-            };
-        }
-        for n in numbers.iter().rev() {
-            let e = self.load(&format!("E{n}"))?;
-            if e.tags.iter().any(|t| t == spec) {
-                return Ok(e);
-            }
-        }
-        Err(Error::Missing(format!(
-            "no entry named or tagged {spec:?} (names are E1, E2, ..., a tag, or latest)"
-        )))
+        let entries = self.entries()?;
+        crate::vms::resolve(&entries, spec, scope).cloned()
     }
 
     /// The entries `e` needs to be built: its tree's full entry first, `e` last.
@@ -591,8 +584,8 @@ impl Repo {
             let n = self.last_number()? + 1;
             entry.number = n;
             entry.name = format!("E{n}");
-            // Tags are unique: check against entries as they are now.
-            self.check_tags_free(&entry.tags)?;
+            // Tags are unique within a VM: check against entries as they are now.
+            self.check_tags_free(&entry.tags, entry.vm_name())?;
             write_manifest(tmp, entry)?;
             let dest = entries.join(&entry.name);
             match fs::rename(tmp, &dest) {
@@ -656,14 +649,19 @@ impl Repo {
         write_atomic(&self.root.join(LAST), &seal(format!("{n}\n").as_bytes()))
     }
 
-    pub fn check_tags_free(&self, tags: &[String]) -> Result<()> {
+    /// Tags name one entry of a VM each (`VM:TAG`); the same tag may be on entries of
+    /// several VMs.
+    pub fn check_tags_free(&self, tags: &[String], vm: &str) -> Result<()> {
         if tags.is_empty() {
             return Ok(());
         }
         for e in self.entries()? {
+            if e.vm_name() != vm {
+                continue;
+            }
             if let Some(t) = e.tags.iter().find(|t| tags.contains(t)) {
                 return Err(Error::Usage(format!(
-                    "tag {t:?} is already on {} (tags name one entry each)",
+                    "tag {t:?} is already on {} of VM {vm:?} (a tag names one entry of a VM)",
                     e.name
                 )));
             }
@@ -690,12 +688,13 @@ pub fn check_tag(t: &str) -> Result<()> {
         && t.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+'))
         && manifest::parse_entry_name(t).is_none()
-        && t != "latest";
+        && t != "latest"
+        && !t.starts_with("latest~");
     if ok {
         Ok(())
     } else {
         Err(Error::Usage(format!(
-            "tag {t:?}: use up to 64 letters, digits and - _ . @ +, not an entry name or \"latest\""
+            "tag {t:?}: use up to 64 letters, digits and - _ . @ +, not an entry name or \"latest\" (~ and : are not allowed)"
         )))
     }
 }

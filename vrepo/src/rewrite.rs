@@ -18,7 +18,7 @@ use crate::manifest::{parse_entry_name, Entry, Mode};
 use crate::repo::{fsync_dir, read_sealed, seal, write_atomic, Repo, Sealed, ENTRIES, TMP};
 use crate::store;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -86,6 +86,10 @@ pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -
                 }
             }
         }
+        let candidates = match &pdata {
+            Some(pd) => store::chunk_candidates(&candidates, &chunks, &pd.chunks),
+            None => candidates,
+        };
         let map = |c: u64| candidates.get(&c).copied();
         let sig = staged.join(store::SIGNATURE);
         store::write_signature(
@@ -715,35 +719,162 @@ pub fn kept(entries: &[Entry], r: Retention) -> std::collections::BTreeSet<Strin
     keep
 }
 
-/// What `prune` does (or would do with `dry_run`).
+impl Retention {
+    /// No rule: keeps nothing.
+    pub fn is_empty(&self) -> bool {
+        self.last + self.daily + self.weekly + self.monthly == 0
+    }
+}
+
+/// What `prune` (or `rm --vm NAME --all`) does, or would do with `dry_run`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PrunePlan {
     pub keep: Vec<String>,
     pub remove: Vec<String>,
     /// `(entry, its new parent or null)`: kept entries whose parent goes.
     pub rewrite: Vec<(String, Option<String>)>,
+    /// Per VM: what it keeps and what it loses.
+    pub vms: BTreeMap<String, VmPlan>,
     pub dry_run: bool,
 }
 
-/// `prune`: remove the entries the retention does not keep; a kept entry whose parent goes is
-/// restaged onto its nearest kept ancestor (or made full), so no kept entry ever breaks. The
-/// work grows with what is removed: only kept children of removed entries are rewritten.
-pub fn prune(repo: &Repo, r: Retention, dry_run: bool, level: i32) -> Result<PrunePlan> {
+/// One VM's part of a [`PrunePlan`].
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct VmPlan {
+    pub keep: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+/// `prune`: for each VM (of `scope`, or every VM), remove the entries the retention does not
+/// keep of that VM's entries; entries of other VMs are not touched. A policy keeping no entry
+/// of a VM that has entries is refused unless `allow_empty`.
+pub fn prune(
+    repo: &Repo,
+    r: Retention,
+    scope: &[String],
+    allow_empty: bool,
+    dry_run: bool,
+    level: i32,
+) -> Result<PrunePlan> {
     let all = repo.entries()?;
-    let keep = kept(&all, r);
+    crate::vms::check_vms(scope, &all)?;
+    let mut groups: BTreeMap<&str, Vec<Entry>> = BTreeMap::new();
+    for e in &all {
+        groups.entry(e.vm_name()).or_default().push(e.clone());
+    }
+    let mut keep: BTreeSet<String> = BTreeSet::new();
+    let mut emptied = Vec::new();
+    for (vm, es) in &groups {
+        if !scope.is_empty() && !scope.iter().any(|s| s == vm) {
+            keep.extend(es.iter().map(|e| e.name.clone()));
+            continue;
+        }
+        let k = kept(es, r);
+        if k.is_empty() {
+            emptied.push(format!("{vm} ({} entries)", es.len()));
+        }
+        keep.extend(k);
+    }
+    if !emptied.is_empty() && !allow_empty {
+        return Err(Error::Refused(format!(
+            "this policy keeps no entry of VM {}; --allow-empty removes them (rm --vm NAME \
+             --all retires a VM)",
+            emptied.join(", ")
+        )));
+    }
+    remove_all_but(repo, &all, &keep, "prune", dry_run, level)
+}
+
+/// `rm --vm NAME --all`: remove every entry of the VMs `vms`. Entries of other VMs that stand
+/// on them are rewritten (as by prune).
+pub fn retire(repo: &Repo, vms: &[String], dry_run: bool, level: i32) -> Result<PrunePlan> {
+    let all = repo.entries()?;
+    crate::vms::check_vms(vms, &all)?;
+    let keep: BTreeSet<String> = all
+        .iter()
+        .filter(|e| !vms.iter().any(|v| v == e.vm_name()))
+        .map(|e| e.name.clone())
+        .collect();
+    remove_all_but(repo, &all, &keep, "rm", dry_run, level)
+}
+
+/// The new parent of a kept entry `e` whose parent goes: its nearest kept ancestor; with none,
+/// the earlier kept entry (the newest kept one of each VM is considered) that shares the most
+/// content with it, when it shares at least 10%; else none (a full entry).
+fn new_parent_of(
+    repo: &Repo,
+    e: &Entry,
+    by_name: &HashMap<&str, &Entry>,
+    keep: &BTreeSet<String>,
+    all: &[Entry],
+    planned: &HashMap<String, Option<String>>,
+) -> Result<Option<String>> {
+    let mut cur = e
+        .parent
+        .as_deref()
+        .and_then(|p| by_name.get(p))
+        .and_then(|x| x.parent.clone());
+    while let Some(c) = cur.clone() {
+        if keep.contains(&c) {
+            return Ok(Some(c));
+        }
+        cur = by_name.get(c.as_str()).and_then(|x| x.parent.clone());
+    }
+    let mut heads: BTreeMap<&str, &Entry> = BTreeMap::new();
+    for k in all {
+        if k.number < e.number
+            && keep.contains(&k.name)
+            && k.volume.block_size == e.volume.block_size
+        {
+            heads.insert(k.vm_name(), k);
+        }
+    }
+    let candidates: Vec<&Entry> = heads.into_values().collect();
+    // A candidate's chain as it will be once the entries planned before it are rewritten.
+    let links = |c: &Entry| {
+        let parent_of = |n: &str| match planned.get(n) {
+            Some(p) => p.clone(),
+            None => by_name.get(n).and_then(|x| x.parent.clone()),
+        };
+        let mut k = 1;
+        let mut cur = parent_of(&c.name);
+        while let Some(p) = cur {
+            k += 1;
+            cur = parent_of(&p);
+        }
+        k
+    };
+    Ok(crate::vms::best_stored_base(repo, e, &candidates, &links)?.map(|(b, _)| b.name.clone()))
+}
+
+/// Remove every entry not in `keep`; a kept entry whose parent goes is restaged onto its new
+/// parent ([`new_parent_of`]), so no kept entry ever breaks. The work grows with what is
+/// removed: only kept children of removed entries are rewritten.
+fn remove_all_but(
+    repo: &Repo,
+    all: &[Entry],
+    keep: &BTreeSet<String>,
+    op: &str,
+    dry_run: bool,
+    level: i32,
+) -> Result<PrunePlan> {
     let by_name: HashMap<&str, &Entry> = all.iter().map(|e| (e.name.as_str(), e)).collect();
     let mut plan = PrunePlan {
         dry_run,
         ..PrunePlan::default()
     };
-    for e in &all {
+    for e in all {
+        let v = plan.vms.entry(e.vm_name().to_owned()).or_default();
         if keep.contains(&e.name) {
             plan.keep.push(e.name.clone());
+            v.keep.push(e.name.clone());
         } else {
             plan.remove.push(e.name.clone());
+            v.remove.push(e.name.clone());
         }
     }
-    for e in &all {
+    let mut planned: HashMap<String, Option<String>> = HashMap::new();
+    for e in all {
         if !keep.contains(&e.name) {
             continue;
         }
@@ -751,15 +882,9 @@ pub fn prune(repo: &Repo, r: Retention, dry_run: bool, level: i32) -> Result<Pru
         if keep.contains(p) {
             continue;
         }
-        // The nearest kept ancestor.
-        let mut cur = by_name.get(p.as_str()).and_then(|x| x.parent.clone());
-        while let Some(c) = cur.clone() {
-            if keep.contains(&c) {
-                break;
-            }
-            cur = by_name.get(c.as_str()).and_then(|x| x.parent.clone());
-        }
-        plan.rewrite.push((e.name.clone(), cur));
+        let np = new_parent_of(repo, e, &by_name, keep, all, &planned)?;
+        planned.insert(e.name.clone(), np.clone());
+        plan.rewrite.push((e.name.clone(), np));
     }
     if dry_run || plan.remove.is_empty() {
         return Ok(plan);
@@ -785,7 +910,7 @@ pub fn prune(repo: &Repo, r: Retention, dry_run: bool, level: i32) -> Result<Pru
         repo,
         Journal {
             schema: JOURNAL_SCHEMA.into(),
-            op: "prune".into(),
+            op: op.into(),
             swaps,
             remove: plan.remove.clone(),
         },

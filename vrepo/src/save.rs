@@ -13,10 +13,12 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{
-    hex, Entry, FileEntry, Mode, SaveStats, Stored, StoredFiles, Volume, ENTRY_SCHEMA,
+    check_vm_name, hex, Entry, FileEntry, Mode, SaveStats, Stored, StoredFiles, Volume,
+    ENTRY_SCHEMA,
 };
 use crate::repo::{check_tag, now_rfc3339, Repo};
 use crate::store;
+use crate::vms::{choose_base, newest_of, VmLock};
 use crate::volume::{layout, Part, Source, VolumeImage};
 use crate::workarea::{self, Content};
 use std::collections::HashMap;
@@ -39,6 +41,10 @@ pub struct SaveOptions {
     pub level: i32,
     /// The longest chain an incremental save may make (default: the repository's, or none).
     pub max_chain: Option<u32>,
+    /// The VM the entry belongs to (default: the working area's folder name).
+    pub vm: Option<String>,
+    /// How long to wait for another save of the same VM (default: refuse at once).
+    pub wait: Option<std::time::Duration>,
 }
 
 /// What happened.
@@ -52,17 +58,48 @@ pub struct Saved {
 /// Progress callbacks: total bytes to read is known up front, then bytes read so far.
 pub type Progress = Option<Box<dyn Fn(u64, u64) + Send + Sync>>;
 
+/// The VM name of a save: `--vm`, or the working area's folder name.
+pub fn vm_name_of(root: &Path, given: Option<&str>) -> Result<String> {
+    match given {
+        Some(n) => {
+            check_vm_name(n).map_err(|m| Error::Usage(format!("--vm: VM name {m}")))?;
+            Ok(n.to_owned())
+        }
+        None => {
+            let n = root
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            check_vm_name(&n).map_err(|m| {
+                Error::Usage(format!(
+                    "{}: the folder's name cannot name its VM ({m}); give one with --vm NAME",
+                    root.display()
+                ))
+            })?;
+            Ok(n)
+        }
+    }
+}
+
 pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> Result<Saved> {
     for t in &opts.tags {
         check_tag(t)?;
     }
-    repo.check_tags_free(&opts.tags)?;
     let wa = workarea::inspect(dir, opts.at_snapshot)?;
+    let vm = vm_name_of(&wa.root, opts.vm.as_deref())?;
+    repo.check_tags_free(&opts.tags, &vm)?;
+    // One save of a VM at a time: two working areas claiming one name never interleave their
+    // entries' choice of parent.
+    let _vm_lock = VmLock::take(repo, &vm, &wa.root.to_string_lossy(), opts.wait)?;
 
-    // The parent.
+    // The parent: --parent; else the entry this working area was last saved as or built from;
+    // else the VM's own newest entry (the folder moved or was renamed); else, for a VM's first
+    // entry, the stored entry sharing the most content (a clone of a template); else none.
     let mut note = None;
     let mut record_damage = None;
-    let anchor = match &opts.parent {
+    let mut based_on = None;
+    let mut anchor = match &opts.parent {
         Some(p) => Some(repo.resolve(p)?),
         None => match repo.workarea_entry(&wa.root)? {
             Ok(Some(n)) => Some(repo.load(&n)?),
@@ -73,6 +110,31 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             }
         },
     };
+    if anchor.is_none() && opts.mode != Some(Mode::Full) {
+        let entries = repo.entries()?;
+        let damage = match &record_damage {
+            Some(why) => format!(
+                "this working area's record in the repository is damaged ({why}), so the entry \
+                 it was last saved as or built from is not known"
+            ),
+            None => "this working area has no entry recorded in the repository".into(),
+        };
+        if let Some(e) = newest_of(&entries, &vm) {
+            note = Some(format!(
+                "{damage}: continuing VM {vm:?} from its newest entry {} (saved from {})",
+                e.name, e.source
+            ));
+            anchor = Some(e.clone());
+        } else if let Some((e, b)) = choose_base(repo, &entries, &wa)? {
+            note = Some(format!(
+                "based on {} of VM {:?}, {}% shared (a first save of VM {vm:?}; --full saves it \
+                 whole)",
+                e.name, b.vm, b.shared_percent
+            ));
+            based_on = Some(b);
+            anchor = Some(e);
+        }
+    }
     let (mode, parent) = match (opts.mode, anchor) {
         (Some(Mode::Full), _) => (Mode::Full, None),
         (m, None) => {
@@ -105,18 +167,25 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             let links = repo.chain(&a)?.len() + 1;
             match max {
                 Some(m) if links > m && m >= 2 => {
-                    note = Some(format!(
+                    note = join_notes(
+                        note,
+                        format!(
                         "saved differential: an incremental entry would make a chain of {links} \
                          links, more than --max-chain {m}"
-                    ));
+                    ),
+                    );
                     let root = repo.chain(&a)?.remove(0);
                     (Mode::Differential, Some(root))
                 }
                 Some(m) if links > m => {
-                    note = Some(format!(
+                    note = join_notes(
+                        note,
+                        format!(
                         "saved full: an incremental entry would make a chain of {links} links, \
                          more than --max-chain {m}"
-                    ));
+                    ),
+                    );
+                    based_on = None;
                     (Mode::Full, None)
                 }
                 _ => (Mode::Incremental, Some(a)),
@@ -279,7 +348,11 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             tags: opts.tags.clone(),
             source: wa.root.to_string_lossy().into_owned(),
             at_snapshot: wa.snapshot.clone(),
-            vm: wa.vm.clone(),
+            vm: crate::manifest::VmIdentity {
+                name: Some(vm.clone()),
+                ..wa.vm.clone()
+            },
+            based_on: based_on.clone(),
             volume: Volume {
                 size: vsize,
                 digest: hex(&volume_digest),
@@ -338,6 +411,13 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
     Ok(Saved { entry, note })
 }
 
+fn join_notes(a: Option<String>, b: String) -> Option<String> {
+    Some(match a {
+        Some(a) => format!("{a}; {b}"),
+        None => b,
+    })
+}
+
 /// After the delta: refuse a torn copy (a file that changed while it was read), then write the
 /// block digests (`signature.zst`) and chunk digests (`chunks.bin`) into `tmp`. Returns their
 /// paths.
@@ -364,6 +444,10 @@ fn write_digests(
         }
     }
     let sig_path = tmp.join(store::SIGNATURE);
+    let candidates = match parent_data {
+        Some(pd) => store::chunk_candidates(candidates, chunks, &pd.chunks),
+        None => HashMap::new(),
+    };
     let map = |c: u64| candidates.get(&c).copied();
     store::write_signature(
         &sig_path,

@@ -91,6 +91,37 @@ pub fn write_signature(
     f.sync_all().at(path)
 }
 
+/// The parent's chunk to refer to for each chunk of a new volume: the one at the same place of
+/// the same file (`by_path`) when its digest is the same, else any parent chunk with the same
+/// digest (a renamed file, a clone of a template's disk), else the one at the same place.
+/// Rows are compared again before a reference is written.
+pub fn chunk_candidates(
+    by_path: &std::collections::HashMap<u64, u64>,
+    own: &[Digest],
+    parent: &[Digest],
+) -> std::collections::HashMap<u64, u64> {
+    let mut by_digest: std::collections::HashMap<&Digest, u64> =
+        std::collections::HashMap::with_capacity(parent.len());
+    for (i, d) in parent.iter().enumerate() {
+        by_digest.entry(d).or_insert(i as u64);
+    }
+    let mut out = std::collections::HashMap::with_capacity(own.len());
+    for (c, d) in own.iter().enumerate() {
+        let c = c as u64;
+        let same_place = by_path
+            .get(&c)
+            .copied()
+            .filter(|&pc| parent.get(pc as usize) == Some(d));
+        if let Some(pc) = same_place
+            .or_else(|| by_digest.get(d).copied())
+            .or_else(|| by_path.get(&c).copied())
+        {
+            out.insert(c, pc);
+        }
+    }
+    out
+}
+
 /// For a chunk of the new volume, the parent's chunk that held the same place of the same
 /// file (a candidate: rows are compared before a reference is written).
 pub type ChunkMap<'a> = dyn Fn(u64) -> Option<u64> + 'a;

@@ -357,6 +357,7 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
     Ok(WorkArea {
         root,
         vm: VmIdentity {
+            name: None,
             vmx: vmx_rel,
             display_name: config.display_name.clone(),
             guest_os: config.guest_os.clone(),
