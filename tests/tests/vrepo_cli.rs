@@ -374,16 +374,23 @@ fn issue_example_trees_and_every_entry_builds_to_its_state() {
         assert_eq!(mode, if p.is_none() { "full" } else { "incremental" });
     }
 
+    // By VM: wa2 is a VM of its own (its folder's name), standing on E3 of wa.
     let tree = repo.stdout(&["tree"]);
     let lines: Vec<&str> = tree.lines().collect();
-    assert_eq!(lines.len(), 5, "{tree}");
-    for (line, prefix) in
-        lines
-            .iter()
-            .zip(["E1 ", "├── E2 ", "└── E3 ", "    ├── E4 ", "    └── E5 "])
-    {
+    assert_eq!(lines.len(), 7, "{tree}");
+    for (line, prefix) in lines.iter().zip([
+        "vm wa",
+        "E1 ",
+        "├── E2 ",
+        "└── E3 ",
+        "    └── E4 ",
+        "vm wa2",
+        "E5 ",
+    ]) {
         assert!(line.starts_with(prefix), "{line:?} in\n{tree}");
     }
+    assert!(lines[6].ends_with("(on E3 of vm wa)"), "{tree}");
+    let lines = &lines[1..];
     assert!(
         lines[0].contains("full") && lines[0].contains("monday"),
         "{tree}"
@@ -517,15 +524,19 @@ fn modes_parents_tags_and_latest() {
     repo.build("latest", &d, &[]);
     assert_same_files(&st(7), &d);
 
-    // A second working area that was never saved: plain save is full, with no note.
+    // A second working area that was never saved, a VM of its own (wb) holding wa's first
+    // content: its first save is based on the entry sharing the most with it, and says so.
     let wb = make_vm(&t.path().join("wb"), 16);
     let o = repo.ok(&["save", s(&wb)]);
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        o.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+        err.contains("based on E") && err.contains("of VM \"wa\""),
+        "{err}"
     );
-    assert_eq!(repo.show("latest")["mode"], "full");
+    let e8 = repo.show("latest");
+    assert_eq!(e8["mode"], "incremental");
+    assert_eq!(e8["vm"]["name"], "wb");
+    assert_eq!(e8["based_on"]["entry"], e8["parent"]);
     keep(&wb, &st(8));
 
     let states: Vec<(String, PathBuf)> = (1..=8).map(|n| (format!("E{n}"), st(n))).collect();
@@ -1059,10 +1070,19 @@ fn is_hex64(v: &Value) -> bool {
         .is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Pin `vrepo.entry/1`: every field, with its type.
+/// Pin `vrepo.entry/2`: every field, with its type.
 fn assert_entry_shape(e: &Value) {
+    let mut k = keys(e);
+    // Only when the save chose its parent by shared content.
+    if let Some(i) = k.iter().position(|x| *x == "based_on") {
+        k.remove(i);
+        let b = &e["based_on"];
+        assert_eq!(keys(b), ["entry", "sampled_bytes", "shared_percent", "vm"]);
+        assert_eq!(b["entry"], e["parent"]);
+        assert!(b["shared_percent"].as_f64().unwrap() >= 10.0);
+    }
     assert_eq!(
-        keys(e),
+        k,
         [
             "at_snapshot",
             "files",
@@ -1082,7 +1102,7 @@ fn assert_entry_shape(e: &Value) {
             "volume"
         ]
     );
-    assert_eq!(e["schema"], "vrepo.entry/1");
+    assert_eq!(e["schema"], "vrepo.entry/2");
     let name = e["name"].as_str().unwrap();
     assert_eq!(format!("E{}", e["number"].as_u64().unwrap()), name);
     assert!(e["time"].as_str().unwrap().ends_with('Z'));
@@ -1097,11 +1117,13 @@ fn assert_entry_shape(e: &Value) {
         [
             "display_name",
             "guest_os",
+            "name",
             "uuid_bios",
             "uuid_location",
             "vmx"
         ]
     );
+    assert!(e["vm"]["name"].is_string());
     assert_eq!(e["vm"]["vmx"], "vm.vmx");
     assert_eq!(e["vm"]["display_name"], "vrepo test");
     assert_eq!(keys(&e["volume"]), ["block_size", "digest", "size"]);
@@ -1203,7 +1225,8 @@ fn queries_text_and_json() {
                 "parent",
                 "stored_bytes",
                 "tags",
-                "time"
+                "time",
+                "vm"
             ]
         );
         assert!(n["stored_bytes"].is_u64());
@@ -1516,7 +1539,9 @@ fn bad_repositories_entries_and_working_areas() {
     assert!(err.contains("E1"), "{err}");
     r.fails(&["show", "E1"], 4);
     r.fails(&["save", s(wa), "--parent", "E2"], 3);
-    assert!(r.stdout(&["tree"]).starts_with("E2 "));
+    let tree = r.stdout(&["tree"]);
+    assert!(tree.starts_with("vm wa\nE2 "), "{tree}");
+    assert!(tree.contains("(its parent E1 is missing)"), "{tree}");
     assert_eq!(r.names(), ["E2"]);
 
     x.intact();

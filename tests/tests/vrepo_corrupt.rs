@@ -398,15 +398,18 @@ fn damaged_repository_and_working_area_records() {
             for (name, state) in &fx.states {
                 assert_builds(repo, name, state, &fx.path("ok"));
             }
-            // The recorded working area saves again, full, and says why; the record is whole.
+            // The recorded working area saves again: the record is not believed, so the save
+            // continues its VM's newest entry and says why; the record is whole again.
             let wa = fx.dir.join("wa");
+            let newest = repo.json(&["show", "wa:latest"])["name"].clone();
             let o = repo.output(&["--json", "save", s(&wa)]);
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(o.status.success(), "{label}: {err}");
             let e: Value = serde_json::from_slice(&o.stdout).unwrap();
-            assert_eq!(e["mode"], "full", "{label}: {e}");
+            assert_eq!(e["mode"], "incremental", "{label}: {e}");
+            assert_eq!(e["parent"], newest, "{label}: {e}");
             assert!(
-                err.contains("record") && err.contains("damaged"),
+                err.contains("record") && err.contains("damaged") && err.contains("continuing"),
                 "{label}: {err}"
             );
             let st = keep(&wa, &fx.path("st"));

@@ -178,7 +178,13 @@ fn repo_snapshot(root: &Path) -> BTreeMap<String, String> {
         for e in fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
             let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
-            if rel == "lock" || rel == "lock.json" || rel.starts_with("tmp/") {
+            // locks/: a save's VM lock, whose holder line a killed save leaves.
+            if rel == "lock"
+                || rel == "lock.json"
+                || rel.starts_with("tmp/")
+                || rel == "locks"
+                || rel.starts_with("locks/")
+            {
                 continue;
             }
             let m = fs::symlink_metadata(&p).unwrap();

@@ -37,6 +37,8 @@ struct ModelEntry {
     state: PathBuf,
     /// Its time (the model's clock when it was saved: entry times are in creation order).
     time: Time,
+    /// The VM it belongs to (`save --vm`).
+    vm: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,11 +271,35 @@ impl Model {
         self.entries.keys().copied().collect()
     }
 
+    /// The newest entry of VM `vm`.
+    fn newest_of(&self, vm: &str) -> Option<u64> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(_, e)| e.vm == vm)
+            .map(|(n, _)| *n)
+    }
+
+    /// What prune keeps: [`Model::kept_of`] applied to each VM's entries separately.
+    fn kept(&self, last: u64, buckets: [u64; 3]) -> BTreeSet<u64> {
+        let vms: BTreeSet<&String> = self.entries.values().map(|e| &e.vm).collect();
+        let mut keep = BTreeSet::new();
+        for vm in vms {
+            keep.extend(self.kept_of(vm, last, buckets));
+        }
+        keep
+    }
+
     /// What prune keeps (docs/vrepo.md, restic's rules): the `last` newest entries; for each
     /// calendar bucket with a count N (daily, weekly, monthly), the N newest UTC days (ISO
     /// weeks, months) that have entries, and of each the newest entry.
-    fn kept(&self, last: u64, buckets: [u64; 3]) -> BTreeSet<u64> {
-        let mut by_age: Vec<(Time, u64)> = self.entries.iter().map(|(n, e)| (e.time, *n)).collect();
+    fn kept_of(&self, vm: &str, last: u64, buckets: [u64; 3]) -> BTreeSet<u64> {
+        let mut by_age: Vec<(Time, u64)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.vm == vm)
+            .map(|(n, e)| (e.time, *n))
+            .collect();
         by_age.sort_unstable_by(|a, b| b.cmp(a));
         let mut keep: BTreeSet<u64> = by_age.iter().take(last as usize).map(|x| x.1).collect();
         type Key = fn(&Time) -> (i64, i64, i64);
@@ -409,9 +435,20 @@ impl Case {
             args.push("--max-chain".into());
             args.push(m.to_string());
         }
-        // The prediction.
+        // The VM: working areas 0 and 2 save VM vm0, working area 1 VM vm1.
+        let vm = format!("vm{}", wa % 2);
+        args.push("--vm".into());
+        args.push(vm.clone());
+        // The prediction: --parent; the working area's record; its VM's newest entry; for a
+        // VM's first entry, the entry sharing the most content, which the model does not
+        // predict (`chosen`: what vrepo chose is taken, and checked to be one).
         let m = &self.model;
-        let anchor = parent_flag.or(self.was[wa].record.filter(|r| m.entries.contains_key(r)));
+        let mut anchor = parent_flag.or(self.was[wa].record.filter(|r| m.entries.contains_key(r)));
+        let mut chosen = false;
+        if anchor.is_none() && mode != Some("full") {
+            anchor = m.newest_of(&vm);
+            chosen = anchor.is_none() && !m.entries.is_empty();
+        }
         let (want_parent, want_mode) = match (mode, anchor) {
             (Some("full"), _) | (_, None) => (None, "full"),
             (Some("differential"), Some(a)) => (Some(m.root(a)), "differential"),
@@ -431,6 +468,30 @@ impl Case {
         let e = self.repo.save(&wa_path, &refs);
         let label = format!("{}: save {} {args:?}", self.label(), wa_path.display());
         assert_eq!(e["name"], name(want_number).as_str(), "{label}");
+        assert_eq!(e["vm"]["name"], vm.as_str(), "{label}");
+        let (want_parent, want_mode) = if chosen && !e["based_on"].is_null() {
+            // Based on another VM's entry: an incremental entry on it, or what --max-chain or
+            // --differential makes of that.
+            let b = num(e["based_on"]["entry"].as_str().unwrap());
+            assert!(self.model.entries.contains_key(&b), "{label}: {e}");
+            assert_ne!(self.model.entries[&b].vm, vm, "{label}: {e}");
+            let p = e["parent"].as_str().map(num);
+            let mode: &'static str = match e["mode"].as_str().unwrap() {
+                "incremental" => {
+                    assert_eq!(p, Some(b), "{label}: {e}");
+                    "incremental"
+                }
+                "differential" => {
+                    assert_eq!(p, Some(self.model.root(b)), "{label}: {e}");
+                    "differential"
+                }
+                other => panic!("{label}: based on an entry, mode {other}: {e}"),
+            };
+            (p, mode)
+        } else {
+            assert!(e["based_on"].is_null(), "{label}: {e}");
+            (want_parent, want_mode)
+        };
         assert_eq!(
             e["parent"].as_str().map(num),
             want_parent,
@@ -448,6 +509,7 @@ impl Case {
                 mode: want_mode,
                 state,
                 time,
+                vm,
             },
         );
         self.was[wa].record = Some(want_number);
@@ -717,6 +779,24 @@ impl Case {
         let before = self.repo.list();
         eprintln!("  {args:?}");
         let plan = self.repo.json(&refs);
+        // An entry left with no kept ancestor goes onto the earlier kept entry sharing the
+        // most content with it, or is made full: the model takes vrepo's choice, checked to
+        // be a kept, earlier entry.
+        for (k, p) in &mut rewrite {
+            if p.is_some() {
+                continue;
+            }
+            let got = plan["rewrite"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r[0] == name(*k).as_str())
+                .and_then(|r| r[1].as_str().map(num));
+            if let Some(g) = got {
+                assert!(g < *k && keep.contains(&g), "{label}: {k} onto {g}: {plan}");
+                *p = Some(g);
+            }
+        }
         let names_of = |v: &[u64]| Value::from(v.iter().map(|n| name(*n)).collect::<Vec<_>>());
         assert_eq!(
             plan["keep"],

@@ -349,7 +349,10 @@ fn consolidate_killed_at_many_points() {
 
 #[test]
 fn prune_killed_at_many_points() {
-    // Keeps E4 and E5; both lose their parents and become full.
+    // Across VMs: E5, of VM wa2, stands on E2 of VM wa. Retention per VM keeps E3 and E4 of
+    // wa and E5 of wa2; E3 loses every ancestor and becomes full, and so does E5, which goes
+    // onto E4, the earlier kept entry sharing the most with it. Killed anywhere, every kept
+    // entry of both VMs builds.
     kill_at_many_points(
         &["prune", "--keep-last", "2"],
         p(&[
@@ -359,8 +362,8 @@ fn prune_killed_at_many_points() {
             ("E4", Some("E3")),
             ("E5", Some("E2")),
         ]),
-        p(&[("E4", None), ("E5", None)]),
-        &["E4", "E5"],
+        p(&[("E3", None), ("E4", Some("E3")), ("E5", Some("E4"))]),
+        &["E3", "E4", "E5"],
         4,
     );
 }

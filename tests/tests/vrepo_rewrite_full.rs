@@ -182,10 +182,12 @@ fn consolidate_full() -> Rewrite {
 }
 
 fn prune() -> Rewrite {
-    // Keeps E4 and E5, which lose their parents and become full.
+    // Per VM: keeps E3 and E4 of VM wa and E5 of VM wa2 (which stood on E2 of wa). E3 loses
+    // every ancestor and becomes full; E5 too, and goes onto E4, the earlier kept entry that
+    // shares the most with it.
     Rewrite {
         args: &["prune", "--keep-last", "2"],
-        after: p(&[("E4", None), ("E5", None)]),
+        after: p(&[("E3", None), ("E4", Some("E3")), ("E5", Some("E4"))]),
     }
 }
 

@@ -465,6 +465,11 @@ impl Repo {
         let e: Entry = serde_json::from_slice(&bytes)
             .map_err(|err| Error::Corrupt(format!("entry {name}: entry.json: {err}")))?;
         e.validate(name)?;
+        let mut e = e;
+        // An older version's entry belongs to the VM named after its working area's folder.
+        if e.vm.name.is_none() {
+            e.vm.name = Some(e.vm_name().to_owned());
+        }
         Ok(e)
     }
 

@@ -125,6 +125,8 @@ pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -
         out.sync_all().at(&dp)?;
         let stored = store::stored_of;
         let mut ne = e.clone();
+        // A rewritten entry of an older version is written as this version's, its VM named.
+        ne.schema = crate::manifest::ENTRY_SCHEMA.into();
         ne.parent = new_parent.map(|p| p.name.clone());
         ne.mode = match new_parent {
             None => Mode::Full,
@@ -782,7 +784,12 @@ pub fn prune(
             emptied.join(", ")
         )));
     }
-    remove_all_but(repo, &all, &keep, "prune", dry_run, level)
+    let mut plan = remove_all_but(repo, &all, &keep, "prune", dry_run, level)?;
+    // Per VM, only the VMs the policy was applied to.
+    if !scope.is_empty() {
+        plan.vms.retain(|vm, _| scope.contains(vm));
+    }
+    Ok(plan)
 }
 
 /// `rm --vm NAME --all`: remove every entry of the VMs `vms`. Entries of other VMs that stand

@@ -313,7 +313,9 @@ pub fn choose_base(
     if want == 0 {
         return Ok(None);
     }
-    let mut sample: HashSet<Digest> = HashSet::new();
+    // A file's last chunk is short: in the stored volume it is followed by zeros up to the next
+    // 1 MiB (or ends the volume), so both digests are looked for.
+    let mut sample: Vec<(Digest, Option<Digest>)> = Vec::new();
     let mut nonzero = 0u64;
     let mut sampled_bytes = 0u64;
     let mut buf = vec![0u8; CHUNK_BYTES as usize];
@@ -334,8 +336,21 @@ pub fn choose_base(
         }
         nonzero += 1;
         vdiff::digest::leaves(b, &mut leaves);
-        sample.insert(vdiff::digest::chunk_from_leaves(&leaves));
+        let short = vdiff::digest::chunk_from_leaves(&leaves);
+        if len == CHUNK_BYTES {
+            sample.push((short, None));
+        } else {
+            buf[len as usize..].fill(0);
+            vdiff::digest::leaves(&buf, &mut leaves);
+            sample.push((vdiff::digest::chunk_from_leaves(&leaves), Some(short)));
+        }
     }
+    sample.sort_unstable();
+    sample.dedup();
+    let wanted: HashSet<&Digest> = sample
+        .iter()
+        .flat_map(|(a, b)| std::iter::once(a).chain(b.as_ref()))
+        .collect();
     if nonzero == 0 {
         return Ok(None);
     }
@@ -357,9 +372,12 @@ pub fn choose_base(
         let Ok(digests) = store::read_chunks(repo, e) else {
             continue;
         };
-        let present: HashSet<&Digest> = digests.iter().filter(|d| sample.contains(*d)).collect();
-        // Distinct sampled chunks found (a chunk sampled twice counts once on both sides).
-        let hits = present.len() as u64;
+        let present: HashSet<&Digest> = digests.iter().filter(|d| wanted.contains(*d)).collect();
+        // Distinct sampled chunks found (a chunk sampled twice counts once).
+        let hits = sample
+            .iter()
+            .filter(|(a, b)| present.contains(a) || b.as_ref().is_some_and(|b| present.contains(b)))
+            .count() as u64;
         let better = match best {
             None => true,
             Some((b, h)) => {
@@ -460,6 +478,13 @@ pub struct VmLock {
 
 pub const LOCKS: &str = "locks";
 
+impl Drop for VmLock {
+    fn drop(&mut self) {
+        // The holder's line goes with the hold (the unlock follows when the file closes).
+        let _ = self._file.set_len(0);
+    }
+}
+
 impl VmLock {
     /// Take VM `vm`'s save lock for the working area `from`, waiting up to `wait`.
     pub fn take(repo: &Repo, vm: &str, from: &str, wait: Option<Duration>) -> Result<VmLock> {
@@ -492,7 +517,12 @@ impl VmLock {
                     let _ = file.read_to_string(&mut text);
                     let v: serde_json::Value =
                         serde_json::from_str(text.trim()).unwrap_or_default();
-                    let holder = match v["workarea"].as_str() {
+                    // A holder killed with SIGKILL left its line: name only a live one.
+                    let live = v["host"].as_str() != Some(crate::owner::hostname().as_str())
+                        || v["pid"]
+                            .as_u64()
+                            .is_some_and(|p| crate::owner::pid_alive(p as u32));
+                    let holder = match v["workarea"].as_str().filter(|_| live) {
                         Some(w) => format!(
                             " from {w} (pid {} on {}, since {})",
                             v["pid"],
