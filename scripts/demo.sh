@@ -9,7 +9,9 @@
 #   vrepo build E1 into the working area, state 4 -> vrepo save (E4, incremental on E1)
 # draws the tree, builds the old entry E2 into a new working area and checks it byte for byte
 # against the state saved, with vmdk-parse check and qemu-img check, and lists a folder of the
-# built disk's file system.
+# built disk's file system. Last, a second VM: `web2`, a full clone of the first (its folder
+# copied and renamed, as VMware clones), is saved into the same repository: vrepo finds the
+# entry it shares most with and stores only what differs; `vrepo vms` and the tree show both.
 #
 # Usage: scripts/demo.sh            (DEMO_DIR=folder to keep the files somewhere known)
 # Needs: cargo, qemu-utils, e2fsprogs (mke2fs, debugfs).
@@ -111,5 +113,15 @@ qemu-img compare -q states/2/demo.vmdk restored/demo.vmdk && echo "  qemu-img co
 echo "  files in /d2 of the built disk (vrepo cat --guest | debugfs):"
 debugfs -R "ls d2" restored.raw 2>/dev/null | head -n 3 | sed 's/^/    /'
 
-say "Stored: $(du -sh repo | cut -f1) for four states of a $(du -sh --apparent-size states/1/demo.vmdk | cut -f1) disk"
+say "a second VM, web2, cloned from the first: its first save stands on the entry it shares most with"
+cp -a --sparse=always wa web2
+"$VREPO" save web2 -m "clone of wa"
+"$VREPO" build web2:latest web2-restored >/dev/null
+for f in web2/*; do
+    cmp "$f" "web2-restored/$(basename "$f")"
+done
+echo "  web2:latest builds to the clone's files, byte for byte"
+"$VREPO" vms
+
+say "Stored: $(du -sh repo | cut -f1) for two VMs, five states of a $(du -sh --apparent-size states/1/demo.vmdk | cut -f1) disk"
 echo "Demo files are in $work"

@@ -517,9 +517,10 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                     writeln!(stdout).map_err(out_err)?;
                 } else {
                     let mut l = format!(
-                        "{:<20} {:>3} entries  newest {:<6} {}  own {:>10}  shared {:>10}",
+                        "{:<20} {:>3} {:<7}  newest {:<6} {}  own {:>10}  shared {:>10}",
                         v.vm,
                         v.entries,
+                        if v.entries == 1 { "entry" } else { "entries" },
                         v.newest,
                         query::short_time(&v.newest_time),
                         query::human(v.own_bytes),

@@ -1,6 +1,7 @@
 //! The files vrepo reads from a repository, on arbitrary bytes: `entry.json` (parsed and
-//! validated), a relative signature (applied to a small parent scan), `journal.json`, and the
-//! seal of the sealed files.
+//! validated, its VM named), a relative signature (applied to a small parent scan),
+//! `journal.json`, the seal of the sealed files; and entry selectors (`VM:latest~N`...), parsed
+//! and resolved against an entry that validated.
 //! Nothing may panic or allocate beyond what the input justifies.
 #![no_main]
 
@@ -19,7 +20,19 @@ fn parent() -> &'static Scan {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(e) = serde_json::from_slice::<vrepo::Entry>(data) {
-        let _ = e.validate("E1");
+        if e.validate("E1").is_ok() {
+            let vm = e.vm_name().to_owned();
+            assert!(!vm.is_empty());
+            let entries = [e];
+            for spec in ["latest", "latest~1", "E1", &format!("{vm}:latest")] {
+                let _ = vrepo::vms::resolve(&entries, spec, None);
+            }
+            let _ = vrepo::vms::summaries(&entries);
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = vrepo::vms::parse(text, None);
+        let _ = vrepo::vms::parse(text, Some("web"));
     }
     if let Ok(s) = vrepo::store::read_relative(data, parent(), "E2") {
         assert_eq!(s.blocks.len() as u64, s.size.div_ceil(4096));
