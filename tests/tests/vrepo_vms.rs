@@ -572,3 +572,17 @@ fn entries_of_older_versions_are_named_after_their_folder() {
     .unwrap();
     site.repo.fails(&["show", "E1"], 3);
 }
+
+#[test]
+fn a_locks_folder_that_is_a_link_is_refused() {
+    let site = Site::new();
+    site.save("web1", &[]);
+    let locks = site.repo.root.join("locks");
+    let elsewhere = site.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::remove_dir_all(&locks).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &locks).unwrap();
+    let err = site.repo.fails(&["save", s(&site.wa("web1"))], 3);
+    assert!(err.contains("locks/"), "{err}");
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}

@@ -495,6 +495,13 @@ impl VmLock {
             }
             _ => {}
         }
+        // A plain folder, not a link that would aim the lock files anywhere.
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::Corrupt(format!(
+                "{}: the folder {LOCKS}/ is not a plain folder",
+                repo.root.display()
+            )));
+        }
         let key = blake3::hash(vm.as_bytes()).to_hex();
         let path = dir.join(format!("vm-{}.lock", &key[..32]));
         let mut file = OpenOptions::new()
