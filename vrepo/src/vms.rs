@@ -279,10 +279,11 @@ pub fn summaries(entries: &[Entry]) -> Vec<VmSummary> {
 /// parent.
 pub const MIN_SHARED_PERCENT: f64 = 10.0;
 
-/// How many 1 MiB chunks of a working area [`choose_base`] reads: one in 32 (3%), at least 64
-/// and at most 1024 (1 GiB), so choosing costs a small fraction of the save's one full read.
+/// How many 1 MiB chunks of a working area [`choose_base`] reads: one in 64 (1.6%), at least
+/// 32 and at most 1024 (1 GiB), so choosing costs a small fraction of the save's one full read
+/// (and what it reads is in the page cache for that read).
 fn sample_size(total: u64) -> u64 {
-    (total / 32).clamp(64, 1024).min(total)
+    (total / 64).clamp(32, 1024).min(total)
 }
 
 /// The entry to base a new VM's first save on: among the newest entry of every VM, the one
@@ -606,8 +607,9 @@ mod tests {
     fn samples_are_a_small_share() {
         assert_eq!(sample_size(0), 0);
         assert_eq!(sample_size(10), 10);
-        assert_eq!(sample_size(2048), 64);
-        assert_eq!(sample_size(8192), 256);
+        assert_eq!(sample_size(540), 32);
+        assert_eq!(sample_size(4096), 64);
+        assert_eq!(sample_size(16384), 256);
         assert_eq!(sample_size(1 << 20), 1024);
     }
 }
