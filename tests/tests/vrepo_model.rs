@@ -747,9 +747,29 @@ impl Case {
         if dry {
             args.push("--dry-run".into());
         }
-        let keep = self.model.kept(last, buckets);
+        // In a quarter of the cases, only one VM's entries (--vm): the other VM keeps all.
+        let vms: BTreeSet<String> = self.model.entries.values().map(|e| e.vm.clone()).collect();
+        let scope: Option<String> = if self.rng.chance(25) {
+            let v: Vec<String> = vms.into_iter().collect();
+            Some(self.rng.pick(&v).clone())
+        } else {
+            None
+        };
+        if let Some(vm) = &scope {
+            args.push("--vm".into());
+            args.push(vm.clone());
+        }
+        let in_scope = |e: &ModelEntry| scope.as_ref().is_none_or(|v| *v == e.vm);
+        let mut keep = self.model.kept(last, buckets);
+        keep.extend(
+            self.model
+                .entries
+                .iter()
+                .filter(|(_, e)| !in_scope(e))
+                .map(|(n, _)| *n),
+        );
         let newest = self.model.kept(last.max(1), [0; 3]);
-        if !keep.is_subset(&newest) {
+        if scope.is_none() && !keep.is_subset(&newest) {
             self.calendar_prunes += 1;
         }
         let remove: Vec<u64> = names

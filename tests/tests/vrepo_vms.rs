@@ -184,6 +184,21 @@ fn clones_are_stored_once_each_vm_keeps_its_own_history_and_prune_is_per_vm() {
         .collect();
     assert_eq!(rows.len(), 4);
     for r in &rows {
+        // Pinned: the keys of `vms --json`.
+        let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "entries",
+                "newest",
+                "newest_time",
+                "own_bytes",
+                "shared_bytes",
+                "stands_on",
+                "vm"
+            ]
+        );
         let vm = r["vm"].as_str().unwrap();
         assert_eq!(r["entries"], 3, "{r}");
         assert_eq!(r["newest"].as_str().unwrap(), vms[vm].last().unwrap());
@@ -212,6 +227,18 @@ fn clones_are_stored_once_each_vm_keeps_its_own_history_and_prune_is_per_vm() {
 
     // Retention per VM: --keep-last 1 keeps each VM's newest, whatever the others did.
     let plan = site.repo.json(&["prune", "--keep-last", "1", "--dry-run"]);
+    let mut pk: Vec<&str> = plan
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    pk.sort_unstable();
+    assert_eq!(
+        pk,
+        ["dry_run", "keep", "remove", "rewrite", "vms"],
+        "{plan}"
+    );
     let kept: BTreeSet<String> = plan["keep"]
         .as_array()
         .unwrap()
