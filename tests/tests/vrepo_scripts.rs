@@ -203,23 +203,6 @@ fn concurrency(counts: &Path) -> (usize, usize) {
     (v.iter().copied().max().unwrap_or(0), v.len())
 }
 
-/// Set entry `name`'s time in its `entry.json`, keeping `entry.json.b3` right (as
-/// vrepo_model.rs does): a save of another night.
-fn set_time(repo: &Repo, name: &str, time: &str) {
-    let p = repo.entry_file(name, "entry.json");
-    let text = fs::read_to_string(&p).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let old = format!("\"time\": {}", v["time"]);
-    assert_eq!(text.matches(&old).count(), 1, "{name}: {old} in entry.json");
-    let text = text.replace(&old, &format!("\"time\": \"{time}\""));
-    fs::write(&p, &text).unwrap();
-    fs::write(
-        repo.entry_file(name, "entry.json.b3"),
-        format!("{}\n", blake3::hash(text.as_bytes()).to_hex()),
-    )
-    .unwrap();
-}
-
 fn shellcheck(what: &str, text: &str, exclude: &[&str]) {
     let mut args = vec!["-s", "sh"];
     let ex = exclude.join(",");

@@ -491,14 +491,7 @@ fn four_saves_of_different_vms_at_once_all_land() {
     }
     let children: Vec<_> = was
         .iter()
-        .map(|wa| {
-            repo.cmd()
-                .args(["--json", "save", "--full", s(wa)])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|wa| repo.spawn(&["--json", "save", "--full", s(wa)]))
         .collect();
     let mut names = BTreeSet::new();
     for c in children {
@@ -555,18 +548,11 @@ fn entries_of_older_versions_are_named_after_their_folder() {
     site.save("web1", &[]);
     // Make both vrepo.entry/1 entries, as an older vrepo wrote them.
     for n in ["E1", "E2"] {
-        let p = site.repo.entry_file(n, "entry.json");
-        let mut v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-        v["schema"] = "vrepo.entry/1".into();
-        v["vm"].as_object_mut().unwrap().remove("name");
-        v.as_object_mut().unwrap().remove("based_on");
-        let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
-        fs::write(&p, &text).unwrap();
-        fs::write(
-            site.repo.entry_file(n, "entry.json.b3"),
-            format!("{}\n", blake3::hash(text.as_bytes()).to_hex()),
-        )
-        .unwrap();
+        site.repo.edit_entry_json(n, |v| {
+            v["schema"] = "vrepo.entry/1".into();
+            v["vm"].as_object_mut().unwrap().remove("name");
+            v.as_object_mut().unwrap().remove("based_on");
+        });
     }
     // Read as this version's, the VM named after the folder it was saved from.
     assert_eq!(
@@ -587,16 +573,8 @@ fn entries_of_older_versions_are_named_after_their_folder() {
     assert_eq!(e2["vm"]["name"], "web1");
     site.repo.ok(&["verify", "--read-data"]);
     // A /1 entry with a VM name is not what an older version wrote: refused as damaged.
-    let p = site.repo.entry_file("E1", "entry.json");
-    let mut v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-    v["vm"]["name"] = "x".into();
-    let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
-    fs::write(&p, &text).unwrap();
-    fs::write(
-        site.repo.entry_file("E1", "entry.json.b3"),
-        format!("{}\n", blake3::hash(text.as_bytes()).to_hex()),
-    )
-    .unwrap();
+    site.repo
+        .edit_entry_json("E1", |v| v["vm"]["name"] = "x".into());
     site.repo.fails(&["show", "E1"], 3);
 }
 

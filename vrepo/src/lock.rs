@@ -40,6 +40,29 @@ impl Drop for RepoLock {
     }
 }
 
+/// Take `op` (a non-blocking `flock`) on `file`, trying again every 100 ms until `wait` has
+/// passed (none: once). `Ok(false)`: another holder still had it.
+pub(crate) fn flock_within(
+    file: &File,
+    op: FlockOperation,
+    wait: Option<Duration>,
+) -> std::io::Result<bool> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    loop {
+        match flock(file, op) {
+            Ok(()) => return Ok(true),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {
+                if deadline.is_some_and(|d| Instant::now() < d) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 impl Repo {
     /// Take the repository lock. `wait`: how long to wait for a conflicting holder (none: fail
     /// at once with the "locked" error).
@@ -56,19 +79,8 @@ impl Repo {
             LockMode::Shared => FlockOperation::NonBlockingLockShared,
             LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
         };
-        let deadline = wait.map(|w| Instant::now() + w);
-        loop {
-            match flock(&file, op) {
-                Ok(()) => break,
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {
-                    if deadline.is_some_and(|d| Instant::now() < d) {
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                    return Err(Error::Locked(self.holder_message(mode, wait)));
-                }
-                Err(e) => return Err(Error::io(&path, e.into())),
-            }
+        if !flock_within(&file, op, wait).at(&path)? {
+            return Err(Error::Locked(self.holder_message(mode, wait)));
         }
         let info = if mode == LockMode::Exclusive {
             let p = self.root.join(LOCK_INFO);
@@ -96,12 +108,7 @@ impl Repo {
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             // A holder killed with SIGKILL leaves lock.json behind: name only a live one.
-            .filter(|v| {
-                v["host"].as_str() != Some(crate::owner::hostname().as_str())
-                    || v["pid"]
-                        .as_u64()
-                        .is_some_and(|p| crate::owner::pid_alive(p as u32))
-            })
+            .filter(|v| crate::owner::holder_may_live(v["host"].as_str(), v["pid"].as_u64()))
             .map(|v| {
                 format!(
                     "vrepo {} (pid {} on {}, since {})",

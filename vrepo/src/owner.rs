@@ -63,6 +63,13 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 /// This process's tag, `PID-HOST-BOOT`.
+/// Whether a lock holder that wrote down its `host` and `pid` may still hold: one of another
+/// host is taken as live (its pid means nothing here), one of this host only while its pid
+/// runs (a holder killed with SIGKILL leaves its line behind).
+pub fn holder_may_live(host: Option<&str>, pid: Option<u64>) -> bool {
+    host != Some(hostname().as_str()) || pid.is_some_and(|p| pid_alive(p as u32))
+}
+
 pub fn own_tag() -> String {
     format!("{}-{}-{}", std::process::id(), host_tag(), boot_id())
 }

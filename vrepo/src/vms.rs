@@ -14,12 +14,12 @@ use crate::manifest::{check_vm_name, parse_entry_name, BasedOn, Entry};
 use crate::repo::{now_rfc3339, Repo};
 use crate::store;
 use crate::workarea::{Content, WorkArea};
-use rustix::fs::{flock, FlockOperation};
+use rustix::fs::FlockOperation;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vdiff::format::{Digest, CHUNK_BYTES};
 
 /// How a command names an entry.
@@ -367,34 +367,18 @@ pub fn choose_base(
         }
         n
     };
-    let mut best: Option<(&Entry, u64)> = None;
-    for e in heads {
-        // A candidate whose digests cannot be read is passed over: it could not be a parent.
-        let Ok(digests) = store::read_chunks(repo, e) else {
-            continue;
-        };
+    let best = most_shared(repo, heads, &links, &|digests| {
         let present: HashSet<&Digest> = digests.iter().filter(|d| wanted.contains(*d)).collect();
         // Distinct sampled chunks found (a chunk sampled twice counts once).
-        let hits = sample
+        sample
             .iter()
             .filter(|(a, b)| present.contains(a) || b.as_ref().is_some_and(|b| present.contains(b)))
-            .count() as u64;
-        let better = match best {
-            None => true,
-            Some((b, h)) => {
-                hits > h
-                    || (hits == h && links(e) < links(b))
-                    || (hits == h && links(e) == links(b) && e.number > b.number)
-            }
-        };
-        if better {
-            best = Some((e, hits));
-        }
-    }
+            .count()
+    });
     let Some((e, hits)) = best else {
         return Ok(None);
     };
-    let percent = 100.0 * hits as f64 / sample.len().max(1) as f64;
+    let percent = 100.0 * hits as f64 / sample.len() as f64;
     if percent < MIN_SHARED_PERCENT {
         return Ok(None);
     }
@@ -446,29 +430,38 @@ pub fn best_stored_base<'a>(
     if own.is_empty() {
         return Ok(None);
     }
-    let mut best: Option<(&Entry, usize)> = None;
-    for c in candidates {
-        let Ok(digests) = store::read_chunks(repo, c) else {
-            continue;
-        };
+    let best = most_shared(repo, candidates.iter().copied(), links, &|digests| {
         let found: HashSet<&Digest> = digests.iter().filter(|d| own.contains(*d)).collect();
-        let n = found.len();
-        let better = match best {
-            None => true,
-            Some((b, h)) => {
-                n > h
-                    || (n == h && links(c) < links(b))
-                    || (n == h && links(c) == links(b) && c.number > b.number)
-            }
-        };
-        if better {
-            best = Some((c, n));
-        }
-    }
+        found.len()
+    });
     Ok(best.and_then(|(c, n)| {
         let p = 100.0 * n as f64 / own.len() as f64;
         (p >= MIN_SHARED_PERCENT).then_some((c, p))
     }))
+}
+
+/// Among `candidates`, the one whose stored chunk digests give the most `hits` (ties: the fewer
+/// `links`, then the newest), with its hits. A candidate whose `chunks.bin` cannot be read is
+/// passed over: it could not be a parent either.
+fn most_shared<'a>(
+    repo: &Repo,
+    candidates: impl IntoIterator<Item = &'a Entry>,
+    links: &dyn Fn(&Entry) -> usize,
+    hits: &dyn Fn(&[Digest]) -> usize,
+) -> Option<(&'a Entry, usize)> {
+    // Most hits, then fewest links, then newest.
+    type Rank = (usize, std::cmp::Reverse<usize>, u64);
+    let mut best: Option<(Rank, &Entry)> = None;
+    for c in candidates {
+        let Ok(digests) = store::read_chunks(repo, c) else {
+            continue;
+        };
+        let key = (hits(&digests), std::cmp::Reverse(links(c)), c.number);
+        if best.as_ref().is_none_or(|(k, _)| key > *k) {
+            best = Some((key, c));
+        }
+    }
+    best.map(|(k, c)| (c, k.0))
 }
 
 /// While held, no other save of the same VM runs (from another working area, or the same).
@@ -512,40 +505,26 @@ impl VmLock {
             .truncate(false)
             .open(&path)
             .at(&path)?;
-        let deadline = wait.map(|w| Instant::now() + w);
-        loop {
-            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {
-                    if deadline.is_some_and(|d| Instant::now() < d) {
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                    let mut text = String::new();
-                    let _ = file.read_to_string(&mut text);
-                    let v: serde_json::Value =
-                        serde_json::from_str(text.trim()).unwrap_or_default();
-                    // A holder killed with SIGKILL left its line: name only a live one.
-                    let live = v["host"].as_str() != Some(crate::owner::hostname().as_str())
-                        || v["pid"]
-                            .as_u64()
-                            .is_some_and(|p| crate::owner::pid_alive(p as u32));
-                    let holder = match v["workarea"].as_str().filter(|_| live) {
-                        Some(w) => format!(
-                            " from {w} (pid {} on {}, since {})",
-                            v["pid"],
-                            v["host"].as_str().unwrap_or("?"),
-                            v["since"].as_str().unwrap_or("?")
-                        ),
-                        None => String::new(),
-                    };
-                    return Err(Error::Locked(format!(
-                        "VM {vm:?} is being saved{holder}: one VM is saved by one save at a \
-                         time (--vm NAME saves {from} as another VM; --wait SECONDS waits)"
-                    )));
-                }
-                Err(e) => return Err(Error::io(&path, e.into())),
-            }
+        if !crate::lock::flock_within(&file, FlockOperation::NonBlockingLockExclusive, wait)
+            .at(&path)?
+        {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
+            let live = crate::owner::holder_may_live(v["host"].as_str(), v["pid"].as_u64());
+            let holder = match v["workarea"].as_str().filter(|_| live) {
+                Some(w) => format!(
+                    " from {w} (pid {} on {}, since {})",
+                    v["pid"],
+                    v["host"].as_str().unwrap_or("?"),
+                    v["since"].as_str().unwrap_or("?")
+                ),
+                None => String::new(),
+            };
+            return Err(Error::Locked(format!(
+                "VM {vm:?} is being saved{holder}: one VM is saved by one save at a \
+                 time (--vm NAME saves {from} as another VM; --wait SECONDS waits)"
+            )));
         }
         // Only for messages: who holds it.
         let info = serde_json::json!({

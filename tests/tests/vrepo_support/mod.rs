@@ -124,6 +124,47 @@ impl Repo {
     pub fn entry_file(&self, entry: &str, file: &str) -> PathBuf {
         self.root.join("entries").join(entry).join(file)
     }
+
+    /// Start `vrepo ARGS` with stdout and stderr piped (for commands run at the same time).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cmd()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start vrepo")
+    }
+
+    /// Change entry `name`'s `entry.json` by `f`, keeping `entry.json.b3` right (as an older
+    /// version, or a hand edit that vrepo must still check, would leave it).
+    pub fn edit_entry_json(&self, name: &str, f: impl FnOnce(&mut Value)) {
+        let p = self.entry_file(name, "entry.json");
+        let mut v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        f(&mut v);
+        let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
+        self.write_entry_json(name, &text);
+    }
+
+    /// Write `text` as entry `name`'s `entry.json`, with its `entry.json.b3`.
+    pub fn write_entry_json(&self, name: &str, text: &str) {
+        fs::write(self.entry_file(name, "entry.json"), text).unwrap();
+        fs::write(
+            self.entry_file(name, "entry.json.b3"),
+            format!("{}\n", blake3::hash(text.as_bytes()).to_hex()),
+        )
+        .unwrap();
+    }
+}
+
+/// Set entry `name`'s time in its `entry.json` (the rest of the text as it is), keeping
+/// `entry.json.b3` right: an entry saved at another time.
+pub fn set_time(repo: &Repo, name: &str, time: &str) {
+    let p = repo.entry_file(name, "entry.json");
+    let text = fs::read_to_string(&p).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let old = format!("\"time\": {}", v["time"]);
+    assert_eq!(text.matches(&old).count(), 1, "{name}: {old} in entry.json");
+    repo.write_entry_json(name, &text.replace(&old, &format!("\"time\": \"{time}\"")));
 }
 
 /// Deterministic incompressible bytes.
