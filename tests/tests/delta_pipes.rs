@@ -979,3 +979,77 @@ fn usage_errors_exit_2() {
     assert_eq!(c, Some(2), "{err}");
     assert!(!d.exists());
 }
+
+/// `--root DIR` (issue 19): a snapshot link kept in VMware's `workingDir` (`vm/snapshots/`)
+/// names its parent `../disk.vmdk`; vdiff and vpatch open it with the VM's folder as root, and
+/// still refuse a crafted parent that leaves that folder (exit 7).
+#[test]
+fn root_opens_working_dir_links_in_vdiff_and_vpatch() {
+    let t = tempfile::tempdir().unwrap();
+    let vm = t.path().join("vm");
+    let snaps = vm.join("snapshots");
+    fs::create_dir_all(&snaps).unwrap();
+    let base = vm.join("disk.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", base.to_str().unwrap(), "8M"]);
+    qemu_io(&base, "vmdk", &["write -P 0x11 0 1M"]);
+    let child = |hint: &str, name: &str| {
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "vmdk", "-F", "vmdk", "-b", hint, name])
+            .current_dir(&snaps)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        snaps.join(name)
+    };
+    let link = child("../disk.vmdk", "disk-000001.vmdk");
+    qemu_io(&link, "vmdk", &["write -P 0x22 2M 64k"]);
+    // NEW: the link's guest bytes with a change.
+    let new = t.path().join("new.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        link.to_str().unwrap(),
+        new.to_str().unwrap(),
+    ]);
+    let mut nb = fs::read(&new).unwrap();
+    fill(3, &mut nb[5 << 20..(5 << 20) + 8192]);
+    fs::write(&new, &nb).unwrap();
+
+    let run = |tool: &str, args: &[&Path]| Command::new(bin(tool)).args(args).output().unwrap();
+    let refused = |o: std::process::Output, tool: &str, needle: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(7), "{tool}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!("{tool}: ")) && err.contains(needle),
+            "{err}"
+        );
+    };
+    let delta = t.path().join("delta");
+    let out = t.path().join("out.raw");
+
+    // Without --root the link's own folder is the root: refused, pointing at --root.
+    let o = run("vdiff", &[&link, &new, p("-o"), &delta]);
+    refused(o, "vdiff", "use --root DIR or --allow-outside");
+    assert!(!delta.exists());
+    let o = run("vdiff", &[p("--root"), &vm, &link, &new, p("-o"), &delta]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let o = run("vpatch", &[&link, &delta, p("-o"), &out]);
+    refused(o, "vpatch", "use --root DIR or --allow-outside");
+    assert!(!out.exists());
+    let o = run("vpatch", &[p("--root"), &vm, &link, &delta, p("-o"), &out]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    compare("raw", &new, &out);
+
+    // A crafted parent leaving the VM's folder: refused with --root too.
+    fs::copy(&base, t.path().join("outside.vmdk")).unwrap();
+    let bad = child("../../outside.vmdk", "bad.vmdk");
+    let o = run("vdiff", &[p("--root"), &vm, &bad, &new, p("--stat")]);
+    refused(o, "vdiff", "\"../../outside.vmdk\" leaves the folder");
+    let out2 = t.path().join("out2.raw");
+    let o = run("vpatch", &[p("--root"), &vm, &bad, &delta, p("-o"), &out2]);
+    refused(o, "vpatch", "\"../../outside.vmdk\" leaves the folder");
+    assert!(!out2.exists());
+}

@@ -63,6 +63,10 @@ struct Cli {
     /// Follow extent and parent paths that leave a disk's folder (default: refuse them).
     #[arg(long)]
     allow_outside: bool,
+    /// The folder extent and parent paths may not leave (default: each disk's own folder),
+    /// e.g. the VM's folder for a snapshot link in a subfolder naming `../disk.vmdk`.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
 }
 
 fn exit_for(e: &Error) -> Exit {
@@ -96,8 +100,8 @@ fn open(path: &Path, opts: &OpenOptions) -> Result<Disk, Failure> {
 fn run(cli: Cli) -> Result<Exit, Failure> {
     let opts = OpenOptions {
         allow_outside: cli.allow_outside,
+        root: cli.root.clone(),
         tolerate_chain_problems: false,
-        ..OpenOptions::default()
     };
     if cli.signature || cli.against.is_some() {
         return signatures(&cli, &opts);

@@ -23,7 +23,8 @@ pub struct OpenOptions {
     /// `..`, symbolic links pointing out). Off by default: see "Path policy" in the docs.
     pub allow_outside: bool,
     /// The folder extent and parent paths must stay in (default: the opened disk's folder).
-    /// vmx-parse passes the VM's folder, so a disk in a subfolder may name `../base.vmdk`.
+    /// vmx-parse and vrepo pass the VM's folder, so a link in a subfolder (VMware's
+    /// `workingDir`) may name `../disk.vmdk`; the command lines take it as `--root DIR`.
     pub root: Option<PathBuf>,
     /// Record chain inconsistencies (CID or capacity mismatch) in [`Disk::chain_problems`]
     /// instead of failing; used by `check`.
@@ -140,6 +141,45 @@ fn lexically_normal(path: &Path) -> PathBuf {
     out
 }
 
+/// `path` with its `.` and `..` components applied, when that names the same file: a link
+/// in `snapshots/` naming `../disk.vmdk` is `disk.vmdk`, not `snapshots/../disk.vmdk`. Leading
+/// `..` of a relative path stay. The path is returned unchanged when it has nothing to apply,
+/// when either form cannot be resolved (a missing file), or when they resolve to different
+/// files (`dir/..` where `dir` is a symbolic link: the kernel's `..` is the link target's
+/// parent, not `dir`'s).
+pub fn tidy_path(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    let mut changed = false;
+    // Normal components pushed so far, which a `..` may take back.
+    let mut depth = 0usize;
+    for c in path.components() {
+        match c {
+            Component::CurDir => changed = true,
+            Component::ParentDir if depth > 0 => {
+                out.pop();
+                depth -= 1;
+                changed = true;
+            }
+            Component::ParentDir if path.is_absolute() => changed = true,
+            Component::Normal(n) => {
+                out.push(n);
+                depth += 1;
+            }
+            c => out.push(c.as_os_str()),
+        }
+    }
+    if !changed {
+        return path.to_path_buf();
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    match (path.canonicalize(), out.canonicalize()) {
+        (Ok(a), Ok(b)) if a == b => out,
+        _ => path.to_path_buf(),
+    }
+}
+
 impl Disk {
     pub fn open(path: impl AsRef<Path>) -> Result<Disk> {
         Disk::open_with(path, &OpenOptions::default())
@@ -251,7 +291,7 @@ impl Disk {
                 Error::refused(
                     from,
                     format!(
-                        "{what} path {name:?} leaves the folder {} (use --allow-outside to follow it)",
+                        "{what} path {name:?} leaves the folder {} (use --root DIR or --allow-outside to follow it)",
                         self.root.display()
                     ),
                 )
@@ -276,7 +316,7 @@ impl Disk {
                 return Err(refuse());
             }
         }
-        Ok(joined)
+        Ok(tidy_path(&joined))
     }
 
     fn add_file(&mut self, path: &Path) -> Result<FileId> {
@@ -730,5 +770,48 @@ fn bare_link(
             file: Some(fid),
             data,
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn tidy_path_applies_dots_only_when_it_names_the_same_file() {
+        let t = tempfile::tempdir().expect("temp dir");
+        let d = t.path();
+        fs::create_dir_all(d.join("vm/snapshots")).expect("folders");
+        fs::write(d.join("vm/disk.vmdk"), b"x").expect("file");
+        let vm = d.join("vm");
+        assert_eq!(
+            tidy_path(&vm.join("snapshots/../disk.vmdk")),
+            vm.join("disk.vmdk")
+        );
+        assert_eq!(tidy_path(&vm.join("./disk.vmdk")), vm.join("disk.vmdk"));
+        // Nothing to apply: unchanged.
+        assert_eq!(tidy_path(&vm.join("disk.vmdk")), vm.join("disk.vmdk"));
+        // Missing: unchanged, so errors name the path as written.
+        let missing = vm.join("snapshots/../gone.vmdk");
+        assert_eq!(tidy_path(&missing), missing);
+        // A symbolic link to a folder elsewhere: the kernel's `..` is the target's parent.
+        fs::create_dir_all(d.join("other/deep")).expect("folders");
+        fs::write(d.join("other/disk.vmdk"), b"y").expect("file");
+        std::os::unix::fs::symlink(d.join("other/deep"), vm.join("link")).expect("symlink");
+        let through = vm.join("link/../disk.vmdk");
+        assert_eq!(tidy_path(&through), through);
+    }
+
+    #[test]
+    fn tidy_path_keeps_leading_parents_of_relative_paths() {
+        // Tests run in the package's folder: `../PKG/src/../Cargo.toml` is `../PKG/Cargo.toml`.
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let pkg = here.file_name().expect("package folder name");
+        assert_eq!(std::env::current_dir().expect("cwd"), here);
+        let p = Path::new("..").join(pkg).join("src/../Cargo.toml");
+        assert_eq!(tidy_path(&p), Path::new("..").join(pkg).join("Cargo.toml"));
+        let missing = Path::new("../a/b/../c.vmdk");
+        assert_eq!(tidy_path(missing), missing);
     }
 }

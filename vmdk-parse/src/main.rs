@@ -24,6 +24,12 @@ struct Cli {
     #[arg(long, global = true)]
     allow_outside: bool,
 
+    /// The folder extent and parent paths may not leave (default: the disk's folder). Give
+    /// the VM's folder to open a snapshot link kept in a subfolder (VMware's `workingDir`)
+    /// whose parent is `../disk.vmdk`; paths leaving DIR stay refused.
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -134,8 +140,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<Exit, Failure> {
     let opts = OpenOptions {
         allow_outside: cli.allow_outside,
+        root: cli.root.clone(),
         tolerate_chain_problems: matches!(cli.command, Command::Check { .. }),
-        ..OpenOptions::default()
     };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());

@@ -436,6 +436,115 @@ fn path_policy_refuses_escapes_exit_7() {
     assert_eq!(out.stdout, vec![7u8; 4096]);
 }
 
+/// VMware's `workingDir` layout: the base in the VM's folder, the link in `snapshots/` naming
+/// `../disk.vmdk`. Refused by default (the link's folder is the root), opened with `--root`
+/// the VM's folder, with the parent listed by its plain name; a parent leaving the root stays
+/// refused.
+#[test]
+fn root_opens_a_working_dir_link_and_still_refuses_escapes() {
+    let outer = tempfile::tempdir().unwrap();
+    let vm = outer.path().join("vm");
+    let snaps = vm.join("snapshots");
+    fs::create_dir_all(&snaps).unwrap();
+    let base = sparse_disk(&vm, "disk.vmdk");
+    let child = snaps.join("disk-000001.vmdk");
+    let mk_child = |parent: &str, child: &Path| {
+        let st = Std::new("qemu-img")
+            .args(["create", "-q", "-f", "vmdk", "-F", "vmdk", "-b", parent])
+            .arg(child)
+            .current_dir(&snaps)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    mk_child("../disk.vmdk", &child);
+    qemu_io(&child, &["write -P 0x77 2M 64k"]);
+    let want = {
+        let raw = outer.path().join("want.raw");
+        qemu_img(&[
+            "convert",
+            "-O",
+            "raw",
+            child.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ]);
+        fs::read(raw).unwrap()
+    };
+
+    fails(
+        &[os("cat"), child.as_os_str()],
+        7,
+        "(use --root DIR or --allow-outside",
+    );
+    let out = vp()
+        .arg("--root")
+        .arg(&vm)
+        .arg("cat")
+        .arg(&child)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == want, "guest contents as qemu-img reads them");
+    // After the subcommand too (a global option), and the parent named without `..`.
+    let out = vp()
+        .arg("info")
+        .arg(&child)
+        .arg("--root")
+        .arg(&vm)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Info = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info.chain.len(), 2);
+    assert_eq!(
+        info.chain[1].path,
+        base.to_str().unwrap(),
+        "the parent, `..` applied"
+    );
+    assert_eq!(info.chain[1].parent_hint, None);
+    assert_eq!(info.chain[0].parent_hint.as_deref(), Some("../disk.vmdk"));
+
+    // A crafted parent that climbs out of the root: refused, also with --root.
+    fs::copy(&base, outer.path().join("outside.vmdk")).unwrap();
+    let bad = snaps.join("bad.vmdk");
+    mk_child("../../outside.vmdk", &bad);
+    let args = [os("--root"), vm.as_os_str(), os("cat"), bad.as_os_str()];
+    fails(&args, 7, "\"../../outside.vmdk\" leaves the folder");
+    // A root the link is not in does not widen anything: `../disk.vmdk` leaves `snapshots/x`.
+    let other = snaps.join("x");
+    fs::create_dir(&other).unwrap();
+    fails(
+        &[
+            os("--root"),
+            other.as_os_str(),
+            os("cat"),
+            child.as_os_str(),
+        ],
+        7,
+        "leaves the folder",
+    );
+    // A missing root is a missing input.
+    let gone = outer.path().join("gone");
+    fails(
+        &[
+            os("--root"),
+            gone.as_os_str(),
+            os("info"),
+            child.as_os_str(),
+        ],
+        4,
+        "gone",
+    );
+}
+
 #[test]
 fn allow_outside_follows_and_symlinks_are_caught() {
     let outer = tempfile::tempdir().unwrap();

@@ -6,6 +6,11 @@
 //! blank, a comment, a `key = value` pair (with the byte ranges of key and value in its text,
 //! and whether the value was quoted), or an *other* line kept raw with a [`Warning`].
 //!
+//! A line whose bytes are not valid in the file's encoding (VMware Workstation writes a
+//! multibyte character cut in half at the end of a long value and runs the VM all the same) is
+//! *damaged*: it is decoded with U+FFFD for what does not decode, keeps its bytes, and is
+//! reported as a [`Problem`]. A backup must store what is there, so damage is never an error.
+//!
 //! Edits ([`Document::set`], [`Document::unset`]) rewrite only the lines concerned: `set`
 //! replaces the value part of the last line with that key and keeps its spacing and quoting,
 //! or appends `key = "value"`; `unset` removes every line with that key.
@@ -63,6 +68,10 @@ pub struct Pair {
     /// The stored value, escapes included, without its quotes.
     pub value: Range<usize>,
     pub quoted: bool,
+    /// A quoted value has its closing quote. Without it (`key = "value` to the end of the
+    /// line), the value is read to the end of the line, trailing spaces dropped, and
+    /// [`Document::set`] of the key writes the closing quote.
+    pub closed: bool,
     /// The value with its `|XX` escapes decoded.
     pub decoded: String,
 }
@@ -86,6 +95,9 @@ pub struct Line {
     text: String,
     eol: Eol,
     kind: LineKind,
+    /// Set when the bytes are not valid in the file's encoding: what is wrong. `text` then
+    /// holds U+FFFD for what did not decode.
+    damage: Option<String>,
 }
 
 impl Line {
@@ -100,6 +112,11 @@ impl Line {
     }
     pub fn kind(&self) -> &LineKind {
         &self.kind
+    }
+    /// Whether the line's bytes are not valid in the file's encoding (its [`Line::text`] has
+    /// U+FFFD for what did not decode; [`Line::raw`] keeps the bytes).
+    pub fn is_damaged(&self) -> bool {
+        self.damage.is_some()
     }
     /// The key as written, for a pair line.
     pub fn key(&self) -> Option<&str> {
@@ -129,6 +146,17 @@ impl Line {
 pub struct Warning {
     /// 1-based line number.
     pub line: usize,
+    pub message: String,
+}
+
+/// A damaged line: bytes that are not valid in the file's encoding. The line keeps its bytes
+/// (written back unchanged) and is read with U+FFFD for what does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// 1-based line number.
+    pub line: usize,
+    /// The key, for a `key = value` line (as read, U+FFFD included).
+    pub key: Option<String>,
     pub message: String,
 }
 
@@ -221,9 +249,17 @@ pub fn classify(text: &str) -> (LineKind, Option<String>) {
     let mut warning = None;
     let (value, quoted) = if let Some(inner) = rest.strip_prefix('"') {
         let Some(n) = inner.find('"') else {
+            // VMware runs VMs whose .vmx has such a line: read the value to the end of it.
+            let value = vstart + 1..vstart + 1 + inner.trim_end_matches(WS).len();
             return (
-                LineKind::Other("unterminated quote; the line is ignored".into()),
-                None,
+                LineKind::Pair(Pair {
+                    key: key_start..key_end,
+                    value,
+                    quoted: true,
+                    closed: false,
+                    decoded: String::new(),
+                }),
+                Some("unterminated quote; the value is read to the end of the line".into()),
             );
         };
         let trailer = inner[n + 1..].trim_matches(WS);
@@ -242,6 +278,7 @@ pub fn classify(text: &str) -> (LineKind, Option<String>) {
             key: key_start..key_end,
             value,
             quoted,
+            closed: true,
             decoded: String::new(),
         }),
         warning,
@@ -337,24 +374,26 @@ impl Document {
         let mut lines = Vec::with_capacity(raw_lines.len());
         let mut warnings = Vec::new();
         for (n, (raw, eol)) in raw_lines.into_iter().enumerate() {
-            let Some(text) = encoding.decode_without_bom_handling_and_without_replacement(raw)
-            else {
-                return Err(Error::corrupt(
-                    path,
-                    match &label {
-                        None => format!(
-                            "line {} is not UTF-8 and the file has no .encoding line",
-                            n + 1
-                        ),
-                        Some(_) => format!(
-                            "line {} is not valid {} (the file's .encoding)",
-                            n + 1,
-                            encoding.name()
-                        ),
-                    },
-                ));
+            let (text, damage) = match encoding
+                .decode_without_bom_handling_and_without_replacement(raw)
+            {
+                Some(text) => (text.into_owned(), None),
+                None => {
+                    let (text, _) = encoding.decode_without_bom_handling(raw);
+                    let what = match &label {
+                        None => "bytes not valid UTF-8 (the file has no .encoding line)".into(),
+                        Some(_) => {
+                            format!("bytes not valid {} (the file's .encoding)", encoding.name())
+                        }
+                    };
+                    (
+                        text.into_owned(),
+                        Some(format!(
+                            "{what}, read as U+FFFD; the line is kept byte for byte"
+                        )),
+                    )
+                }
             };
-            let text = text.into_owned();
             let (mut kind, warning) = classify(&text);
             if let Some(w) = warning {
                 warnings.push(Warning {
@@ -375,6 +414,7 @@ impl Document {
                 text,
                 eol,
                 kind,
+                damage,
             });
         }
         let mut doc = Document {
@@ -423,6 +463,23 @@ impl Document {
     /// [`Document::duplicates`]).
     pub fn warnings(&self) -> &[Warning] {
         &self.warnings
+    }
+
+    /// Damaged lines (bytes not valid in the file's encoding), in line order, numbered as the
+    /// document is now. They are read with U+FFFD and written back byte for byte; setting a
+    /// damaged key replaces its line.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                l.damage.as_ref().map(|why| Problem {
+                    line: i + 1,
+                    key: l.key().map(str::to_string),
+                    message: why.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The decoded value of `key` (any case); the last line with it wins.
@@ -495,8 +552,10 @@ impl Document {
 
     /// Set `key` to `value`. The last line with the key (any case) gets the new value in
     /// place, keeping the key's spelling, the spacing and the quoting (an unquoted value with
-    /// leading or trailing spaces gets quotes, which it needs to read back); without such a line, `key = "value"` is appended. A value
-    /// equal to the current one changes nothing. Returns whether the document changed.
+    /// leading or trailing spaces gets quotes, which it needs to read back; a missing closing
+    /// quote is written); without such a line, `key = "value"` is appended. A value equal to
+    /// the current one changes nothing, unless the line is damaged or lacks its closing quote:
+    /// setting a key repairs its line. Returns whether the document changed.
     pub fn set(&mut self, key: &str, value: &str) -> Result<bool> {
         check_key(key)?;
         if key.eq_ignore_ascii_case(".encoding") {
@@ -510,7 +569,7 @@ impl Document {
             let LineKind::Pair(p) = &line.kind else {
                 unreachable!("the index holds pair lines only")
             };
-            if p.decoded == value {
+            if p.decoded == value && p.closed && !line.is_damaged() {
                 return Ok(false);
             }
             // An unquoted value is read up to the end of the line, trimmed: only outer
@@ -522,11 +581,18 @@ impl Document {
             } else {
                 format!("\"{stored}\"")
             };
+            let mut suffix = &line.text[p.value.end..];
+            // Ignored text after the closing quote that did not decode is dropped, not
+            // written as U+FFFD.
+            if line.is_damaged() && suffix.contains('\u{fffd}') {
+                suffix = if p.closed { "\"" } else { "" };
+            }
             let text = format!(
-                "{}{}{}",
+                "{}{}{}{}",
                 &line.text[..p.value.start],
                 new_value,
-                &line.text[p.value.end..]
+                if p.closed { "" } else { "\"" },
+                suffix
             );
             let raw = self.encode_text(&text)?;
             let (mut kind, _) = classify(&text);
@@ -538,6 +604,7 @@ impl Document {
             line.text = text;
             line.raw = raw;
             line.kind = kind;
+            line.damage = None;
         } else {
             let text = format!("{key} = \"{stored}\"");
             let raw = self.encode_text(&text)?;
@@ -559,6 +626,7 @@ impl Document {
                 text,
                 eol: new_eol,
                 kind,
+                damage: None,
             });
             self.index
                 .insert(key.to_ascii_lowercase(), self.lines.len() - 1);
@@ -642,7 +710,12 @@ mod tests {
         assert!(matches!(&kinds[3], LineKind::Pair(p) if !p.quoted));
         assert_eq!(d.get("b"), Some("2"));
         assert!(matches!(kinds[4], LineKind::Other(_)));
-        assert!(matches!(kinds[5], LineKind::Other(_)));
+        assert!(matches!(&kinds[5], LineKind::Pair(p) if p.quoted && !p.closed));
+        assert_eq!(
+            d.get("c"),
+            Some("x"),
+            "an unterminated value is read to the end"
+        );
         assert!(matches!(kinds[6], LineKind::Other(_)));
         let lines: Vec<_> = d.warnings().iter().map(|w| w.line).collect();
         assert_eq!(lines, [5, 6, 7]);
@@ -723,16 +796,128 @@ mod tests {
     fn bad_input_gives_typed_errors() {
         let e = |b: &[u8]| Document::parse(Path::new("x"), b).unwrap_err().kind();
         use crate::ErrorKind::*;
-        assert_eq!(e(b"a = \"\xE9\"\n"), Corrupt);
         assert_eq!(e(b"\x7FELF\x02\x01\x01\x00\x00"), Corrupt);
         assert_eq!(e(b".encoding = \"klingon\"\n"), Unsupported);
         assert_eq!(e(b".encoding = \"UTF-16LE\"\n"), Unsupported);
-        assert_eq!(e(b".encoding = \"Shift_JIS\"\nx = \"\x81\"\n"), Corrupt);
         assert_eq!(e(&vec![b'\n'; MAX_LINES + 1]), Corrupt);
         assert!(Document::parse(Path::new("x"), &vec![b'\n'; MAX_LINES]).is_ok());
         let mut long = b"a = \"".to_vec();
         long.resize(MAX_LINE_BYTES + 10, b'x');
         assert_eq!(e(&long), Corrupt);
+    }
+
+    /// Issue 19: VMware Workstation wrote a multibyte character cut in half and no closing
+    /// quote, in a CRLF file with `.encoding = "UTF-8"`, and runs the VM.
+    const WORKSTATION_CUT: &[u8] = b".encoding = \"UTF-8\"\r\ndisplayName = \"ws\"\r\n\
+        sharedFolder0.hostPath = \"C:\\Users\\me\\\xE6\x97\r\nmemsize = \"1024\"\r\n";
+
+    #[test]
+    fn issue_19_damaged_line_is_read_repaired_and_kept() {
+        let d = p(WORKSTATION_CUT);
+        assert_eq!(d.to_bytes(), WORKSTATION_CUT, "every byte is kept");
+        assert_eq!(
+            d.get("sharedFolder0.hostPath"),
+            Some("C:\\Users\\me\\\u{fffd}")
+        );
+        assert_eq!(d.get("memsize"), Some("1024"));
+        assert!(d.lines()[2].is_damaged());
+        assert!(!d.lines()[3].is_damaged());
+        let probs = d.problems();
+        assert_eq!(probs.len(), 1);
+        assert_eq!(probs[0].line, 3);
+        assert_eq!(probs[0].key.as_deref(), Some("sharedFolder0.hostPath"));
+        assert!(probs[0].message.contains("not valid UTF-8"), "{probs:?}");
+        let w: Vec<_> = d
+            .warnings()
+            .iter()
+            .map(|w| (w.line, &w.message[..18]))
+            .collect();
+        assert_eq!(w, [(3, "unterminated quote")]);
+    }
+
+    #[test]
+    fn issue_19_set_of_another_key_keeps_the_damaged_line() {
+        let mut d = p(WORKSTATION_CUT);
+        assert!(d.set("memsize", "2048").unwrap());
+        assert!(d.set("new.key", "v").unwrap());
+        let out = d.to_bytes();
+        assert_eq!(
+            out,
+            [
+                &WORKSTATION_CUT[..WORKSTATION_CUT.len() - 7],
+                b"2048\"\r\nnew.key = \"v\"\r\n"
+            ]
+            .concat()
+        );
+        assert_eq!(d.unset("displayName"), 1);
+        assert_eq!(
+            d.problems()[0].line,
+            2,
+            "problems are numbered as the document is now"
+        );
+    }
+
+    #[test]
+    fn issue_19_set_of_the_damaged_key_replaces_its_line() {
+        let mut d = p(WORKSTATION_CUT);
+        assert!(d.set("sharedfolder0.hostpath", "D:\\share").unwrap());
+        let out = d.to_bytes();
+        assert_eq!(
+            out,
+            b".encoding = \"UTF-8\"\r\ndisplayName = \"ws\"\r\n\
+              sharedFolder0.hostPath = \"D:\\share\"\r\nmemsize = \"1024\"\r\n"
+        );
+        assert!(d.problems().is_empty());
+        let again = p(&out);
+        assert!(again.problems().is_empty() && again.warnings().is_empty());
+        // Setting the repaired text itself repairs the line too.
+        let mut d = p(WORKSTATION_CUT);
+        let repaired = d.get("sharedFolder0.hostPath").unwrap().to_string();
+        assert!(d.set("sharedFolder0.hostPath", &repaired).unwrap());
+        assert!(p(&d.to_bytes()).problems().is_empty());
+    }
+
+    #[test]
+    fn damaged_lines_anywhere_are_kept() {
+        for input in [
+            &b"a = \"\xE9\"\n"[..],
+            b".encoding = \"Shift_JIS\"\nx = \"\x81\"\n",
+            b"# comment \xFF\nk = \"v\"",
+            b"k\xC3 = \"v\" \xFE trailer\r\n",
+            b"\xF0\x9F\x98 = 1",
+        ] {
+            let d = p(input);
+            assert_eq!(d.to_bytes(), input);
+            assert_eq!(
+                d.problems().len(),
+                1,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let d = p(b"a = \"\xE9\"\n");
+        assert!(d.problems()[0].message.contains("no .encoding line"));
+        let d = p(b".encoding = \"Shift_JIS\"\nx = \"\x81\"\n");
+        assert!(d.problems()[0].message.contains("Shift_JIS"));
+        // Ignored text after the quote that did not decode is dropped by a set, not written
+        // as U+FFFD; a damaged key is written as read.
+        let mut d = p(b"k\xC3 = \"v\" \xFE trailer\r\n");
+        d.set("k\u{fffd}", "w").unwrap();
+        assert_eq!(d.to_bytes(), "k\u{fffd} = \"w\"\r\n".as_bytes());
+    }
+
+    #[test]
+    fn unterminated_quote_is_closed_by_set() {
+        let mut d = p(b"a = \"one two  \nb = 1\n");
+        assert_eq!(d.get("a"), Some("one two"));
+        assert!(
+            d.set("a", "one two").unwrap(),
+            "setting the same value closes the quote"
+        );
+        assert_eq!(d.to_bytes(), b"a = \"one two\"  \nb = 1\n");
+        let mut d = p(b"a = \"x");
+        d.set("a", "y\"z").unwrap();
+        assert_eq!(d.to_bytes(), b"a = \"y|22z\"");
     }
 
     /// Fuzz crash-04ddd991: unsetting the first line made a U+FEFF that started the second
@@ -792,6 +977,19 @@ mod tests {
             })
     }
 
+    /// Pieces that make damaged lines when put together.
+    const DAMAGE_PIECES: [&[u8]; 9] = [
+        b"k",
+        b" = ",
+        b"\"",
+        b"\xE6\x97",
+        b"\xFF",
+        b"\r\n",
+        b"\n",
+        b"|22",
+        b"v",
+    ];
+
     proptest! {
         #[test]
         fn generated_files_round_trip(bytes in file_strategy()) {
@@ -824,9 +1022,69 @@ mod tests {
         }
 
         #[test]
+        fn damaged_values_survive_edits_of_other_keys(
+            bytes in file_strategy(),
+            junk in proptest::collection::vec(0x80u8..=0xFF, 1..6),
+            crlf in any::<bool>(),
+        ) {
+            let mut input = bytes.clone();
+            if !input.is_empty() && !input.ends_with(b"\n") {
+                input.push(b'\n');
+            }
+            let at = input.len();
+            input.extend_from_slice(b"damaged.key = \"x");
+            input.extend_from_slice(&junk);
+            input.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+            let end = input.len();
+            input.extend_from_slice(b"last = \"1\"\n");
+            let mut d = p(&input);
+            prop_assert_eq!(d.to_bytes(), input.clone());
+            prop_assert!(d.get("damaged.key").is_some_and(|v| v.starts_with('x')));
+            d.set("last", "2").unwrap();
+            d.set("zz.new", "3").unwrap();
+            let out = d.to_bytes();
+            prop_assert_eq!(&out[at..end], &input[at..end]);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             if let Ok(d) = Document::parse(Path::new("x"), &bytes) {
                 prop_assert_eq!(d.to_bytes(), bytes);
+            }
+        }
+
+        /// What the fuzz target checks, on lines built to be damaged (high bytes anywhere,
+        /// quotes left open): every key set reads back, damaged lines of other keys keep
+        /// their bytes.
+        #[test]
+        fn edits_of_damaged_files_read_back(
+            parts in proptest::collection::vec(
+                proptest::sample::select(DAMAGE_PIECES.to_vec()),
+                0..40),
+            shift_jis in any::<bool>(),
+        ) {
+            let mut bytes = if shift_jis { b".encoding = \"Shift_JIS\"\n".to_vec() } else { Vec::new() };
+            bytes.extend(parts.concat());
+            let mut d = p(&bytes);
+            prop_assert_eq!(d.to_bytes(), bytes.clone());
+            let keys: Vec<String> = d.pairs().map(|(_, k, _)| k.to_string()).collect();
+            for k in &keys {
+                if k.eq_ignore_ascii_case(".encoding") {
+                    continue;
+                }
+                let target = d.line_of(k);
+                let damaged: Vec<(usize, Vec<u8>)> = d.lines().iter().enumerate()
+                    .filter(|(i, l)| l.is_damaged() && Some(*i) != target)
+                    .map(|(i, l)| (i, l.raw().to_vec()))
+                    .collect();
+                if d.set(k, "new |\"v\"").is_ok() {
+                    for (i, raw) in &damaged {
+                        prop_assert_eq!(d.lines()[*i].raw(), &raw[..]);
+                    }
+                    let again = p(&d.to_bytes());
+                    prop_assert_eq!(again.get(k), Some("new |\"v\""));
+                    prop_assert!(!d.lines()[d.line_of(k).unwrap()].is_damaged());
+                }
             }
         }
     }

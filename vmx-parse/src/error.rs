@@ -2,9 +2,10 @@
 //!
 //! Policy, as in vmdk-parse: every error names the file it is about and says what is wrong in
 //! one line. Each error has a coarse [`ErrorKind`] that the binary maps to an exit code; callers
-//! never parse messages. Oddities a reader can live with (a line without `=`, an unterminated
-//! quote) are not errors: they are kept in the model as raw lines and reported as
-//! [`crate::Warning`]s.
+//! never parse messages. Oddities a reader can live with are not errors: a line without `=` is
+//! kept raw, a value without its closing quote is read to the end of its line (both reported as
+//! [`crate::Warning`]s), and a line with bytes invalid in the file's encoding keeps its bytes,
+//! is read with U+FFFD, and is reported as a [`crate::Problem`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// What kind of failure an [`Error`] is; binaries map this to an exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// The input is not a readable dictionary file (binary data, bad encoding, too large).
+    /// The input is not a readable dictionary file (binary data, too large, too many lines).
     Corrupt,
     /// A file does not exist.
     NotFound,

@@ -7,6 +7,11 @@
 //! gives each entry a role by its name. Lock folders (`*.lck`) are reported: the VM may be
 //! running, and its files may be changing.
 //!
+//! VMware may keep snapshot links and states in another folder, `workingDir`; a link there
+//! names its parent `../disk.vmdk`. The root stays the `.vmx`'s folder, so such a chain is
+//! followed when `workingDir` is inside it, every path is listed with its `..` applied
+//! (`disk.vmdk`, not `snapshots/../disk.vmdk`), and the `workingDir` folder is listed too.
+//!
 //! Path policy (as vmdk-parse's, `docs/vmdk-parse.md`): the root is the `.vmx`'s folder. A disk
 //! whose name leaves it (`..` climbing out, an absolute path elsewhere, a symbolic link leading
 //! out) is refused ([`crate::ErrorKind::Refused`]) unless `allow_outside`, because following a
@@ -23,6 +28,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use vmdk_parse::disk::tidy_path;
 use vmdk_parse::{Disk, LinkFormat, OpenOptions};
 
 /// What a file is to its VM.
@@ -188,7 +194,9 @@ impl Builder<'_> {
     fn push(&mut self, path: &Path, mut rec: FileRecord) {
         let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         if self.seen.insert(key) {
-            rec.path = path.to_string_lossy().into_owned();
+            // `snapshots/../disk.vmdk` (a parent named from VMware's workingDir) is listed
+            // as `disk.vmdk`: one file, one name, which vrepo can store.
+            rec.path = tidy_path(path).to_string_lossy().into_owned();
             self.files.push(rec);
         }
     }
@@ -291,6 +299,14 @@ impl Builder<'_> {
         };
         let disk = match Disk::open_with(&path, &open) {
             Ok(d) => d,
+            // The VM's folder is the root here: vmx-parse has no `--root` to suggest.
+            Err(vmdk_parse::Error::Refused { path, what }) => {
+                let what = what.replace(
+                    "(use --root DIR or --allow-outside to follow it)",
+                    "(use --allow-outside to follow it)",
+                );
+                return Err(vmdk_parse::Error::Refused { path, what }.into());
+            }
             Err(e) if e.kind() == vmdk_parse::ErrorKind::Refused => return Err(e.into()),
             Err(e) => {
                 // The chain cannot be followed: the leaf carries the reason, and a file the
@@ -401,11 +417,48 @@ impl Builder<'_> {
         }
     }
 
-    fn push_folder(&mut self) -> Result<()> {
-        let dir = if self.dir.as_os_str().is_empty() {
+    /// The VM's `workingDir`, where VMware keeps snapshot links and states, when it is another
+    /// folder: listed like the VM's own folder if it is inside it (or `allow_outside`);
+    /// otherwise reported, not looked at.
+    fn push_working_dir(&mut self, name: &str) -> Result<()> {
+        let path = tidy_path(&self.join(name));
+        if tidy_path(&self.join(".")) == path || self.dir == path {
+            return Ok(());
+        }
+        if !self.opts.allow_outside
+            && (!self.lexically_inside(name) || self.really_inside(&path) == Some(false))
+        {
+            self.push(
+                &path,
+                FileRecord {
+                    path: String::new(),
+                    role: Role::Other,
+                    size_bytes: None,
+                    exists: None,
+                    inside_folder: false,
+                    disk: None,
+                    depth: None,
+                    problem: Some(
+                        "workingDir outside the VM's folder; not looked at (use --allow-outside)"
+                            .into(),
+                    ),
+                },
+            );
+            return Ok(());
+        }
+        if path.is_dir() {
+            self.push_folder(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Every entry of `dir` (the VM's folder as given, empty for the current folder).
+    fn push_folder(&mut self, dir: &Path) -> Result<()> {
+        let given = dir;
+        let dir = if given.as_os_str().is_empty() {
             Path::new(".")
         } else {
-            &self.dir
+            given
         };
         let mut names: Vec<_> = fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
@@ -415,10 +468,10 @@ impl Builder<'_> {
         names.sort();
         for name in names {
             let shown = name.to_string_lossy();
-            let path = if self.dir.as_os_str().is_empty() {
+            let path = if given.as_os_str().is_empty() {
                 PathBuf::from(&name)
             } else {
-                self.dir.join(&name)
+                given.join(&name)
             };
             let role = role_by_name(&shown);
             if self.really_inside(&path) == Some(false) && !self.opts.allow_outside {
@@ -479,7 +532,15 @@ pub fn inventory(vmx: &Path, doc: &Document, opts: &FilesOptions) -> Result<Inve
     if let Some(f) = &config.swap_file {
         b.push_named(f, Role::Swap, None);
     }
-    b.push_folder()?;
+    let dir = b.dir.clone();
+    b.push_folder(&dir)?;
+    let working_dir = doc
+        .get("workingDir")
+        .map(str::trim)
+        .filter(|w| !w.is_empty());
+    if let Some(w) = working_dir {
+        b.push_working_dir(w)?;
+    }
     Ok(Inventory { files: b.files })
 }
 

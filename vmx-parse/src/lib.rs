@@ -25,10 +25,12 @@
 //! - [`VmConfig`] and [`SnapshotTree`] are read-only views over a document.
 //! - [`inventory::inventory`] lists a VM's files, following disk chains with
 //!   `vmdk_parse::Disk`, under the same path policy as vmdk-parse.
-//! - Hostile input: files over 16 MiB, lines over 1 MiB, more than 262144 lines, NUL bytes,
-//!   bytes invalid in the file's encoding are errors; lines that are not `key = value` (no
-//!   `=`, an unterminated quote) are kept raw and reported as [`Warning`]s. Nothing panics
-//!   (fuzzed: `fuzz/`).
+//! - Hostile input: files over 16 MiB, lines over 1 MiB, more than 262144 lines, NUL bytes
+//!   are errors; lines that are not `key = value` (no `=`, no key) are kept raw and reported
+//!   as [`Warning`]s; a value without its closing quote is read to the end of its line, with a
+//!   warning. Bytes invalid in the file's encoding are not an error (VMware runs such VMs, and
+//!   a backup stores what is there): the line keeps its bytes, is read with U+FFFD, and is
+//!   reported as a [`Problem`]. Nothing panics (fuzzed: `fuzz/`).
 //! - The library never prints and never exits; errors are typed ([`Error`], [`ErrorKind`]).
 //!
 //! Syntax decisions and the JSON schemas of the binary are documented in `docs/vmx-parse.md`.
@@ -41,7 +43,7 @@ pub mod report;
 pub mod view;
 pub mod vmsd;
 
-pub use document::{read_capped, Document, Duplicate, Eol, Line, LineKind, Pair, Warning};
+pub use document::{read_capped, Document, Duplicate, Eol, Line, LineKind, Pair, Problem, Warning};
 pub use error::{Error, ErrorKind, Result};
 pub use inventory::{inventory, FileRecord, FilesOptions, Inventory, Role};
 pub use view::VmConfig;

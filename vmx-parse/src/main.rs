@@ -13,6 +13,9 @@ const TOOL: &str = "vmx-parse";
 /// Read and change VMware .vmx and .vmsd files losslessly, and list the files of a VM.
 ///
 /// VMX and VMSD may be `-` for stdin (except for `files`, which needs the VM's folder).
+/// A line with bytes invalid in the file's encoding is not an error: it is read with U+FFFD,
+/// written back byte for byte, and reported as a warning on stderr (and under `problems` by
+/// `show` and `vmsd`).
 /// Exit codes: 0 ok, 1 a key asked for by `get` is absent, 2 usage, 3 corrupt input,
 /// 4 missing file, 5 unsupported, 6 I/O error, 7 refused by the path policy
 /// (see docs/exit-codes.md).
@@ -42,15 +45,18 @@ struct Output {
 #[derive(Subcommand)]
 enum Command {
     /// Print one JSON object: the structured view (name, guest OS, memory, CPUs, firmware,
-    /// UUIDs, disks, CD-ROMs, NICs, nvram, suspend state) and every key/value.
+    /// UUIDs, disks, CD-ROMs, NICs, nvram, suspend state), every key/value, warnings and
+    /// damaged lines (`problems`).
     Show { vmx: PathBuf },
-    /// Print the values of KEYs (any case), one per line; exit 1 if one is absent.
+    /// Print the values of KEYs (any case), one per line; exit 1 if one is absent. A damaged
+    /// value (bytes invalid in the file's encoding) is printed with U+FFFD, with a warning.
     Get {
         vmx: PathBuf,
         #[arg(required = true)]
         keys: Vec<String>,
     },
-    /// Set KEY=VALUE: only the lines concerned change. With no assignment the input is
+    /// Set KEY=VALUE: only the lines concerned change (a damaged line of another key keeps its
+    /// bytes; the line of a damaged KEY is replaced). With no assignment the input is
     /// reproduced exactly.
     Set {
         vmx: PathBuf,
@@ -94,7 +100,8 @@ fn warn(path: &Path, what: impl std::fmt::Display) {
     let _ = writeln!(io::stderr(), "{TOOL}: warning: {}: {what}", path.display());
 }
 
-/// Read and parse a file or stdin, printing tolerated oddities as warnings on stderr.
+/// Read and parse a file or stdin, printing tolerated oddities and damaged lines (bytes invalid
+/// in the file's encoding) as warnings on stderr, in line order.
 fn load(path: &Path) -> Result<Document, Failure> {
     let doc = if is_stdin(path) {
         let bytes = vmx_parse::read_capped(io::stdin().lock(), path).map_err(fail)?;
@@ -103,8 +110,18 @@ fn load(path: &Path) -> Result<Document, Failure> {
         Document::open(path)
     }
     .map_err(fail)?;
-    for w in doc.warnings() {
-        warn(path, format!("line {}: {}", w.line, w.message));
+    let mut notes: Vec<(usize, String)> = doc
+        .warnings()
+        .iter()
+        .map(|w| (w.line, w.message.clone()))
+        .collect();
+    notes.extend(doc.problems().into_iter().map(|p| match p.key {
+        Some(k) => (p.line, format!("{k}: {}", p.message)),
+        None => (p.line, p.message),
+    }));
+    notes.sort_by_key(|n| n.0);
+    for (line, what) in notes {
+        warn(path, format!("line {line}: {what}"));
     }
     Ok(doc)
 }

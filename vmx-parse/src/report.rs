@@ -1,13 +1,15 @@
 //! The JSON documents of the `vmx-parse` binary, kept apart from the model so the model can
 //! change without changing the schemas. Schemas: `docs/vmx-parse.md`, pinned by `tests/cli.rs`.
 
-use crate::document::{Document, Duplicate, Warning};
+use crate::document::{Document, Duplicate, Problem, Warning};
 use crate::view::VmConfig;
 use crate::vmsd::SnapshotTree;
 use serde::Serialize;
 
-pub const SHOW_SCHEMA: &str = "vmx-parse.show/1";
-pub const VMSD_SCHEMA: &str = "vmx-parse.vmsd/1";
+/// Version 2 added `problems` (damaged lines).
+pub const SHOW_SCHEMA: &str = "vmx-parse.show/2";
+/// Version 2 added `problems` (damaged lines).
+pub const VMSD_SCHEMA: &str = "vmx-parse.vmsd/2";
 
 /// One `key = value` line.
 #[derive(Debug, Serialize)]
@@ -33,6 +35,8 @@ pub struct Show {
     pub keys: Vec<KeyValue>,
     pub duplicates: Vec<Duplicate>,
     pub warnings: Vec<Warning>,
+    /// Lines with bytes invalid in the file's encoding (read with U+FFFD, kept byte for byte).
+    pub problems: Vec<Problem>,
 }
 
 /// `vmx-parse vmsd`.
@@ -45,6 +49,8 @@ pub struct Vmsd {
     pub tree: SnapshotTree,
     pub duplicates: Vec<Duplicate>,
     pub warnings: Vec<Warning>,
+    /// Lines with bytes invalid in the file's encoding (read with U+FFFD, kept byte for byte).
+    pub problems: Vec<Problem>,
 }
 
 fn keys(doc: &Document) -> Vec<KeyValue> {
@@ -66,6 +72,7 @@ pub fn show(path: &str, doc: &Document) -> Show {
         keys: keys(doc),
         duplicates: doc.duplicates(),
         warnings: doc.warnings().to_vec(),
+        problems: doc.problems(),
     }
 }
 
@@ -77,5 +84,6 @@ pub fn vmsd(path: &str, doc: &Document) -> Vmsd {
         tree: SnapshotTree::from_document(doc),
         duplicates: doc.duplicates(),
         warnings: doc.warnings().to_vec(),
+        problems: doc.problems(),
     }
 }

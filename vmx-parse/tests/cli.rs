@@ -43,6 +43,7 @@ struct Show {
     keys: Vec<KeyValue>,
     duplicates: Vec<Duplicate>,
     warnings: Vec<Warning>,
+    problems: Vec<Problem>,
 }
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +118,14 @@ struct Warning {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
+struct Problem {
+    line: usize,
+    key: Option<String>,
+    message: String,
+}
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct Vmsd {
     schema: String,
     path: String,
@@ -127,6 +136,7 @@ struct Vmsd {
     snapshots: Vec<Snapshot>,
     duplicates: Vec<Duplicate>,
     warnings: Vec<Warning>,
+    problems: Vec<Problem>,
 }
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +175,8 @@ fn show_schema_is_pinned() {
     let out = vx().arg("show").arg(corpus("esxi8.vmx")).output().unwrap();
     assert!(out.status.success());
     let s: Show = serde_json::from_slice(&out.stdout).expect("show matches the pinned schema");
-    assert_eq!(s.schema, "vmx-parse.show/1");
+    assert_eq!(s.schema, "vmx-parse.show/2");
+    assert!(s.problems.is_empty());
     assert_eq!(s.encoding, "UTF-8");
     assert_eq!(s.display_name.as_deref(), Some("web01"));
     assert_eq!(s.disks.len(), 2);
@@ -207,7 +218,8 @@ fn vmsd_schema_is_pinned() {
         .unwrap();
     assert!(out.status.success());
     let v: Vmsd = serde_json::from_slice(&out.stdout).expect("vmsd matches the pinned schema");
-    assert_eq!(v.schema, "vmx-parse.vmsd/1");
+    assert_eq!(v.schema, "vmx-parse.vmsd/2");
+    assert!(v.problems.is_empty());
     assert_eq!(v.snapshots.len(), 4);
     assert_eq!(v.snapshots[1].children, [3, 4]);
     assert_eq!(
@@ -398,11 +410,6 @@ fn exit_codes_for_bad_input() {
             "binary data",
         ),
         (
-            write("latin1.vmx", b"displayName = \"Caf\xe9\"\n"),
-            3,
-            "not UTF-8 and the file has no .encoding line",
-        ),
-        (
             write("klingon.vmx", b".encoding = \"klingon\"\n"),
             5,
             "not a known encoding",
@@ -447,4 +454,142 @@ fn exit_codes_for_bad_input() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     stderr_line(&out);
+}
+
+/// Issue 19: the `.vmx` VMware Workstation wrote (CRLF, `.encoding = "UTF-8"`) with a
+/// multibyte character cut in half and no closing quote in `sharedFolder0.hostPath`.
+const WORKSTATION_CUT: &[u8] = b".encoding = \"UTF-8\"\r\ndisplayName = \"ws\"\r\n\
+    sharedFolder0.hostPath = \"C:\\Users\\me\\\xE6\x97\r\nmemsize = \"1024\"\r\n";
+
+fn warnings_of(out: &std::process::Output) -> Vec<String> {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.lines().all(|l| l.starts_with("vmx-parse: warning: ")),
+        "{err}"
+    );
+    err.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn issue_19_damaged_line_is_a_problem_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmx = dir.path().join("ws.vmx");
+    fs::write(&vmx, WORKSTATION_CUT).unwrap();
+
+    let out = vx().arg("show").arg(&vmx).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let s: Show = serde_json::from_slice(&out.stdout).expect("show matches the pinned schema");
+    assert_eq!(s.problems.len(), 1);
+    assert_eq!(s.problems[0].line, 3);
+    assert_eq!(s.problems[0].key.as_deref(), Some("sharedFolder0.hostPath"));
+    assert!(s.problems[0].message.contains("not valid UTF-8"));
+    assert_eq!(s.warnings.len(), 1, "the missing closing quote");
+    assert_eq!(s.keys[2].value, "C:\\Users\\me\\\u{fffd}");
+    assert_eq!(s.memory_mb, Some(1024));
+    let w = warnings_of(&out);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].contains("line 3: unterminated quote"), "{w:?}");
+    assert!(
+        w[1].contains("ws.vmx: line 3: sharedFolder0.hostPath: bytes not valid UTF-8"),
+        "{w:?}"
+    );
+
+    // get: the repaired text, and a warning.
+    let out = vx()
+        .arg("get")
+        .arg(&vmx)
+        .args(["sharedfolder0.hostpath", "memsize"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(out.stdout.clone()).unwrap(),
+        "C:\\Users\\me\\\u{fffd}\n1024\n"
+    );
+    assert!(warnings_of(&out)
+        .iter()
+        .any(|l| l.contains("sharedFolder0.hostPath: bytes not valid UTF-8")));
+
+    // set of another key: the damaged line keeps its bytes.
+    let out = vx()
+        .arg("set")
+        .arg(&vmx)
+        .args(["memsize=2048", "new.key=v"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let mut expected = WORKSTATION_CUT[..WORKSTATION_CUT.len() - 7].to_vec();
+    expected.extend_from_slice(b"2048\"\r\nnew.key = \"v\"\r\n");
+    assert_eq!(out.stdout, expected);
+    let out = vx().arg("set").arg(&vmx).output().unwrap();
+    assert_eq!(
+        out.stdout, WORKSTATION_CUT,
+        "no assignment: the input itself"
+    );
+
+    // set of the damaged key: its line is replaced, in place; the file reads clean after.
+    let out = vx()
+        .arg("set")
+        .arg(&vmx)
+        .arg("sharedFolder0.hostPath=D:\\share")
+        .arg("--in-place")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        fs::read(&vmx).unwrap(),
+        b".encoding = \"UTF-8\"\r\ndisplayName = \"ws\"\r\n\
+          sharedFolder0.hostPath = \"D:\\share\"\r\nmemsize = \"1024\"\r\n"
+    );
+    let out = vx().arg("show").arg(&vmx).output().unwrap();
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Show = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s.problems.is_empty() && s.warnings.is_empty());
+}
+
+#[test]
+fn damaged_lines_in_other_files_and_encodings() {
+    // No .encoding and a windows-1252 byte: read, kept, reported (this was exit 3).
+    let out = vx()
+        .arg("show")
+        .arg("-")
+        .write_stdin(&b"displayName = \"Caf\xe9\"\n"[..])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let s: Show = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s.display_name.as_deref(), Some("Caf\u{fffd}"));
+    assert!(s.problems[0]
+        .message
+        .contains("not valid UTF-8 (the file has no .encoding line)"));
+    assert_eq!(warnings_of(&out).len(), 1);
+
+    // A .vmsd: problems in its schema too; unset of another key keeps the bytes.
+    let vmsd = b".encoding = \"Shift_JIS\"\nsnapshot.lastUID = \"1\"\n\
+        snapshot0.uid = \"1\"\nsnapshot0.displayName = \"\x83\"\n";
+    let out = vx()
+        .arg("vmsd")
+        .arg("-")
+        .write_stdin(&vmsd[..])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: Vmsd = serde_json::from_slice(&out.stdout).expect("vmsd matches the pinned schema");
+    assert_eq!(v.problems.len(), 1);
+    assert_eq!(v.problems[0].line, 4);
+    assert!(v.problems[0].message.contains("Shift_JIS"));
+    let out = vx()
+        .args(["unset", "-", "snapshot.lastUID"])
+        .write_stdin(&vmsd[..])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        out.stdout,
+        b".encoding = \"Shift_JIS\"\nsnapshot0.uid = \"1\"\nsnapshot0.displayName = \"\x83\"\n"
+    );
 }

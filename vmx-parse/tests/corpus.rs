@@ -67,9 +67,17 @@ fn set_and_reset_every_key_moves_nothing_else() {
             doc.set(k, &original).unwrap();
         }
         // Values set back through decode/encode may spell escapes differently
-        // (`|45` becomes `E`); everything else is byte-identical.
+        // (`|45` becomes `E`), and a set writes a missing closing quote; everything else is
+        // byte-identical.
+        let expected = match p.file_name().and_then(|n| n.to_str()) {
+            Some("odd-lines.vmx") => String::from_utf8(bytes.clone())
+                .unwrap()
+                .replace("\"unterminated quote\n", "\"unterminated quote\"\n")
+                .into_bytes(),
+            _ => bytes.clone(),
+        };
         if !bytes.contains(&b'|') {
-            assert_eq!(doc.to_bytes(), bytes, "{}", p.display());
+            assert_eq!(doc.to_bytes(), expected, "{}", p.display());
         }
     }
 }
@@ -267,8 +275,8 @@ fn odd_lines_are_kept_and_reported() {
     assert_eq!(w, [3, 4, 5, 7]);
     assert_eq!(
         doc.get("annotation"),
-        None,
-        "an unterminated value is ignored"
+        Some("unterminated quote"),
+        "an unterminated value is read to the end of its line"
     );
     assert_eq!(doc.get("memsize"), Some("128"));
     assert_eq!(doc.get("numvcpus"), Some("1"));

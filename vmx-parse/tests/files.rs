@@ -436,3 +436,113 @@ fn a_disk_in_a_subfolder_may_name_its_parent_in_the_vm_folder() {
         "{text}"
     );
 }
+
+/// VMware's `workingDir` (issue 19): links and snapshot states in `snapshots/`, a link naming
+/// its parent `../disk.vmdk`. Every path is listed with its `..` applied (vrepo stores these
+/// names: `snapshots/../disk.vmdk` made it leave the base disk out), the workingDir's files are
+/// listed, and a workingDir outside the VM's folder is reported, not looked at.
+#[test]
+fn a_working_dir_layout_is_listed_with_plain_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vm");
+    fs::create_dir_all(dir.join("snapshots")).unwrap();
+    qemu_img(&dir, &["create", "-q", "-f", "vmdk", "disk.vmdk", "1M"]);
+    qemu_img(
+        &dir.join("snapshots"),
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            "../disk.vmdk",
+            "-F",
+            "vmdk",
+            "disk-000001.vmdk",
+        ],
+    );
+    fs::write(dir.join("snapshots/vm-Snapshot1.vmsn"), b"state").unwrap();
+    let vmx = dir.join("vm.vmx");
+    fs::write(
+        &vmx,
+        "workingDir = \"snapshots\"\nscsi0:0.fileName = \"snapshots/disk-000001.vmdk\"\n",
+    )
+    .unwrap();
+    let (recs, out) = files(&vmx, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exact = |recs: &[Record], p: &Path| {
+        let p = p.to_str().unwrap();
+        recs.iter()
+            .find(|r| r.path == p)
+            .unwrap_or_else(|| panic!("no record {p}: {recs:#?}"))
+            .clone()
+    };
+    let base = exact(&recs, &dir.join("disk.vmdk"));
+    assert_eq!(
+        (base.depth, base.disk.as_deref()),
+        (Some(1), Some("scsi0:0"))
+    );
+    assert_eq!(
+        exact(&recs, &dir.join("snapshots/disk-000001.vmdk")).depth,
+        Some(0)
+    );
+    assert_eq!(
+        exact(&recs, &dir.join("snapshots/vm-Snapshot1.vmsn")).role,
+        "snapshot-state"
+    );
+    assert!(recs.iter().all(|r| !r.path.contains("..")), "{recs:#?}");
+
+    // A workingDir elsewhere on the host: reported, its folder not listed.
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::write(elsewhere.join("secret.vmsn"), b"x").unwrap();
+    fs::write(
+        &vmx,
+        format!(
+            "workingDir = \"{}\"\nscsi0:0.fileName = \"snapshots/disk-000001.vmdk\"\n",
+            elsewhere.display()
+        ),
+    )
+    .unwrap();
+    let (recs, out) = files(&vmx, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wd = exact(&recs, &elsewhere);
+    assert_eq!((wd.exists, wd.inside_folder), (None, false));
+    assert!(wd.problem.unwrap().contains("workingDir outside"));
+    assert!(recs.iter().all(|r| !r.path.ends_with("secret.vmsn")));
+
+    // A parent leaving the VM's folder: refused, suggesting vmx-parse's own option only.
+    fs::copy(dir.join("disk.vmdk"), tmp.path().join("disk.vmdk")).unwrap();
+    qemu_img(
+        &dir.join("snapshots"),
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-b",
+            "../../disk.vmdk",
+            "-F",
+            "vmdk",
+            "bad.vmdk",
+        ],
+    );
+    fs::write(&vmx, "scsi0:0.fileName = \"snapshots/bad.vmdk\"\n").unwrap();
+    let (_, out) = files(&vmx, &[]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{text}");
+    assert!(text.contains("\"../../disk.vmdk\" leaves"), "{text}");
+    assert!(
+        text.contains("(use --allow-outside to follow it)"),
+        "{text}"
+    );
+    assert!(!text.contains("--root"), "{text}");
+}

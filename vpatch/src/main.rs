@@ -58,6 +58,10 @@ struct Cli {
     /// Follow extent and parent paths that leave the base's folder (default: refuse them).
     #[arg(long)]
     allow_outside: bool,
+    /// The folder the base's extent and parent paths may not leave (default: the base's
+    /// folder), e.g. the VM's folder for a snapshot link in a subfolder naming `../disk.vmdk`.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,6 +165,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         };
         let opts = OpenOptions {
             allow_outside: cli.allow_outside,
+            root: cli.root.clone(),
             ..OpenOptions::default()
         };
         vpatch::inplace::restore_with(undo, base, &opts).map_err(fail)?;
@@ -188,8 +193,8 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 p,
                 &OpenOptions {
                     allow_outside: cli.allow_outside,
+                    root: cli.root.clone(),
                     tolerate_chain_problems: false,
-                    ..OpenOptions::default()
                 },
             )
             .map_err(|e| fail(Error::Base(e.into())))?,

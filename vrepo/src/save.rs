@@ -96,7 +96,8 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
     // The parent: --parent; else the entry this working area was last saved as or built from;
     // else the VM's own newest entry (the folder moved or was renamed); else, for a VM's first
     // entry, the stored entry sharing the most content (a clone of a template); else none.
-    let mut note = None;
+    // Damaged lines of the .vmx are reported, never a reason to refuse the VM.
+    let mut note = (!wa.warnings.is_empty()).then(|| wa.warnings.join("; "));
     let mut record_damage = None;
     let mut based_on = None;
     let mut anchor = match &opts.parent {

@@ -42,6 +42,9 @@ pub struct WorkArea {
     pub skipped: Vec<Skipped>,
     /// With `at_snapshot`: the snapshot saved.
     pub snapshot: Option<String>,
+    /// What the save should report but not refuse: damaged lines of the `.vmx` (bytes invalid
+    /// in its encoding; VMware runs such VMs, and the file is stored byte for byte).
+    pub warnings: Vec<String>,
 }
 
 /// The `.vmx` files at the top of a folder.
@@ -354,6 +357,14 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
         });
     }
     files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    let warnings = doc
+        .problems()
+        .into_iter()
+        .map(|p| {
+            let key = p.key.map(|k| format!("{k}: ")).unwrap_or_default();
+            format!("warning: {vmx_rel}: line {}: {key}{}", p.line, p.message)
+        })
+        .collect();
     Ok(WorkArea {
         root,
         vm: VmIdentity {
@@ -367,6 +378,7 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
         files,
         skipped,
         snapshot,
+        warnings,
     })
 }
 
