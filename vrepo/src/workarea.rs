@@ -127,6 +127,9 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
         } else {
             root.join(p)
         };
+        // `snapshots/../disk.vmdk` is stored as `disk.vmdk` (vmx-parse lists it so already;
+        // this keeps vrepo right whatever form it is given).
+        let abs = vmdk_parse::disk::tidy_path(&abs);
         let r = abs.strip_prefix(&root).ok()?;
         let s = r.to_str()?.to_owned();
         check_stored_path(&s).ok()?;
@@ -275,7 +278,33 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
     let mut skipped = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for f in &inv.files {
+        // A file of a disk's chain (a link or an extent) is stored, or the save fails naming
+        // it: an entry without it could not rebuild the disk.
+        let chain_file = f.depth.is_some()
+            && matches!(
+                f.role,
+                Role::DiskDescriptor | Role::DiskExtent | Role::DiskLink
+            );
+        let chain_refusal = |name: &str, why: &str| {
+            Error::Refused(format!(
+                "{name}: a file of the chain of disk {} {why}; the entry could not rebuild the disk",
+                f.disk.as_deref().unwrap_or("?")
+            ))
+        };
         let Some(rel) = rel_of(Path::new(&f.path)) else {
+            if chain_file {
+                return Err(match Path::new(&f.path).to_str() {
+                    None => Error::Unsupported(format!(
+                        "{}: a file of the chain of disk {} has a name vrepo cannot store (not UTF-8)",
+                        f.path,
+                        f.disk.as_deref().unwrap_or("?")
+                    )),
+                    Some(_) if f.inside_folder => {
+                        chain_refusal(&f.path, "has a name vrepo cannot store")
+                    }
+                    Some(_) => chain_refusal(&f.path, "is outside the working area"),
+                });
+            }
             skipped.push(Skipped {
                 path: f.path.clone(),
                 reason: if f.inside_folder {
@@ -309,9 +338,21 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
         }
         let abs = root.join(&rel);
         let Ok(m) = fs::symlink_metadata(&abs) else {
+            if chain_file {
+                return Err(Error::Missing(format!(
+                    "{rel}: a file of the chain of disk {} is missing",
+                    f.disk.as_deref().unwrap_or("?")
+                )));
+            }
             skipped.push(skip("missing"));
             continue;
         };
+        if !m.is_file() && chain_file {
+            return Err(chain_refusal(
+                &rel,
+                "is not a regular file (vrepo stores regular files only)",
+            ));
+        }
         if !m.is_file() {
             skipped.push(skip(if m.is_dir() {
                 "a folder"
@@ -387,10 +428,11 @@ pub fn inspect(dir: &Path, at_snapshot: bool) -> Result<WorkArea> {
 fn outside<E: Into<Error>>(e: E) -> Error {
     let e: Error = e.into();
     if e.kind() == crate::error::ErrorKind::Refused {
-        let m = e.to_string().replace(
-            "(use --allow-outside to follow it)",
-            "(vrepo saves only VMs whose files are inside the working area)",
-        );
+        let ours = "(vrepo saves only VMs whose files are inside the working area)";
+        let m = e
+            .to_string()
+            .replace("(use --root DIR or --allow-outside to follow it)", ours)
+            .replace("(use --allow-outside to follow it)", ours);
         return Error::Refused(m);
     }
     e
