@@ -883,6 +883,79 @@ fn in_place_updates_flat_vmdks() {
     );
 }
 
+/// Unix tools read stdin when no input is named (`patch`, `xdelta3 -d`, `zstd -d`): so does
+/// vpatch, for a delta against a base, a full delta, and an in-place update; `-` still works.
+#[test]
+fn vpatch_reads_the_delta_from_stdin_when_none_is_named() {
+    let t = tempfile::tempdir().unwrap();
+    let a = raw_old(t.path());
+    let b = raw_new(t.path(), &a);
+    let out = t.path().join("out.raw");
+    let (ok, o) = pipe(&[&a, &b], &[&a, p("-o"), &out]);
+    assert!(
+        ok && o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&b).unwrap());
+    let full = t.path().join("full.raw");
+    let (ok, o) = pipe(&[p("--full"), &b], &[p("--full"), p("-o"), &full]);
+    assert!(
+        ok && o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(fs::read(&full).unwrap(), fs::read(&b).unwrap());
+    let dash = t.path().join("dash.raw");
+    let (ok, o) = pipe(&[&a, &b], &[&a, p("-"), p("-o"), &dash]);
+    assert!(
+        ok && o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(fs::read(&dash).unwrap(), fs::read(&b).unwrap());
+    // In place: BASE becomes NEW.
+    let c = t.path().join("c.raw");
+    fs::copy(&a, &c).unwrap();
+    let (ok, o) = pipe(&[&a, &b], &[p("--in-place"), &c]);
+    assert!(
+        ok && o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(fs::read(&c).unwrap(), fs::read(&b).unwrap());
+}
+
+/// With no delta named and stdin a terminal, vpatch does not wait for a delta to be typed:
+/// exit 2, naming the choices.
+#[test]
+fn vpatch_with_no_delta_and_a_terminal_on_stdin_is_a_usage_error() {
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "util-linux `script` is needed in CI"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let a = raw_old(t.path());
+    let out = t.path().join("out.raw");
+    let cmd = format!(
+        "'{}' '{}' -o '{}'; echo \"rc=$?\"",
+        bin("vpatch").display(),
+        a.display(),
+        out.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("stdin is a terminal"), "{text}");
+    assert!(text.contains("rc=2"), "{text}");
+    assert!(!out.exists());
+}
+
 #[test]
 fn deltas_and_signatures_are_refused_on_a_terminal() {
     // `script` gives the command a pseudo-terminal as stdout.
@@ -943,9 +1016,15 @@ fn usage_errors_exit_2() {
         "{err}"
     );
     assert!(!d.exists());
-    // vpatch without a delta, and two deltas from stdin.
-    let (c, _) = code("vpatch", &[a.as_os_str(), "-o".as_ref(), d.as_os_str()]);
-    assert_eq!(c, Some(2));
+    // vpatch without a delta reads stdin: here an empty one, not a delta (exit 3, nothing
+    // written); two deltas from stdin are a usage error.
+    let (c, err) = code("vpatch", &[a.as_os_str(), "-o".as_ref(), d.as_os_str()]);
+    assert_eq!(c, Some(3), "{err}");
+    assert!(
+        err.starts_with("vpatch: ") && err.contains("stdin"),
+        "{err}"
+    );
+    assert!(!d.exists());
     let (c, _) = code(
         "vpatch",
         &[

@@ -3,7 +3,7 @@
 
 use clap::{Parser, ValueEnum};
 use std::fs::File;
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use vdiff::Image;
@@ -16,7 +16,8 @@ use vpatch::{DeltaInput, Error};
 ///
 /// BASE is any disk vmdk-parse opens (VMDK of any variant or chain, or raw); with --full there
 /// is no BASE and the first DELTA must be a full delta (`vdiff --full`). A DELTA of `-` is read
-/// from stdin (at most one). Deltas made for another base are refused before anything is
+/// from stdin (at most one); with no DELTA named, the delta is read from stdin (when it is not a
+/// terminal), as `patch` and `zstd -d` do. Deltas made for another base are refused before anything is
 /// written; OUT is written under a temporary name and renamed only after the target digest
 /// checked out, so a failed run leaves no output. Exit codes: 0 ok, 2 usage, 3 corrupt or
 /// mismatched delta, 4 missing file, 5 unsupported, 6 I/O error, 7 refused by the path policy
@@ -24,8 +25,8 @@ use vpatch::{DeltaInput, Error};
 #[derive(Parser)]
 #[command(name = "vpatch", version)]
 struct Cli {
-    /// BASE then DELTA...; with --full, DELTA... alone.
-    #[arg(required = true, value_name = "BASE DELTA")]
+    /// BASE then DELTA...; with --full, DELTA... alone. No DELTA: one from stdin.
+    #[arg(value_name = "BASE DELTA")]
     inputs: Vec<PathBuf>,
     /// There is no base: the first delta is a full delta.
     #[arg(long)]
@@ -171,15 +172,28 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         vpatch::inplace::restore_with(undo, base, &opts).map_err(fail)?;
         return Ok(Exit::Ok);
     }
-    let (base_path, delta_paths) = if cli.full {
+    let (base_path, named) = if cli.full {
         (None, &cli.inputs[..])
-    } else if cli.inputs.len() >= 2 {
-        (Some(&cli.inputs[0]), &cli.inputs[1..])
+    } else if let Some((base, deltas)) = cli.inputs.split_first() {
+        (Some(base), deltas)
     } else {
         return Err(Failure::new(
             Exit::Usage,
-            "expected BASE DELTA... (or --full DELTA...)",
+            "expected BASE DELTA... (or --full DELTA...; no DELTA: one from stdin)",
         ));
+    };
+    // No delta named: the one on stdin, as patch and zstd -d read theirs.
+    let from_stdin = [PathBuf::from("-")];
+    let delta_paths: &[PathBuf] = if named.is_empty() {
+        if io::stdin().is_terminal() {
+            return Err(Failure::new(
+                Exit::Usage,
+                "no DELTA named and stdin is a terminal: name a delta file, or pipe one in",
+            ));
+        }
+        &from_stdin
+    } else {
+        named
     };
     if delta_paths.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
         return Err(Failure::new(
