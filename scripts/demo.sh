@@ -14,16 +14,17 @@
 # entry it shares most with and stores only what differs; `vrepo vms` and the tree show both.
 #
 # Usage: scripts/demo.sh            (DEMO_DIR=folder to keep the files somewhere known)
-# Needs: cargo, qemu-utils, e2fsprogs (mke2fs, debugfs).
+# Needs: cargo, qemu-utils, e2fsprogs (mke2fs, debugfs); installs the packages when missing
+# (as root with apt-get; else it names the command to run).
 set -euo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-die() { printf 'demo: %s\n' "$*" >&2; exit 2; }
-for c in qemu-img mke2fs debugfs cargo; do
-    command -v "$c" >/dev/null || die "$c is missing (Debian: apt-get install qemu-utils e2fsprogs; Rust: https://rustup.rs)"
-done
+# shellcheck source=scripts/need.sh
+. "$repo_root/scripts/need.sh"
+need qemu-utils e2fsprogs
 
-(cd "$repo_root" && cargo build --release -q -p vrepo -p vmdk-parse)
+echo "demo: building the tools (the first time: about 2 minutes)..." >&2
+(cd "$repo_root" && cargo build --release -p vrepo -p vmdk-parse)
 VREPO="$repo_root/target/release/vrepo"
 VP="$repo_root/target/release/vmdk-parse"
 work="${DEMO_DIR:-$(mktemp -d)}"

@@ -2,12 +2,17 @@
 # The whole test suite, as CI runs it: formatting, lints, every test of every crate
 # (unit, property, CLI, and end-to-end tests against qemu-img and libvmdk), and a build of the
 # fuzz targets when cargo-fuzz is available.
+# Installs what the tests need when it is missing (scripts/need.sh: as root with apt-get; else it
+# names the command to run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/need.sh
+. scripts/need.sh
+need_all
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+echo "== cargo clippy (builds every crate: the first time, a few minutes)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -16,7 +21,7 @@ else
     cargo test --workspace --no-fail-fast
 fi
 echo "== fuzz targets build (run them with: cd vmdk-parse/fuzz && cargo fuzz run open_disk)"
-cargo build --quiet --manifest-path vmdk-parse/fuzz/Cargo.toml
-cargo build --quiet --manifest-path vmx-parse/fuzz/Cargo.toml
-cargo build --quiet --manifest-path vdiff/fuzz/Cargo.toml
-cargo build --quiet --manifest-path vrepo/fuzz/Cargo.toml
+cargo build --manifest-path vmdk-parse/fuzz/Cargo.toml
+cargo build --manifest-path vmx-parse/fuzz/Cargo.toml
+cargo build --manifest-path vdiff/fuzz/Cargo.toml
+cargo build --manifest-path vrepo/fuzz/Cargo.toml

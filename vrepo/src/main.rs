@@ -1,10 +1,11 @@
 //! `vrepo`: the VML repository tool. A thin binary: arguments, one library call, printing.
 
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use vml_cli::{Exit, Failure};
 use vrepo::build::BuildOptions;
 use vrepo::lock::{LockMode, RepoLock};
@@ -261,11 +262,13 @@ fn out_err(e: io::Error) -> Failure {
     Failure::new(Exit::Io, format!("writing to stdout: {e}"))
 }
 
+/// A progress bar on stderr (only on a terminal) fed `(total, done)` reports; see [`Meter`].
 fn bar(quiet: bool, what: &'static str) -> Option<Box<dyn Fn(u64, u64) + Send + Sync>> {
     if quiet || !io::stderr().is_terminal() {
         return None;
     }
-    let pb = ProgressBar::new(0);
+    // Hidden until the first report gives its total: never drawn as "0 B/0 B".
+    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
     pb.set_style(
         ProgressStyle::with_template(
             "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
@@ -274,15 +277,79 @@ fn bar(quiet: bool, what: &'static str) -> Option<Box<dyn Fn(u64, u64) + Send + 
         .progress_chars("=> "),
     );
     pb.set_message(what);
+    let meter = Mutex::new(Meter::default());
+    let pb = ClearOnDrop(pb);
     Some(Box::new(move |total, done| {
-        if pb.length() != Some(total) {
-            pb.set_length(total);
-        }
-        pb.set_position(done);
-        if done >= total {
-            pb.finish_and_clear();
+        let pb = &pb.0;
+        let mut m = meter.lock().unwrap_or_else(|e| e.into_inner());
+        match m.report(total, done) {
+            Shown::Nothing => {}
+            Shown::At { total, pos, first } => {
+                pb.set_length(total);
+                pb.set_position(pos);
+                if first {
+                    pb.reset_eta();
+                    pb.set_draw_target(ProgressDrawTarget::stderr());
+                }
+            }
+            Shown::Done => pb.finish_and_clear(),
         }
     }))
+}
+
+/// A bar whose reports stop short of the total (a sparse file reads fewer bytes than its
+/// size) is cleared when its job ends, not left on the terminal.
+struct ClearOnDrop(ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// What a progress bar shows, from `(total, done)` reports. Save's readers are several threads,
+/// each reporting the running count it added to, so reports arrive out of order; and a count
+/// can pass the total (a file read whole although some of it was known). The bar shows nothing
+/// until a total is known, then a position that never steps back nor passes the total, and ends
+/// once, when the total is reached.
+#[derive(Debug, Default)]
+struct Meter {
+    total: u64,
+    pos: u64,
+    shown: bool,
+    finished: bool,
+}
+
+#[derive(Debug, PartialEq)]
+enum Shown {
+    Nothing,
+    /// Draw the bar at `pos` of `total`; `first`: the bar's first drawing.
+    At {
+        total: u64,
+        pos: u64,
+        first: bool,
+    },
+    /// Clear the bar: the total is reached (or there was nothing to do).
+    Done,
+}
+
+impl Meter {
+    fn report(&mut self, total: u64, done: u64) -> Shown {
+        if self.finished {
+            return Shown::Nothing;
+        }
+        let pos = done.max(self.pos).min(total);
+        if total == 0 || pos >= total {
+            self.finished = true;
+            return Shown::Done;
+        }
+        if self.shown && total == self.total && pos == self.pos {
+            return Shown::Nothing;
+        }
+        let first = !self.shown;
+        (self.total, self.pos, self.shown) = (total, pos, true);
+        Shown::At { total, pos, first }
+    }
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), Failure> {
@@ -806,4 +873,34 @@ fn list_or_none(v: &[String]) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     vml_cli::finish("vrepo", run(cli))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Meter, Shown};
+
+    #[test]
+    fn meter_waits_for_a_total_and_never_steps_back() {
+        let mut m = Meter::default();
+        let at = |total, pos, first| Shown::At { total, pos, first };
+        assert_eq!(m.report(100, 0), at(100, 0, true));
+        assert_eq!(m.report(100, 50), at(100, 50, false));
+        // A reader thread's earlier count, arriving late.
+        assert_eq!(m.report(100, 30), Shown::Nothing);
+        assert_eq!(m.report(100, 50), Shown::Nothing);
+        assert_eq!(m.report(100, 60), at(100, 60, false));
+        // Past the total: the end, once; later reports change nothing.
+        assert_eq!(m.report(100, 140), Shown::Done);
+        assert_eq!(m.report(100, 70), Shown::Nothing);
+        assert_eq!(m.report(100, 100), Shown::Nothing);
+    }
+
+    #[test]
+    fn meter_with_nothing_to_do_is_never_drawn() {
+        // A save whose files are all unchanged reads nothing: no "0 B/0 B" bar.
+        let mut m = Meter::default();
+        assert_eq!(m.report(0, 0), Shown::Done);
+        assert_eq!(m.report(0, 0), Shown::Nothing);
+        assert_eq!(m.report(0, 5), Shown::Nothing);
+    }
 }
