@@ -90,6 +90,9 @@ fn fail(e: Error) -> Failure {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = vml_cli::generate::if_asked::<Cli>() {
+        return code;
+    }
     vml_cli::finish("vdiff", run(Cli::parse()))
 }
 

@@ -133,6 +133,9 @@ fn fail_write(e: WriteError) -> Failure {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = vml_cli::generate::if_asked::<Cli>() {
+        return code;
+    }
     let cli = Cli::parse();
     vml_cli::finish("vmdk-parse", run(cli))
 }

@@ -6,6 +6,8 @@
 //!
 //! The exit-code table is documented in `docs/exit-codes.md`; a test there keeps the two in step.
 
+pub mod generate;
+
 use std::fmt::Display;
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;

@@ -127,6 +127,9 @@ fn load(path: &Path) -> Result<Document, Failure> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = vml_cli::generate::if_asked::<Cli>() {
+        return code;
+    }
     let cli = Cli::parse();
     vml_cli::finish(TOOL, run(cli))
 }

@@ -130,6 +130,9 @@ fn fail(e: Error) -> Failure {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = vml_cli::generate::if_asked::<Cli>() {
+        return code;
+    }
     vml_cli::finish("vpatch", run(Cli::parse()))
 }
 

@@ -871,6 +871,9 @@ fn list_or_none(v: &[String]) -> String {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = vml_cli::generate::if_asked::<Cli>() {
+        return code;
+    }
     let cli = Cli::parse();
     vml_cli::finish("vrepo", run(cli))
 }
