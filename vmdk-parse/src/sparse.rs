@@ -591,12 +591,23 @@ impl ExtentMap for SparseExtent {
                     pos = table_end;
                 }
                 Lookup::Scanned { grains } => {
-                    let loc = match grains.binary_search_by_key(&g, |&(gi, _)| gi) {
-                        Ok(i) => self.grain_location(files, g, grains[i].1, pos - grain_start)?,
-                        Err(_) => Location::Unallocated,
-                    };
-                    sink.push(pos, grain_end - pos, loc);
-                    pos = grain_end;
+                    match grains.binary_search_by_key(&g, |&(gi, _)| gi) {
+                        Ok(i) => {
+                            let loc =
+                                self.grain_location(files, g, grains[i].1, pos - grain_start)?;
+                            sink.push(pos, grain_end - pos, loc);
+                            pos = grain_end;
+                        }
+                        // No record for this grain: unallocated up to the next grain that has one
+                        // (in one step: a hostile header may claim billions of tiny grains).
+                        Err(i) => {
+                            let next = grains.get(i).map_or(end, |&(gi, _)| {
+                                gi.saturating_mul(self.grain_bytes).min(end)
+                            });
+                            sink.push(pos, next - pos, Location::Unallocated);
+                            pos = next;
+                        }
+                    }
                 }
             }
         }
