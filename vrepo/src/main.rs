@@ -37,7 +37,7 @@ struct Cli {
         value_name = "REPO"
     )]
     repo: Option<PathBuf>,
-    /// Print JSON on stdout (one object; JSON Lines for list and diff).
+    /// Print JSON on stdout (one object; JSON Lines for list, vms and diff).
     #[arg(long, global = true)]
     json: bool,
     /// No progress bars (they are drawn only when stderr is a terminal anyway).
