@@ -930,13 +930,6 @@ fn vpatch_reads_the_delta_from_stdin_when_none_is_named() {
 /// exit 2, naming the choices.
 #[test]
 fn vpatch_with_no_delta_and_a_terminal_on_stdin_is_a_usage_error() {
-    if Command::new("script").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "util-linux `script` is needed in CI"
-        );
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let a = raw_old(t.path());
     let out = t.path().join("out.raw");
@@ -946,26 +939,33 @@ fn vpatch_with_no_delta_and_a_terminal_on_stdin_is_a_usage_error() {
         a.display(),
         out.display()
     );
-    let o = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
+    let Some(text) = on_a_terminal(&cmd) else {
+        return;
+    };
     assert!(text.contains("stdin is a terminal"), "{text}");
     assert!(text.contains("rc=2"), "{text}");
     assert!(!out.exists());
 }
 
-#[test]
-fn deltas_and_signatures_are_refused_on_a_terminal() {
-    // `script` gives the command a pseudo-terminal as stdout.
+/// Run the shell command `cmd` with a pseudo-terminal as stdin and stdout (`script`); what
+/// it printed. None when `script` is missing (never in CI).
+fn on_a_terminal(cmd: &str) -> Option<String> {
     if Command::new("script").arg("--version").output().is_err() {
         assert!(
             std::env::var_os("CI").is_none(),
             "util-linux `script` is needed in CI"
         );
-        return;
+        return None;
     }
+    let o = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    Some(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn deltas_and_signatures_are_refused_on_a_terminal() {
     let t = tempfile::tempdir().unwrap();
     let a = raw_old(t.path());
     for (args, what) in [
@@ -973,11 +973,9 @@ fn deltas_and_signatures_are_refused_on_a_terminal() {
         (format!("--signature '{}'", a.display()), "a signature"),
     ] {
         let cmd = format!("'{}' {args}; echo \"rc=$?\"", bin("vdiff").display());
-        let out = Command::new("script")
-            .args(["-qec", &cmd, "/dev/null"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(text) = on_a_terminal(&cmd) else {
+            return;
+        };
         assert!(
             text.contains(&format!("refusing to write {what} to a terminal")),
             "{text}"

@@ -40,6 +40,17 @@ impl Drop for RepoLock {
     }
 }
 
+/// Open (or make) a lock file for `flock`, its contents left as they are.
+pub(crate) fn open_lock_file(path: &std::path::Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at(path)
+}
+
 /// Take `op` (a non-blocking `flock`) on `file`, trying again every 100 ms until `wait` has
 /// passed (none: once). `Ok(false)`: another holder still had it.
 pub(crate) fn flock_within(
@@ -68,13 +79,7 @@ impl Repo {
     /// at once with the "locked" error).
     pub fn lock(&self, mode: LockMode, command: &str, wait: Option<Duration>) -> Result<RepoLock> {
         let path = self.root.join(LOCK);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .at(&path)?;
+        let file = open_lock_file(&path)?;
         let op = match mode {
             LockMode::Shared => FlockOperation::NonBlockingLockShared,
             LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,

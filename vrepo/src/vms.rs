@@ -17,7 +17,7 @@ use crate::workarea::{Content, WorkArea};
 use rustix::fs::FlockOperation;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 use vdiff::format::{Digest, CHUNK_BYTES};
@@ -498,13 +498,7 @@ impl VmLock {
         }
         let key = blake3::hash(vm.as_bytes()).to_hex();
         let path = dir.join(format!("vm-{}.lock", &key[..32]));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .at(&path)?;
+        let mut file = crate::lock::open_lock_file(&path)?;
         if !crate::lock::flock_within(&file, FlockOperation::NonBlockingLockExclusive, wait)
             .at(&path)?
         {
