@@ -673,17 +673,6 @@ impl Repo {
         }
         Ok(())
     }
-
-    /// Children of every entry, by name.
-    pub fn children(entries: &[Entry]) -> HashMap<String, Vec<String>> {
-        let mut m: HashMap<String, Vec<String>> = HashMap::new();
-        for e in entries {
-            if let Some(p) = &e.parent {
-                m.entry(p.clone()).or_default().push(e.name.clone());
-            }
-        }
-        m
-    }
 }
 
 /// A tag: a short name that cannot be mistaken for an entry name or `latest`.
