@@ -72,6 +72,9 @@
 #   BENCH_WORK       work folder; the working-area states are kept there and reused
 #                    [REPO/bench-work/vrepo]
 #   BENCH_DATA_MIB   MiB of files copied from /usr into the file system [1024]
+#   BENCH_FILES      the folders those files come from, blank-separated
+#                    [/usr/bin /usr/share /usr/lib]; the second workload of the README, system
+#                    files: "/usr/lib/x86_64-linux-gnu /usr/lib/llvm-14 /usr/lib/gcc /usr/share"
 #   BENCH_DISK_GIB   size of the ext4 file system (the disk's virtual size), GiB [2]
 #   BENCH_CHURN_PCT  per state: percent of the data written anew, and of files deleted or
 #                    rewritten (1-50) [5]
@@ -91,6 +94,7 @@ readonly MIB=$((1024 * 1024))
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work=${BENCH_WORK:-$repo/bench-work/vrepo}
 data_mib=${BENCH_DATA_MIB:-1024}
+read -r -a files <<<"${BENCH_FILES:-/usr/bin /usr/share /usr/lib}"
 disk_gib=${BENCH_DISK_GIB:-2}
 churn=${BENCH_CHURN_PCT:-5}
 chain=${BENCH_CHAIN:-50}
@@ -213,15 +217,15 @@ inplace() {
 # --- The working-area states -------------------------------------------------------------------
 
 stamp=$work/states.stamp
-want_stamp="data_mib=$data_mib disk_gib=$disk_gib churn=$churn"
+want_stamp="data_mib=$data_mib disk_gib=$disk_gib churn=$churn files=${files[*]}"
 
-# stage DEST SKIP_MIB LIMIT_MIB: copy LIMIT_MIB of regular files from /usr into DEST, after
+# stage DEST SKIP_MIB LIMIT_MIB: copy LIMIT_MIB of regular files from BENCH_FILES into DEST, after
 # skipping the first SKIP_MIB (so calls give disjoint sets of real files). As in bench-vdiff.sh.
 stage() {
     local dest=$1 skip=$(($2 * MIB)) limit=$(($3 * MIB)) seen=0 total=0 size path
     rm -rf "$dest"
     mkdir -p "$dest"
-    find /usr/bin /usr/share /usr/lib -xdev -type f -size -65536k -readable -printf '%s\t%p\0' |
+    find "${files[@]}" -xdev -type f -size -65536k -readable -printf '%s\t%p\0' |
         sort -z |
         while IFS=$'\t' read -r -d '' size path; do
             seen=$((seen + size))

@@ -2106,3 +2106,73 @@ fn other_block_sizes() {
         assert_entries_build(&repo, &[("E1", &s1), ("E2", &wa)], t.path());
     }
 }
+
+/// Write `len` bytes of text (compressible, but not trivially: numbered lines of words picked
+/// at random) at guest offset `off` of `disk`.
+fn guest_write_text(disk: &Path, off: u64, len: u64, seed: u64) {
+    const WORDS: [&str; 16] = [
+        "vmware", "disk", "sector", "kernel", "grain", "extent", "library", "symbol", "share",
+        "locale", "font", "icon", "python", "module", "config", "backup",
+    ];
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut text = Vec::with_capacity(len as usize + 64);
+    let mut n = 0u64;
+    while (text.len() as u64) < len {
+        n += 1;
+        text.extend_from_slice(format!("{n:08} ").as_bytes());
+        for _ in 0..8 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.extend_from_slice(WORDS[(x % 16) as usize].as_bytes());
+            text.push(if x.is_multiple_of(5) { b'_' } else { b' ' });
+        }
+        text.extend_from_slice(format!("{:x}\n", x % 65521).as_bytes());
+    }
+    text.truncate(len as usize);
+    let src = tempfile::NamedTempFile::new().unwrap();
+    fs::write(src.path(), text).unwrap();
+    qemu_io(
+        disk,
+        "vmdk",
+        &[&format!("write -q -s {} {off} {len}", s(src.path()))],
+    );
+}
+
+#[test]
+fn new_data_is_stored_at_level_3_in_full_entries_and_at_minus_1_in_partial_ones() {
+    // The same two states saved (full, then incremental) into repositories with and without
+    // --level: the default must store exactly what --level 3 stores for the full entry and
+    // what --level -1 stores for the incremental one (zstd's output is a function of its
+    // level and input), and the two levels must differ on this data.
+    let t = tempfile::tempdir().unwrap();
+    let s1 = make_vm(&t.path().join("s1"), 16);
+    guest_write_text(&s1.join("disk.vmdk"), 3 * MIB, 4 * MIB, 1);
+    let s2 = keep(&s1, &t.path().join("s2"));
+    guest_write_text(&s2.join("disk.vmdk"), 9 * MIB, 2 * MIB, 2);
+    let delta_sizes = |name: &str, full: &[&str], incremental: &[&str]| -> (u64, u64) {
+        let dir = t.path().join(name);
+        let repo = Repo::init(&dir.join("repo"));
+        let wa = keep(&s1, &dir.join("vm"));
+        let e1 = repo.save_name(&wa, full);
+        fs::copy(s2.join("disk.vmdk"), wa.join("disk.vmdk")).unwrap();
+        let e2 = repo.save_name(&wa, incremental);
+        assert_eq!(repo.show(&e2)["mode"], "incremental");
+        let size = |e: &str| {
+            let delta = dir.join("repo/entries").join(e).join("delta.vdelta");
+            fs::metadata(delta).unwrap().len()
+        };
+        (size(&e1), size(&e2))
+    };
+    let default = delta_sizes("default", &[], &[]);
+    let fast = delta_sizes("fast", &["--level", "-1"], &["--level", "-1"]);
+    let three = delta_sizes("three", &["--level", "3"], &["--level", "3"]);
+    assert_eq!(default.0, three.0, "a full entry's default level is 3");
+    assert_eq!(default.1, fast.1, "a partial entry's default level is -1");
+    // 4 MiB of text, the rest random: level 3 stores at least 100 kB less.
+    assert!(
+        three.0 + 100_000 < fast.0,
+        "level 3 stores less: {three:?} {fast:?}"
+    );
+    assert!(three.1 < fast.1, "{three:?} {fast:?}");
+}

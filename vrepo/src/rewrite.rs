@@ -64,7 +64,12 @@ pub struct Rewritten {
 /// once, the volume digest checked at the end) on its own thread, in batches handed to the
 /// differ, which matches them against the new parent's block digests and compresses the
 /// literals. The staged delta is kept only if vpatch's digest check passed.
-pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -> Result<PathBuf> {
+pub fn restage(
+    repo: &Repo,
+    e: &Entry,
+    new_parent: Option<&Entry>,
+    level: Option<i32>,
+) -> Result<PathBuf> {
     let chain = repo.chain(e)?;
     let deltas = crate::build::open_deltas(repo, &chain, e)?;
     let scan = store::read_signature(repo, e)?;
@@ -106,7 +111,7 @@ pub fn restage(repo: &Repo, e: &Entry, new_parent: Option<&Entry>, level: i32) -
         let mut w = BufWriter::with_capacity(1 << 20, out);
         let opts = DiffOptions {
             block_size: e.volume.block_size,
-            level,
+            level: level.unwrap_or(crate::save::default_level(new_parent.is_none())),
             index: true,
         };
         stream_diff(deltas, pdata.map(|pd| pd.scan), scan, opts, &mut w).map_err(
@@ -559,7 +564,7 @@ fn name_list(names: &[&str]) -> String {
 
 /// `rm ENTRY` (refused while entries depend on it) and `rm --rebase ENTRY` (its children are
 /// first restaged onto its parent, or made full).
-pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: i32) -> Result<Rewritten> {
+pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: Option<i32>) -> Result<Rewritten> {
     let all = repo.entries()?;
     let children: Vec<&Entry> = all
         .iter()
@@ -617,7 +622,7 @@ pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: i32) -> Result<Rewrit
 /// `consolidate ENTRY [--full]`: make the chain `e` needs shorter: restage it onto its
 /// parent's parent, or (with `full`, or when its parent is already a full entry) as a full
 /// entry.
-pub fn consolidate(repo: &Repo, e: &Entry, full: bool, level: i32) -> Result<Rewritten> {
+pub fn consolidate(repo: &Repo, e: &Entry, full: bool, level: Option<i32>) -> Result<Rewritten> {
     let Some(p) = &e.parent else {
         return Ok(Rewritten::default());
     };
@@ -756,7 +761,7 @@ pub fn prune(
     scope: &[String],
     allow_empty: bool,
     dry_run: bool,
-    level: i32,
+    level: Option<i32>,
 ) -> Result<PrunePlan> {
     let all = repo.entries()?;
     crate::vms::check_vms(scope, &all)?;
@@ -794,7 +799,7 @@ pub fn prune(
 
 /// `rm --vm NAME --all`: remove every entry of the VMs `vms`. Entries of other VMs that stand
 /// on them are rewritten (as by prune).
-pub fn retire(repo: &Repo, vms: &[String], dry_run: bool, level: i32) -> Result<PrunePlan> {
+pub fn retire(repo: &Repo, vms: &[String], dry_run: bool, level: Option<i32>) -> Result<PrunePlan> {
     let all = repo.entries()?;
     crate::vms::check_vms(vms, &all)?;
     let keep: BTreeSet<String> = all
@@ -863,7 +868,7 @@ fn remove_all_but(
     keep: &BTreeSet<String>,
     op: &str,
     dry_run: bool,
-    level: i32,
+    level: Option<i32>,
 ) -> Result<PrunePlan> {
     let by_name: HashMap<&str, &Entry> = all.iter().map(|e| (e.name.as_str(), e)).collect();
     let mut plan = PrunePlan {
