@@ -105,6 +105,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         allow_outside: cli.allow_outside,
         root: cli.root.clone(),
         tolerate_chain_problems: false,
+        source: None,
     };
     if cli.signature || cli.against.is_some() {
         return signatures(&cli, &opts);

@@ -7,10 +7,11 @@
 use crate::descriptor::{looks_like_descriptor, Access, Descriptor, ExtentType, CID_NONE};
 use crate::error::{Error, Result};
 use crate::extent::{ExtentMap, FileId, FlatExtent, Location, PieceSink, ZeroExtent};
-use crate::io::DiskFile;
+use crate::io::{DiskFile, FileSource};
 use crate::sparse::{SparseExtent, MAX_CAPACITY_BYTES, SECTOR};
 use crate::{cowd, sesparse};
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::path::{Component, Path, PathBuf};
 
 /// Longest chain followed; VMware allows 32 snapshots (255 on some products).
@@ -29,6 +30,10 @@ pub struct OpenOptions {
     /// Record chain inconsistencies (CID or capacity mismatch) in [`Disk::chain_problems`]
     /// instead of failing; used by `check`.
     pub tolerate_chain_problems: bool,
+    /// Read the disk's files from here instead of the file system. Paths are then taken
+    /// lexically (`..` and `.` applied, no symbolic links), relative to `root` (default: the
+    /// opened path's folder), and must stay under it (`allow_outside` is ignored).
+    pub source: Option<Arc<dyn FileSource>>,
 }
 
 /// The kind of data an extent holds.
@@ -187,14 +192,18 @@ impl Disk {
 
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk> {
         let path = path.as_ref();
-        // Name the disk itself, not its folder, when it is missing.
-        std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let dir = opts.root.as_deref().unwrap_or(dir);
-        let root = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+        let root = if opts.source.is_some() {
+            lexically_normal(dir)
+        } else {
+            // Name the disk itself, not its folder, when it is missing.
+            std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+            dir.canonicalize().map_err(|e| Error::io(dir, e))?
+        };
         let mut disk = Disk {
             files: Vec::new(),
             links: Vec::new(),
@@ -207,10 +216,14 @@ impl Disk {
         let mut seen = HashSet::new();
         let mut next = Some(path.to_path_buf());
         while let Some(p) = next.take() {
-            let canon = p.canonicalize().map_err(|e| match disk.links.last() {
-                Some(child) => Error::io(&p, e).named_by(&child.path, "parent"),
-                None => Error::io(&p, e),
-            })?;
+            let canon = if disk.opts.source.is_some() {
+                lexically_normal(&p)
+            } else {
+                p.canonicalize().map_err(|e| match disk.links.last() {
+                    Some(child) => Error::io(&p, e).named_by(&child.path, "parent"),
+                    None => Error::io(&p, e),
+                })?
+            };
             if !seen.insert(canon) {
                 return Err(Error::corrupt(&p, "snapshot chain loops back to this file"));
             }
@@ -286,6 +299,20 @@ impl Disk {
             Some(dir) => dir.join(named),
             None => named.to_path_buf(),
         };
+        if self.opts.source.is_some() {
+            // A source's files have no symbolic links: the name alone decides.
+            let normal = lexically_normal(&joined);
+            if named.is_absolute() || !normal.starts_with(&self.root) {
+                return Err(Error::refused(
+                    from,
+                    format!(
+                        "{what} path {name:?} leaves the folder {}",
+                        self.root.display()
+                    ),
+                ));
+            }
+            return Ok(normal);
+        }
         if !self.opts.allow_outside {
             let refuse = || {
                 Error::refused(
@@ -320,8 +347,15 @@ impl Disk {
     }
 
     fn add_file(&mut self, path: &Path) -> Result<FileId> {
-        let f = DiskFile::open(path)?;
-        if !f.file.metadata().map_err(|e| Error::io(path, e))?.is_file() && !self.files.is_empty() {
+        let f = match &self.opts.source {
+            Some(source) => DiskFile::open_from(source.as_ref(), path)?,
+            None => DiskFile::open(path)?,
+        };
+        let regular = match f.file.os_file() {
+            Some(file) => file.metadata().map_err(|e| Error::io(path, e))?.is_file(),
+            None => true,
+        };
+        if !regular && !self.files.is_empty() {
             return Err(Error::unsupported(
                 path,
                 "extent is not a regular file (device extents are not supported)",

@@ -125,7 +125,12 @@ impl ExtentMap for FlatExtent {
         let mut pos = offset;
         while pos < end {
             let phys = self.start + pos;
-            match seek_data_hole(&f.file, phys) {
+            let found = match f.file.os_file() {
+                Some(file) => seek_data_hole(file, phys),
+                // A file of a FileSource: all data, which is always correct.
+                None => Some((phys, u64::MAX)),
+            };
+            match found {
                 // No data at or after `phys`: the rest is a hole.
                 None => {
                     sink.push(pos, end - pos, Location::Zero);

@@ -1,15 +1,85 @@
 //! File access with errors that carry the path, and bounded reads.
+//!
+//! A disk's files are ordinary files by default; a [`FileSource`] given in
+//! [`OpenOptions::source`](crate::OpenOptions::source) supplies them instead (vrepo's mount reads
+//! a stored entry's files in place, without writing them out).
 
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A file's bytes, read by offset (`pread`), from any thread.
+pub trait ReadAt: Send + Sync {
+    /// Read up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+}
+
+/// Where the files of a disk come from when they are not the file system's: `open` gets the
+/// path of a file as the chain and descriptors name it, relative to the root the disk is opened
+/// under (`..` and `.` already applied), and returns its bytes and length. The path policy still
+/// applies: no name may leave the root.
+pub trait FileSource: Send + Sync + std::fmt::Debug {
+    fn open(&self, path: &Path) -> std::io::Result<(Arc<dyn ReadAt>, u64)>;
+}
+
+/// The bytes of a [`DiskFile`].
+pub enum Backing {
+    File(File),
+    Source(Arc<dyn ReadAt>),
+}
+
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backing::File(file) => file.fmt(f),
+            Backing::Source(_) => f.write_str("Source"),
+        }
+    }
+}
+
+impl Backing {
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+        match self {
+            Backing::File(f) => FileExt::read_exact_at(f, buf, offset),
+            Backing::Source(s) => {
+                while !buf.is_empty() {
+                    match s.read_at(buf, offset) {
+                        Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => {
+                            buf = &mut buf[n..];
+                            offset += n as u64;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The operating system's file, for what only it can answer (`SEEK_DATA`).
+    pub fn os_file(&self) -> Option<&File> {
+        match self {
+            Backing::File(f) => Some(f),
+            Backing::Source(_) => None,
+        }
+    }
+}
 
 /// An open file of a disk (a descriptor, an extent, a link) with its path and size at open time.
 #[derive(Debug)]
 pub struct DiskFile {
     pub path: PathBuf,
-    pub file: File,
+    pub file: Backing,
     pub len: u64,
 }
 
@@ -23,7 +93,17 @@ impl DiskFile {
         Ok(DiskFile {
             path: path.to_path_buf(),
             len: meta.len(),
-            file,
+            file: Backing::File(file),
+        })
+    }
+
+    /// Open `path` from `source`.
+    pub fn open_from(source: &dyn FileSource, path: &Path) -> Result<DiskFile> {
+        let (file, len) = source.open(path).map_err(|e| Error::io(path, e))?;
+        Ok(DiskFile {
+            path: path.to_path_buf(),
+            len,
+            file: Backing::Source(file),
         })
     }
 

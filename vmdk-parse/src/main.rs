@@ -145,6 +145,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         allow_outside: cli.allow_outside,
         root: cli.root.clone(),
         tolerate_chain_problems: matches!(cli.command, Command::Check { .. }),
+        source: None,
     };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());

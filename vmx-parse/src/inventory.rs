@@ -296,6 +296,7 @@ impl Builder<'_> {
             tolerate_chain_problems: true,
             // The VM's folder, not the disk's: a disk in a subfolder may name `../base.vmdk`.
             root: Some(self.root.clone()),
+            source: None,
         };
         let disk = match Disk::open_with(&path, &open) {
             Ok(d) => d,

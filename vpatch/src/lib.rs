@@ -45,6 +45,9 @@ use vdiff::Image;
 use vmdk_parse::cat::AlignedBuf;
 
 pub mod inplace;
+pub mod reader;
+
+pub use reader::{ChainReader, RecordCache};
 
 /// Errors of the applier. `Delta` and `WrongBase` are about the inputs' content (exit code
 /// corrupt); `Io` is about reading or writing files.

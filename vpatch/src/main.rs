@@ -212,6 +212,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                     allow_outside: cli.allow_outside,
                     root: cli.root.clone(),
                     tolerate_chain_problems: false,
+                    source: None,
                 },
             )
             .map_err(|e| fail(Error::Base(e.into())))?,

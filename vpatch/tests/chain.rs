@@ -8,9 +8,10 @@ use common_gen::*;
 use proptest::prelude::*;
 use std::io::{Seek, Write};
 use vdiff::{diff, DiffOptions, Image, MemImage};
+use vpatch::reader::Extent;
 use vpatch::{
-    apply, apply_verified, apply_with, check_base, read_headers, ApplyOptions, DeltaInput, Error,
-    MemSink, Report,
+    apply, apply_verified, apply_with, check_base, read_headers, ApplyOptions, ChainReader,
+    DeltaInput, Error, MemSink, RecordCache, Report,
 };
 
 fn delta_file(a: Option<&MemImage>, b: &MemImage) -> DeltaInput {
@@ -77,6 +78,54 @@ fn run(base: Option<&MemImage>, mut deltas: Vec<DeltaInput>) -> Result<Vec<u8>, 
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random reads through a ChainReader (a full delta, then 0 to 3 more; indexed or not)
+    /// equal the last image's bytes, with a cache too small to hold every record; its extents
+    /// cover the range in order, and every range called a hole reads as zeros.
+    #[test]
+    fn chain_reader_reads_what_apply_produces(
+        s0 in image_spec(), s1 in image_spec(), s2 in image_spec(), s3 in image_spec(),
+        n in 0usize..=3, index in prop::collection::vec(any::<bool>(), 4),
+        reads in prop::collection::vec((any::<u64>(), 0usize..200_000), 1..24),
+        budget in prop_oneof![Just(0usize), Just(100_000), Just(64 << 20)],
+    ) {
+        let mut imgs = vec![build(&s0, None)];
+        for s in [&s1, &s2, &s3] {
+            let next = build(s, imgs.last());
+            imgs.push(next);
+        }
+        let deltas: Vec<_> = (0..=n)
+            .map(|k| {
+                let mut d = delta_file_with(k.checked_sub(1).map(|p| &imgs[p]), &imgs[k], index[k]);
+                d.name = format!("d{k}");
+                d
+            })
+            .collect();
+        let want = &imgs[n].data;
+        let cache = std::sync::Arc::new(RecordCache::new(budget));
+        let r = ChainReader::open(deltas, cache.clone()).expect("open");
+        prop_assert_eq!(r.size(), want.len() as u64);
+        for (off, len) in reads {
+            let off = if want.is_empty() { off % 8 } else { off % (want.len() as u64 + 8) };
+            let mut buf = vec![0xeeu8; len];
+            let got = r.read_at(off, &mut buf).expect("read");
+            let start = (off as usize).min(want.len());
+            let end = (start + len).min(want.len());
+            prop_assert_eq!(got, end - start);
+            prop_assert_eq!(&buf[..got], &want[start..end]);
+            let ext = r.extents(off, len as u64);
+            let mut at = start as u64;
+            for (o, l, k) in ext {
+                prop_assert_eq!(o, at);
+                if k == Extent::Hole {
+                    prop_assert!(want[o as usize..(o + l) as usize].iter().all(|&b| b == 0));
+                }
+                at += l;
+            }
+            prop_assert_eq!(at, end as u64);
+        }
+        prop_assert!(cache.held() <= budget);
+    }
 
     #[test]
     fn chain_applies_in_one_pass(
