@@ -19,6 +19,7 @@
 #   util-linux     flock and prlimit (locking, file-size limits)
 #   bsdutils       script (a terminal, for the tests of terminal refusal)
 #   man-db         man (the install test renders each man page with man -l)
+#   fuse3          fusermount3 (vrepo mount and its tests)
 NEED_PACKAGES=(
     "qemu-utils: qemu-img qemu-io"
     "e2fsprogs: mke2fs debugfs"
@@ -28,6 +29,7 @@ NEED_PACKAGES=(
     "util-linux: flock prlimit"
     "bsdutils: script"
     "man-db: man"
+    "fuse3: fusermount3"
 )
 
 # need_missing [PACKAGE...]: the packages (of those named, or of all) with a command missing,

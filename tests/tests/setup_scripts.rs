@@ -36,6 +36,7 @@ const ALL: &[&str] = &[
     "prlimit",
     "script",
     "man",
+    "fusermount3",
 ];
 
 /// A folder for PATH holding fake `cmds` (each exits 0) and the real `dirname` (the scripts
@@ -113,7 +114,7 @@ fn check_names_the_missing_packages_and_installs_nothing() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
-        "e2fsprogs\nlibvmdk-utils\nshellcheck\nmake\nutil-linux\nbsdutils\nman-db\n"
+        "e2fsprogs\nlibvmdk-utils\nshellcheck\nmake\nutil-linux\nbsdutils\nman-db\nfuse3\n"
     );
     let all = fake_path(ALL);
     let o = bash(all.path(), &[&need, "--check"], &[]);
@@ -190,7 +191,7 @@ fn demo_and_tests_stop_before_building_naming_what_to_install() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).ends_with(
-            "sudo apt-get install e2fsprogs libvmdk-utils shellcheck make util-linux bsdutils man-db\n"
+            "sudo apt-get install e2fsprogs libvmdk-utils shellcheck make util-linux bsdutils man-db fuse3\n"
         ),
         "{}",
         stderr(&o)

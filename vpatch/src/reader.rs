@@ -21,9 +21,13 @@ pub struct RecordCache {
     inner: Mutex<CacheInner>,
 }
 
+/// A record: its delta's name and its index there.
+type Key = (Arc<str>, usize);
+
 #[derive(Default)]
 struct CacheInner {
-    map: HashMap<(Arc<str>, usize), (Arc<Vec<u8>>, u64)>,
+    /// Each record's bytes and when it was last used.
+    map: HashMap<Key, (Arc<Vec<u8>>, u64)>,
     bytes: usize,
     tick: u64,
     hits: u64,
@@ -43,7 +47,7 @@ impl RecordCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, key: &(Arc<str>, usize)) -> Option<Arc<Vec<u8>>> {
+    fn get(&self, key: &Key) -> Option<Arc<Vec<u8>>> {
         let mut c = self.lock();
         c.tick += 1;
         let tick = c.tick;
@@ -61,7 +65,7 @@ impl RecordCache {
         }
     }
 
-    fn put(&self, key: (Arc<str>, usize), bytes: Arc<Vec<u8>>) {
+    fn put(&self, key: Key, bytes: Arc<Vec<u8>>) {
         if bytes.len() > self.budget {
             return;
         }
@@ -145,7 +149,13 @@ impl ChainReader {
         }
         let len = (buf.len() as u64).min(self.size - offset);
         let mut leaves = Vec::new();
-        resolve(&self.deltas, self.deltas.len() - 1, offset, len, &mut leaves);
+        resolve(
+            &self.deltas,
+            self.deltas.len() - 1,
+            offset,
+            len,
+            &mut leaves,
+        );
         let mut at = 0usize;
         for (n, leaf) in leaves {
             let out = &mut buf[at..at + n as usize];
@@ -175,7 +185,13 @@ impl ChainReader {
         }
         let len = len.min(self.size - offset);
         let mut leaves = Vec::new();
-        resolve(&self.deltas, self.deltas.len() - 1, offset, len, &mut leaves);
+        resolve(
+            &self.deltas,
+            self.deltas.len() - 1,
+            offset,
+            len,
+            &mut leaves,
+        );
         let mut at = offset;
         for (n, leaf) in leaves {
             let kind = match leaf {

@@ -18,6 +18,7 @@ pub mod build;
 pub mod error;
 pub mod lock;
 pub mod manifest;
+pub mod mount;
 pub mod owner;
 pub mod query;
 pub mod repo;

@@ -5,7 +5,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use vml_cli::{Exit, Failure};
 use vrepo::build::BuildOptions;
 use vrepo::lock::{LockMode, RepoLock};
@@ -227,6 +228,23 @@ enum Command {
         /// Print what would be done, change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Mount the repository read-only with FUSE, in the foreground until unmounted
+    /// (`fusermount3 -u MOUNTPOINT`) or interrupted: MOUNTPOINT/entries/E7/ holds entry E7's
+    /// files as saved, guest/E7/DISK.raw the guest-visible image of each of its disks, and
+    /// vms/NAME/ symbolic links to each VM's entries (latest, each tag, each entry). Nothing is
+    /// built: reads are served from the stored deltas, each record checked; a damaged one
+    /// fails the reads that need it (EIO) and is named on stderr. Holds the repository's
+    /// shared lock, so rewrites (rm, consolidate, prune) wait until it is unmounted.
+    Mount {
+        /// An empty folder.
+        mountpoint: PathBuf,
+        /// Only this VM's entries (may be repeated).
+        #[arg(long = "vm", value_name = "NAME")]
+        vms: Vec<String>,
+        /// MiB of inflated records kept in memory, shared by all files.
+        #[arg(long, default_value_t = 64, value_name = "MIB")]
+        cache_mib: usize,
     },
     /// One stored file's bytes to stdout; with --guest, the guest-visible contents of a disk.
     Cat {
@@ -781,6 +799,37 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             let plan =
                 vrepo::rewrite::prune(&repo, r, &vms, allow_empty, dry_run, None).map_err(fail)?;
             report_plan(&mut stdout, cli.json, &plan)?;
+        }
+        Command::Mount {
+            mountpoint,
+            vms,
+            cache_mib,
+        } => {
+            vrepo::mount::check_mountpoint(&mountpoint).map_err(fail)?;
+            let (repo, _lock) = open(&common, "mount")?;
+            let opts = vrepo::mount::MountOptions {
+                cache_bytes: cache_mib.saturating_mul(1 << 20),
+                vms,
+                ..Default::default()
+            };
+            let warn = Box::new(|msg: &str| eprintln!("vrepo: mount: {msg}"));
+            let fs = vrepo::mount::RepoFs::new(repo, opts, warn).map_err(fail)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGHUP,
+            ] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .map_err(|e| Failure::new(Exit::Io, format!("setting up signals: {e}")))?;
+            }
+            eprintln!(
+                "vrepo: mounted at {} (read-only); unmount with `fusermount3 -u {}` or Ctrl-C",
+                mountpoint.display(),
+                mountpoint.display()
+            );
+            vrepo::mount::serve(fs, &mountpoint, || stop.load(Ordering::Relaxed)).map_err(fail)?;
+            eprintln!("vrepo: unmounted {}", mountpoint.display());
         }
         Command::Cat { entry, file, guest } => {
             let (repo, _lock) = open(&common, "cat")?;
