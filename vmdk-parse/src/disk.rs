@@ -11,8 +11,8 @@ use crate::io::{DiskFile, FileSource};
 use crate::sparse::{SparseExtent, MAX_CAPACITY_BYTES, SECTOR};
 use crate::{cowd, sesparse};
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// Longest chain followed; VMware allows 32 snapshots (255 on some products).
 pub const MAX_CHAIN_LINKS: usize = 1024;

@@ -46,6 +46,6 @@ pub mod write;
 
 pub use descriptor::Descriptor;
 pub use disk::{Disk, Extent, ExtentData, Link, LinkFormat, OpenOptions, Piece};
-pub use io::{FileSource, ReadAt};
 pub use error::{Error, ErrorKind, Result};
+pub use io::{FileSource, ReadAt};
 pub use map::{MapRange, State, Totals};
