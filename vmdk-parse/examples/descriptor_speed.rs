@@ -25,7 +25,9 @@ fn synthetic() -> Vec<u8> {
     for i in 0..5000 {
         match i % 5 {
             0 => t.push_str(&format!("ddb.key{i} = \"value number {i}\"\n")),
-            1 => t.push_str(&format!("ddb.uuid{i}=\"60 00 C2 98 5d 08 de f2-a0 14 2e 05 94 9d d8 38\"\n")),
+            1 => t.push_str(&format!(
+                "ddb.uuid{i}=\"60 00 C2 98 5d 08 de f2-a0 14 2e 05 94 9d d8 38\"\n"
+            )),
             2 => t.push_str(&format!("# comment {i}\n")),
             3 => t.push_str("   \n"),
             _ => t.push_str(&format!("odd line {i} without equals\n")),

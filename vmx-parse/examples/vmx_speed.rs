@@ -14,7 +14,10 @@ fn synthetic() -> Vec<u8> {
     for i in 0..10_000 {
         let line = match i % 10 {
             0 => format!("scsi0:{i}.fileName = \"disk-{i}.vmdk\"\n"),
-            1 => format!("  ethernet{i}.address\t=\t\"00:50:56:aa:bb:{:02x}\"\r\n", i % 256),
+            1 => format!(
+                "  ethernet{i}.address\t=\t\"00:50:56:aa:bb:{:02x}\"\r\n",
+                i % 256
+            ),
             2 => format!("annotation{i} = \"line one|0Aline two |22quoted|22 |7C pipe\"\n"),
             3 => format!("# comment number {i}\n"),
             4 => "\t  \n".to_string(),
