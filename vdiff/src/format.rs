@@ -1021,7 +1021,7 @@ fn visit_index(
         for e in buf.chunks_exact(INDEX_ENTRY_LEN) {
             visit(
                 i,
-                LittleEndian::read_u64(&e),
+                LittleEndian::read_u64(e),
                 LittleEndian::read_u64(&e[8..]),
             )?;
             i += 1;

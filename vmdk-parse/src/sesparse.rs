@@ -121,7 +121,7 @@ pub struct SeSparseVolatileHeader {
 impl SeSparseConstHeader {
     /// Parse the const header; `None` when `b` is short or the magic is wrong.
     pub fn parse(b: &[u8]) -> Option<SeSparseConstHeader> {
-        if b.len() < HEADER_LEN || LittleEndian::read_u64(&b) != MAGIC {
+        if b.len() < HEADER_LEN || LittleEndian::read_u64(b) != MAGIC {
             return None;
         }
         let w = |i: usize| LittleEndian::read_u64(&b[i * 8..]);
