@@ -2,6 +2,7 @@
 //! chunk digests. Holes cost nothing: an all-zero chunk has a constant digest.
 
 use crate::format::{Digest, CHUNK_BYTES, DIGEST_CONTEXT, LEAF_BYTES};
+use byteorder::{ByteOrder, LittleEndian};
 use std::sync::OnceLock;
 
 /// Digest of one leaf (at most `LEAF_BYTES`).
@@ -184,7 +185,9 @@ pub struct ImageHasher {
 impl ImageHasher {
     pub fn new(size: u64) -> ImageHasher {
         let mut h = blake3::Hasher::new_derive_key(DIGEST_CONTEXT);
-        h.update(&size.to_le_bytes());
+        let mut size_le = [0u8; 8];
+        LittleEndian::write_u64(&mut size_le, size);
+        h.update(&size_le);
         ImageHasher { h }
     }
 

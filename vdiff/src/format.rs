@@ -92,6 +92,7 @@
 //! A decoder that has not reached the end record has not seen a valid delta: it must not
 //! publish anything it produced. The target digest is checked by the applier over what it wrote.
 
+use byteorder::{ByteOrder, LittleEndian, WriteBytesExt};
 use std::io::{self, Read, Write};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -178,15 +179,15 @@ impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
-        b[16..20].copy_from_slice(&self.block_size.to_le_bytes());
-        b[24..32].copy_from_slice(&self.source_size.to_le_bytes());
-        b[32..40].copy_from_slice(&self.target_size.to_le_bytes());
+        LittleEndian::write_u32(&mut b[8..12], VERSION);
+        LittleEndian::write_u32(&mut b[12..16], self.flags);
+        LittleEndian::write_u32(&mut b[16..20], self.block_size);
+        LittleEndian::write_u64(&mut b[24..32], self.source_size);
+        LittleEndian::write_u64(&mut b[32..40], self.target_size);
         b[40..72].copy_from_slice(&self.source_digest);
         b[72..104].copy_from_slice(&self.target_digest);
         let sum = xxhash_rust::xxh3::xxh3_64(&b[..112]);
-        b[112..120].copy_from_slice(&sum.to_le_bytes());
+        LittleEndian::write_u64(&mut b[112..120], sum);
         b
     }
 
@@ -195,23 +196,23 @@ impl Header {
         if b[0..8] != MAGIC {
             return Err(Error::BadMagic);
         }
-        let version = u32_at(b, 8);
+        let version = LittleEndian::read_u32(&b[8..]);
         if version != VERSION {
             return Err(Error::Version(version));
         }
-        if xxhash_rust::xxh3::xxh3_64(&b[..112]) != u64_at(b, 112) {
+        if xxhash_rust::xxh3::xxh3_64(&b[..112]) != LittleEndian::read_u64(&b[112..]) {
             return Err(Error::corrupt(112, "header checksum mismatch"));
         }
         let h = Header {
-            flags: u32_at(b, 12),
-            block_size: u32_at(b, 16),
-            source_size: u64_at(b, 24),
-            target_size: u64_at(b, 32),
+            flags: LittleEndian::read_u32(&b[12..]),
+            block_size: LittleEndian::read_u32(&b[16..]),
+            source_size: LittleEndian::read_u64(&b[24..]),
+            target_size: LittleEndian::read_u64(&b[32..]),
             source_digest: b[40..72].try_into().expect("32 bytes"),
             target_digest: b[72..104].try_into().expect("32 bytes"),
         };
         h.validate()?;
-        if u32_at(b, 20) != 0 || u64_at(b, 104) != 0 {
+        if LittleEndian::read_u32(&b[20..]) != 0 || LittleEndian::read_u64(&b[104..]) != 0 {
             return Err(Error::corrupt(20, "reserved header bytes are not zero"));
         }
         Ok(h)
@@ -244,14 +245,6 @@ impl Header {
         }
         Ok(())
     }
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// One record as decoded. Literal payloads stay as stored; [`Record::literal_bytes`] inflates.
@@ -394,9 +387,7 @@ impl Totals {
             self.payload_bytes,
             self.stream_bytes,
         ];
-        for (i, x) in v.iter().enumerate() {
-            b[i * 8..i * 8 + 8].copy_from_slice(&x.to_le_bytes());
-        }
+        LittleEndian::write_u64_into(&v, &mut b[..64]);
         b[64..96].copy_from_slice(digest);
         b
     }
@@ -425,10 +416,10 @@ fn record_header(
     let mut b = [0u8; RECORD_HEADER_LEN];
     b[0] = kind;
     b[1] = flags;
-    b[4..8].copy_from_slice(&payload_len.to_le_bytes());
-    b[8..16].copy_from_slice(&offset.to_le_bytes());
-    b[16..24].copy_from_slice(&length.to_le_bytes());
-    b[24..32].copy_from_slice(&arg.to_le_bytes());
+    LittleEndian::write_u32(&mut b[4..8], payload_len);
+    LittleEndian::write_u64(&mut b[8..16], offset);
+    LittleEndian::write_u64(&mut b[16..24], length);
+    LittleEndian::write_u64(&mut b[24..32], arg);
     b
 }
 
@@ -462,11 +453,11 @@ impl RecordHead {
         let head = RecordHead {
             kind: h[0],
             flags: h[1],
-            reserved: u16::from_le_bytes([h[2], h[3]]),
-            payload_len: u32_at(h, 4),
-            offset: u64_at(h, 8),
-            length: u64_at(h, 16),
-            arg: u64_at(h, 24),
+            reserved: LittleEndian::read_u16(&h[2..]),
+            payload_len: LittleEndian::read_u32(&h[4..]),
+            offset: LittleEndian::read_u64(&h[8..]),
+            length: LittleEndian::read_u64(&h[16..]),
+            arg: LittleEndian::read_u64(&h[24..]),
             stream_offset: at,
         };
         let bad = |what: String| Err(Error::corrupt(at, what));
@@ -498,7 +489,7 @@ impl RecordHead {
             self.length,
             self.arg,
         );
-        b[2..4].copy_from_slice(&self.reserved.to_le_bytes());
+        LittleEndian::write_u16(&mut b[2..4], self.reserved);
         b
     }
 
@@ -656,7 +647,7 @@ impl<W: Write> Encoder<W> {
         sum.update(payload);
         self.out.write_all(&h)?;
         self.out.write_all(payload)?;
-        self.out.write_all(&sum.digest().to_le_bytes())?;
+        self.out.write_u64::<LittleEndian>(sum.digest())?;
         if kind != KIND_END {
             self.totals.add(kind, length, payload.len() as u64);
             self.totals.stream_bytes += (RECORD_HEADER_LEN + payload.len() + CHECKSUM_LEN) as u64;
@@ -772,24 +763,22 @@ impl<W: Write> Encoder<W> {
         sum.update(&payload);
         self.out.write_all(&h)?;
         self.out.write_all(&payload)?;
-        self.out.write_all(&sum.digest().to_le_bytes())?;
+        self.out.write_u64::<LittleEndian>(sum.digest())?;
         if self.header.flags & FLAG_INDEX != 0 {
             let index_offset = self.totals.stream_bytes
                 + (RECORD_HEADER_LEN + END_PAYLOAD_LEN as usize + CHECKSUM_LEN) as u64;
             let mut x = Xxh3::new();
             for &(t, o) in &self.index {
                 let mut e = [0u8; INDEX_ENTRY_LEN];
-                e[..8].copy_from_slice(&t.to_le_bytes());
-                e[8..].copy_from_slice(&o.to_le_bytes());
+                LittleEndian::write_u64_into(&[t, o], &mut e);
                 x.update(&e);
                 self.out.write_all(&e)?;
             }
-            let count = self.index.len() as u64;
-            x.update(&count.to_le_bytes());
-            x.update(&index_offset.to_le_bytes());
-            self.out.write_all(&count.to_le_bytes())?;
-            self.out.write_all(&index_offset.to_le_bytes())?;
-            self.out.write_all(&x.digest().to_le_bytes())?;
+            let mut trailer = [0u8; 16];
+            LittleEndian::write_u64_into(&[self.index.len() as u64, index_offset], &mut trailer);
+            x.update(&trailer);
+            self.out.write_all(&trailer)?;
+            self.out.write_u64::<LittleEndian>(x.digest())?;
             self.out.write_all(&INDEX_MAGIC)?;
         }
         self.out.flush()?;
@@ -877,7 +866,7 @@ impl<R: Read> Decoder<R> {
         let mut x = Xxh3::new();
         x.update(&h);
         x.update(&payload);
-        if x.digest() != u64::from_le_bytes(sum) {
+        if x.digest() != LittleEndian::read_u64(&sum) {
             return bad("record checksum mismatch".into());
         }
         head.check(self.pos, &self.header)?;
@@ -906,8 +895,7 @@ impl<R: Read> Decoder<R> {
             return Ok(None);
         }
         let mut e = [0u8; INDEX_ENTRY_LEN];
-        e[..8].copy_from_slice(&offset.to_le_bytes());
-        e[8..].copy_from_slice(&at.to_le_bytes());
+        LittleEndian::write_u64_into(&[offset, at], &mut e);
         self.expect_index.update(&e);
         self.totals.add(kind, length, payload_len as u64);
         self.totals.stream_bytes = self.read;
@@ -953,11 +941,11 @@ impl<R: Read> Decoder<R> {
         let mut t = [0u8; INDEX_TRAILER_LEN];
         let at = index_offset + self.totals.records * INDEX_ENTRY_LEN as u64;
         read_full(&mut self.input, &mut t, at)?;
-        let count = u64_at(&t, 0);
-        let stated_offset = u64_at(&t, 8);
+        let count = LittleEndian::read_u64(&t);
+        let stated_offset = LittleEndian::read_u64(&t[8..]);
         x.update(&t[..16]);
         if t[24..32] != INDEX_MAGIC
-            || x.digest() != u64_at(&t, 16)
+            || x.digest() != LittleEndian::read_u64(&t[16..])
             || count != self.totals.records
             || stated_offset != index_offset
             || entries != self.expect_index.digest()
@@ -1007,8 +995,8 @@ fn visit_index(
             "bad index trailer (no index magic at the end)",
         ));
     }
-    let count = u64_at(&t, 0);
-    let index_offset = u64_at(&t, 8);
+    let count = LittleEndian::read_u64(&t);
+    let index_offset = LittleEndian::read_u64(&t[8..]);
     // Every record takes at least 40 stream bytes and 16 index bytes, after the header and
     // before the end record: the count is bounded by the file, and the entries end at the
     // trailer exactly.
@@ -1031,12 +1019,16 @@ fn visit_index(
         pread(file, buf, index_offset + i * INDEX_ENTRY_LEN as u64, len)?;
         x.update(buf);
         for e in buf.chunks_exact(INDEX_ENTRY_LEN) {
-            visit(i, u64_at(e, 0), u64_at(e, 8))?;
+            visit(
+                i,
+                LittleEndian::read_u64(e),
+                LittleEndian::read_u64(&e[8..]),
+            )?;
             i += 1;
         }
     }
     x.update(&t[..16]);
-    if x.digest() != u64_at(&t, 16) {
+    if x.digest() != LittleEndian::read_u64(&t[16..]) {
         return Err(Error::corrupt(at, "index checksum mismatch"));
     }
     Ok((header, index_offset))
@@ -1090,8 +1082,8 @@ pub fn read_index(
     pread(file, &mut end, end_at, len)?;
     let body = END_RECORD_LEN as usize - CHECKSUM_LEN;
     if end[0] != KIND_END
-        || xxhash_rust::xxh3::xxh3_64(&end[..body]) != u64_at(&end, body)
-        || u64_at(&end, RECORD_HEADER_LEN) != entries.len() as u64
+        || xxhash_rust::xxh3::xxh3_64(&end[..body]) != LittleEndian::read_u64(&end[body..])
+        || LittleEndian::read_u64(&end[RECORD_HEADER_LEN..]) != entries.len() as u64
     {
         return Err(Error::corrupt(
             end_at,
@@ -1133,7 +1125,7 @@ pub fn read_record_table(file: &impl std::os::unix::fs::FileExt, len: u64) -> Re
     }
     let mut t = [0u8; INDEX_TRAILER_LEN];
     pread(file, &mut t, len - INDEX_TRAILER_LEN as u64, len)?;
-    let end_at = u64_at(&t, 8).saturating_sub(END_RECORD_LEN);
+    let end_at = LittleEndian::read_u64(&t[8..]).saturating_sub(END_RECORD_LEN);
     let mut records: Vec<RecordHead> = Vec::new();
     let mut totals = Totals {
         stream_bytes: HEADER_LEN as u64,
@@ -1176,7 +1168,9 @@ pub fn read_record_table(file: &impl std::os::unix::fs::FileExt, len: u64) -> Re
         if s + head.stream_len() > end_at {
             return Err(Error::corrupt(s, "record runs into the end record"));
         }
-        if head.payload_len == 0 && xxhash_rust::xxh3::xxh3_64(h) != u64_at(w, RECORD_HEADER_LEN) {
+        if head.payload_len == 0
+            && xxhash_rust::xxh3::xxh3_64(h) != LittleEndian::read_u64(&w[RECORD_HEADER_LEN..])
+        {
             return Err(Error::corrupt(s, "record checksum mismatch"));
         }
         head.check(pos, &header)?;
@@ -1204,7 +1198,7 @@ pub fn read_record_table(file: &impl std::os::unix::fs::FileExt, len: u64) -> Re
     if head.kind != KIND_END {
         return Err(Error::corrupt(end_at, "no end record before the index"));
     }
-    if xxhash_rust::xxh3::xxh3_64(&end[..body]) != u64_at(&end, body) {
+    if xxhash_rust::xxh3::xxh3_64(&end[..body]) != LittleEndian::read_u64(&end[body..]) {
         return Err(Error::corrupt(end_at, "record checksum mismatch"));
     }
     head.check(pos, &header)?;
@@ -1241,7 +1235,7 @@ pub fn read_literal_at<'a>(
             "record header differs from the one the index led to",
         ));
     }
-    if xxhash_rust::xxh3::xxh3_64(&buf[..body]) != u64_at(buf, body) {
+    if xxhash_rust::xxh3::xxh3_64(&buf[..body]) != LittleEndian::read_u64(&buf[body..]) {
         return Err(Error::corrupt(at, "record checksum mismatch"));
     }
     Ok(&buf[RECORD_HEADER_LEN..body])
@@ -1264,7 +1258,7 @@ pub fn read_record_at(
 ) -> Result<Record> {
     let mut h = [0u8; RECORD_HEADER_LEN];
     pread(file, &mut h, stream_offset, len)?;
-    let payload_len = u32_at(&h, 4) as u64;
+    let payload_len = LittleEndian::read_u32(&h[4..]) as u64;
     if payload_len > MAX_LITERAL_BYTES as u64 {
         return Err(Error::corrupt(stream_offset, "payload above the cap"));
     }
@@ -1279,7 +1273,7 @@ pub fn read_record_at(
     one.extend_from_slice(&h);
     one.extend_from_slice(&rest);
     // Decode it as a stream of one record placed at its own target offset.
-    let offset = u64_at(&h, 8);
+    let offset = LittleEndian::read_u64(&h[8..]);
     let mut d = Decoder {
         input: &one[..],
         header: Header {
@@ -1421,10 +1415,10 @@ mod tests {
         let h = header(true, &[], &[1, 2, 3]);
         let b = h.encode();
         assert_eq!(&b[0..8], b"VMLDELTA");
-        assert_eq!(u32_at(&b, 8), 1);
-        assert_eq!(u32_at(&b, 12), FLAG_FULL);
-        assert_eq!(u32_at(&b, 16), 4096);
-        assert_eq!(u64_at(&b, 32), 3);
+        assert_eq!(LittleEndian::read_u32(&b[8..]), 1);
+        assert_eq!(LittleEndian::read_u32(&b[12..]), FLAG_FULL);
+        assert_eq!(LittleEndian::read_u32(&b[16..]), 4096);
+        assert_eq!(LittleEndian::read_u64(&b[32..]), 3);
         assert_eq!(Header::decode(&b).unwrap(), h);
     }
 
@@ -1473,7 +1467,7 @@ mod tests {
     fn hostile_records_with_valid_checksums_are_rejected() {
         let (source, _, delta) = every_kind();
         // Records: literal at HEADER_LEN, then zero, unallocated, copy-source, copy-target.
-        let lit_payload = u32_at(&delta, HEADER_LEN + 4) as usize;
+        let lit_payload = LittleEndian::read_u32(&delta[HEADER_LEN + 4..]) as usize;
         let zero_at = HEADER_LEN + RECORD_HEADER_LEN + lit_payload + CHECKSUM_LEN;
         let unalloc_at = zero_at + RECORD_HEADER_LEN + CHECKSUM_LEN;
         let src_at = unalloc_at + RECORD_HEADER_LEN + CHECKSUM_LEN;
@@ -1579,14 +1573,13 @@ mod tests {
     /// Rewrite the index entries and trailer fields of an indexed delta and sign them again,
     /// so that only the rule under test can fail.
     fn forge_index(delta: &[u8], entries: &[(u64, u64)], count: u64, index_offset: u64) -> Vec<u8> {
-        let n = u64_at(delta, delta.len() - INDEX_TRAILER_LEN) as usize;
+        let n = LittleEndian::read_u64(&delta[delta.len() - INDEX_TRAILER_LEN..]) as usize;
         let start = delta.len() - INDEX_TRAILER_LEN - n * INDEX_ENTRY_LEN;
         let mut out = delta[..start].to_vec();
         let mut x = Xxh3::new();
         for &(t, o) in entries {
             let mut e = [0u8; INDEX_ENTRY_LEN];
-            e[..8].copy_from_slice(&t.to_le_bytes());
-            e[8..].copy_from_slice(&o.to_le_bytes());
+            LittleEndian::write_u64_into(&[t, o], &mut e);
             x.update(&e);
             out.extend_from_slice(&e);
         }

@@ -30,6 +30,7 @@
 
 use crate::diff::{BlockDigest, Scan};
 use crate::format::{Digest, Error, Header, Result, FLAG_FULL, MAX_IMAGE_BYTES};
+use byteorder::{ByteOrder, LittleEndian, WriteBytesExt};
 use std::io::{self, Read, Write};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
@@ -43,12 +44,12 @@ const ENTRY: usize = 21;
 pub fn write<W: Write>(scan: &Scan, mut out: W) -> Result<W> {
     let mut h = [0u8; SIG_HEADER_LEN];
     h[0..8].copy_from_slice(&SIG_MAGIC);
-    h[8..12].copy_from_slice(&SIG_VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&scan.block_size.to_le_bytes());
-    h[16..24].copy_from_slice(&scan.size.to_le_bytes());
+    LittleEndian::write_u32(&mut h[8..12], SIG_VERSION);
+    LittleEndian::write_u32(&mut h[12..16], scan.block_size);
+    LittleEndian::write_u64(&mut h[16..24], scan.size);
     h[24..56].copy_from_slice(&scan.digest);
     let sum = xxh3_64(&h[..56]);
-    h[56..64].copy_from_slice(&sum.to_le_bytes());
+    LittleEndian::write_u64(&mut h[56..64], sum);
     out.write_all(&h)?;
     let n = scan.blocks.len();
     let mut frame = Vec::with_capacity(8 + SIG_FRAME_BLOCKS as usize * ENTRY);
@@ -56,22 +57,22 @@ pub fn write<W: Write>(scan: &Scan, mut out: W) -> Result<W> {
     while i < n {
         let count = (n - i).min(SIG_FRAME_BLOCKS as usize);
         frame.clear();
-        frame.extend_from_slice(&(count as u32).to_le_bytes());
-        frame.extend_from_slice(&0u32.to_le_bytes());
+        frame.write_u32::<LittleEndian>(count as u32)?;
+        frame.write_u32::<LittleEndian>(0)?;
         for j in i..i + count {
             frame.extend_from_slice(&scan.blocks[j]);
-            frame.extend_from_slice(&scan.weak(j).to_le_bytes());
+            frame.write_u32::<LittleEndian>(scan.weak(j))?;
             frame.push(scan.kind(j));
         }
         out.write_all(&frame)?;
-        out.write_all(&xxh3_64(&frame).to_le_bytes())?;
+        out.write_u64::<LittleEndian>(xxh3_64(&frame))?;
         i += count;
     }
     let mut end = [0u8; 8 + 8 + 32];
-    end[8..16].copy_from_slice(&(n as u64).to_le_bytes());
+    LittleEndian::write_u64(&mut end[8..16], n as u64);
     end[16..48].copy_from_slice(&scan.digest);
     out.write_all(&end)?;
-    out.write_all(&xxh3_64(&end[8..]).to_le_bytes())?;
+    out.write_u64::<LittleEndian>(xxh3_64(&end[8..]))?;
     out.flush()?;
     Ok(out)
 }
@@ -97,15 +98,15 @@ pub fn read<R: Read>(mut input: R) -> Result<Scan> {
     if h[0..8] != SIG_MAGIC {
         return Err(Error::BadMagic);
     }
-    let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    let version = LittleEndian::read_u32(&h[8..12]);
     if version != SIG_VERSION {
         return Err(Error::Version(version));
     }
-    if xxh3_64(&h[..56]) != u64::from_le_bytes(h[56..64].try_into().expect("8 bytes")) {
+    if xxh3_64(&h[..56]) != LittleEndian::read_u64(&h[56..64]) {
         return Err(corrupt(56, "signature header checksum mismatch"));
     }
-    let block_size = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
-    let size = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    let block_size = LittleEndian::read_u32(&h[12..16]);
+    let size = LittleEndian::read_u64(&h[16..24]);
     let digest: Digest = h[24..56].try_into().expect("32 bytes");
     // The delta header's rules for block size and image size, checked in one place.
     Header {
@@ -126,16 +127,16 @@ pub fn read<R: Read>(mut input: R) -> Result<Scan> {
     loop {
         let mut fh = [0u8; 8];
         read_exact(&mut input, &mut fh, at)?;
-        let count = u32::from_le_bytes(fh[0..4].try_into().expect("4 bytes"));
+        let count = LittleEndian::read_u32(&fh[0..4]);
         if count == 0 {
             let mut end = [0u8; 40];
             read_exact(&mut input, &mut end, at + 8)?;
             let mut sum = [0u8; 8];
             read_exact(&mut input, &mut sum, at + 48)?;
-            if fh[4..8] != [0; 4] || xxh3_64(&end[..40]) != u64::from_le_bytes(sum) {
+            if fh[4..8] != [0; 4] || xxh3_64(&end[..40]) != LittleEndian::read_u64(&sum) {
                 return Err(corrupt(at, "end frame checksum mismatch"));
             }
-            let total = u64::from_le_bytes(end[0..8].try_into().expect("8 bytes"));
+            let total = LittleEndian::read_u64(&end[0..8]);
             if total != nblocks || blocks.len() as u64 != nblocks || end[8..40] != digest {
                 return Err(corrupt(
                     at,
@@ -164,7 +165,7 @@ pub fn read<R: Read>(mut input: R) -> Result<Scan> {
         let mut x = Xxh3::new();
         x.update(&fh);
         x.update(e);
-        if x.digest() != u64::from_le_bytes(sum) {
+        if x.digest() != LittleEndian::read_u64(&sum) {
             return Err(corrupt(at, "frame checksum mismatch"));
         }
         if fh[4..8] != [0; 4] {
@@ -176,7 +177,7 @@ pub fn read<R: Read>(mut input: R) -> Result<Scan> {
                 return Err(corrupt(at, format!("bad block entry (kind {kind})")));
             }
             blocks.push(c[..16].try_into().expect("16 bytes"));
-            weaks.push(u32::from_le_bytes(c[16..20].try_into().expect("4 bytes")));
+            weaks.push(LittleEndian::read_u32(&c[16..20]));
             kinds.push(kind);
         }
         at += 16 + e.len() as u64;

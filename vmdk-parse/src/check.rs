@@ -9,9 +9,9 @@ use crate::cowd::CowdExtent;
 use crate::descriptor::Line;
 use crate::disk::{Disk, ExtentData, OpenOptions};
 use crate::error::{ErrorKind, Result};
-use crate::io::le_u64;
 use crate::sesparse::{GrainEntry, SeSparseExtent};
 use crate::sparse::{SparseExtent, FLAG_VALID_NEWLINE, FLAG_ZERO_GTE, SECTOR};
+use byteorder::{ByteOrder, LittleEndian};
 use serde::Serialize;
 use std::path::Path;
 
@@ -322,13 +322,13 @@ fn check_sparse(d: &Disk, s: &SparseExtent, p: &mut Problems) {
                         .is_err()
                 {
                     p.add(path, "grain_out_of_range", format!("compressed grain {grain} at sector {gte} lies past the end of the file"));
-                } else if h.markers() && le_u64(&b, 0) != grain * grain_sectors {
+                } else if h.markers() && LittleEndian::read_u64(&b) != grain * grain_sectors {
                     p.add(
                         path,
                         "grain_lba",
                         format!(
                             "compressed grain {grain} at sector {gte} is marked for sector {}",
-                            le_u64(&b, 0)
+                            LittleEndian::read_u64(&b)
                         ),
                     );
                 }

@@ -53,8 +53,9 @@
 
 use crate::error::{Error, Result};
 use crate::extent::{ExtentMap, FileId, Location, PieceSink, TableCache};
-use crate::io::{le_u32, DiskFile};
+use crate::io::DiskFile;
 use crate::sparse::{MAX_CAPACITY_BYTES, MAX_GRAIN_SECTORS, SECTOR};
+use byteorder::{ByteOrder, LittleEndian};
 use std::sync::Arc;
 
 pub const MAGIC: &[u8; 4] = b"COWD";
@@ -116,23 +117,23 @@ impl CowdHeader {
             return None;
         }
         Some(CowdHeader {
-            version: le_u32(b, 4),
-            flags: le_u32(b, 8),
-            capacity: le_u32(b, 12),
-            grain_size: le_u32(b, 16),
-            gd_offset: le_u32(b, 20),
-            num_gd_entries: le_u32(b, 24),
-            next_free_sector: le_u32(b, 28),
-            cylinders: le_u32(b, 32),
-            heads: le_u32(b, 36),
-            sectors: le_u32(b, 40),
+            version: LittleEndian::read_u32(&b[4..]),
+            flags: LittleEndian::read_u32(&b[8..]),
+            capacity: LittleEndian::read_u32(&b[12..]),
+            grain_size: LittleEndian::read_u32(&b[16..]),
+            gd_offset: LittleEndian::read_u32(&b[20..]),
+            num_gd_entries: LittleEndian::read_u32(&b[24..]),
+            next_free_sector: LittleEndian::read_u32(&b[28..]),
+            cylinders: LittleEndian::read_u32(&b[32..]),
+            heads: LittleEndian::read_u32(&b[36..]),
+            sectors: LittleEndian::read_u32(&b[40..]),
             parent_file_name: c_string(&b[32..1056]),
-            parent_generation: le_u32(b, 1056),
-            generation: le_u32(b, 1060),
+            parent_generation: LittleEndian::read_u32(&b[1056..]),
+            generation: LittleEndian::read_u32(&b[1060..]),
             name: c_string(&b[1064..1124]),
             description: c_string(&b[1124..1636]),
-            saved_generation: le_u32(b, 1636),
-            unclean_shutdown: le_u32(b, 1648),
+            saved_generation: LittleEndian::read_u32(&b[1636..]),
+            unclean_shutdown: LittleEndian::read_u32(&b[1648..]),
         })
     }
 
@@ -218,7 +219,9 @@ impl CowdExtent {
             needed * 4,
             "COWD grain directory",
         )?;
-        let gd = (0..needed as usize).map(|i| le_u32(&raw, i * 4)).collect();
+        // read_vec gave exactly `needed * 4` bytes, as read_u32_into requires.
+        let mut gd = vec![0u32; needed as usize];
+        LittleEndian::read_u32_into(&raw, &mut gd);
         Ok(CowdExtent {
             file,
             grain_bytes: header.grain_size as u64 * SECTOR,
@@ -264,9 +267,9 @@ impl CowdExtent {
             Error::corrupt(&f.path, format!("{what} at sector {sector} is absurd"))
         })?;
         let raw = f.read_vec(at, GTES_PER_GT * 4, what)?;
-        Ok((0..GTES_PER_GT as usize)
-            .map(|i| le_u32(&raw, i * 4))
-            .collect())
+        let mut gt = vec![0u32; GTES_PER_GT as usize];
+        LittleEndian::read_u32_into(&raw, &mut gt);
+        Ok(gt)
     }
 
     fn gt(&self, files: &[DiskFile], gd_index: u64, gt_sector: u32) -> Result<Arc<[u32]>> {

@@ -119,13 +119,104 @@ fn unquote(v: &str) -> &str {
     }
 }
 
+/// The descriptor grammar, in nom combinators over the decoded text. Whitespace is Unicode
+/// whitespace (`char::is_whitespace`), as `str::trim` and `split_whitespace` read it.
+mod grammar {
+    use super::Access;
+    use nom::bytes::complete::{take_till, take_till1, take_while};
+    use nom::character::complete::char;
+    use nom::combinator::{eof, map_opt, map_res, opt, peek, rest};
+    use nom::sequence::{preceded, separated_pair, terminated};
+    use nom::{IResult, Parser};
+
+    /// The parsers report only "no match": each caller names what was wrong.
+    pub type PResult<'a, O> = IResult<&'a str, O, ()>;
+
+    pub fn ws0(i: &str) -> PResult<'_, &str> {
+        take_while(char::is_whitespace).parse(i)
+    }
+
+    /// One whitespace-separated word, leading whitespace skipped.
+    pub fn word(i: &str) -> PResult<'_, &str> {
+        preceded(ws0, take_till1(char::is_whitespace)).parse(i)
+    }
+
+    /// A line with nothing but whitespace.
+    pub fn blank(i: &str) -> PResult<'_, &str> {
+        terminated(ws0, eof).parse(i)
+    }
+
+    /// A line whose first non-blank character is `#`.
+    pub fn comment(i: &str) -> PResult<'_, char> {
+        preceded(ws0, char('#')).parse(i)
+    }
+
+    /// The access mode that opens an extent line (any case).
+    pub fn access(i: &str) -> PResult<'_, Access> {
+        map_opt(word, |w: &str| {
+            if w.eq_ignore_ascii_case("RW") {
+                Some(Access::Rw)
+            } else if w.eq_ignore_ascii_case("RDONLY") {
+                Some(Access::Rdonly)
+            } else if w.eq_ignore_ascii_case("NOACCESS") {
+                Some(Access::Noaccess)
+            } else {
+                None
+            }
+        })
+        .parse(i)
+    }
+
+    /// Whether a line is an extent line: it opens with an access mode.
+    pub fn is_extent(i: &str) -> bool {
+        peek(access).parse(i).is_ok()
+    }
+
+    /// A decimal count of sectors (as `u64::from_str` reads it).
+    pub fn sectors(i: &str) -> PResult<'_, u64> {
+        map_res(word, str::parse::<u64>).parse(i)
+    }
+
+    /// The opening quote of a file name, after blanks.
+    pub fn open_quote(i: &str) -> PResult<'_, char> {
+        preceded(ws0, char('"')).parse(i)
+    }
+
+    /// The rest of a quoted file name, closing quote included.
+    pub fn quoted_rest(i: &str) -> PResult<'_, &str> {
+        terminated(take_till(|c| c == '"'), char('"')).parse(i)
+    }
+
+    /// Nothing but blanks to the end of the line.
+    pub fn end(i: &str) -> PResult<'_, &str> {
+        preceded(ws0, eof).parse(i)
+    }
+
+    /// `key=value`: everything up to the first `=`, and everything after it.
+    pub fn pair(i: &str) -> PResult<'_, (&str, &str)> {
+        separated_pair(take_till(|c| c == '='), char('='), rest).parse(i)
+    }
+
+    /// The optional start offset after the file name.
+    pub fn offset_word(i: &str) -> PResult<'_, Option<&str>> {
+        opt(word).parse(i)
+    }
+}
+
+/// `key=value` on a line, split at the first `=`: the key trimmed, the value unquoted.
+fn key_value(line: &str) -> Option<(&str, &str)> {
+    grammar::pair(line)
+        .ok()
+        .map(|(_, (k, v))| (k.trim(), unquote(v)))
+}
+
 /// The `encoding` key, read from raw bytes before decoding (it is always ASCII).
 fn declared_encoding(bytes: &[u8]) -> Option<String> {
     for line in bytes.split(|&b| b == b'\n') {
         let line = String::from_utf8_lossy(line);
-        if let Some((k, v)) = line.split_once('=') {
-            if k.trim().eq_ignore_ascii_case("encoding") {
-                return Some(unquote(v).to_string());
+        if let Some((k, v)) = key_value(&line) {
+            if k.eq_ignore_ascii_case("encoding") {
+                return Some(v.to_string());
             }
         }
     }
@@ -144,50 +235,36 @@ pub fn looks_like_descriptor(bytes: &[u8]) -> bool {
         let Ok(s) = std::str::from_utf8(trimmed) else {
             return false;
         };
-        let Some((k, v)) = s.split_once('=') else {
+        let Some((k, v)) = key_value(s) else {
             return false;
         };
-        return k.trim().eq_ignore_ascii_case("version") && matches!(unquote(v), "1" | "2" | "3");
+        return k.eq_ignore_ascii_case("version") && matches!(v, "1" | "2" | "3");
     }
     false
 }
 
 fn parse_extent_line(path: &Path, lineno: usize, line: &str) -> Result<ExtentLine> {
+    use grammar::*;
     let bad =
         |what: &str| Error::corrupt(path, format!("descriptor line {lineno}: {what}: {line:?}"));
-    let mut rest = line.trim();
-    let mut word = || -> Option<&str> {
-        let r = rest.trim_start();
-        let end = r.find(char::is_whitespace).unwrap_or(r.len());
-        let (w, tail) = r.split_at(end);
-        rest = tail;
-        (!w.is_empty()).then_some(w)
-    };
-    let access = match word().map(|w| w.to_ascii_uppercase()).as_deref() {
-        Some("RW") => Access::Rw,
-        Some("RDONLY") => Access::Rdonly,
-        Some("NOACCESS") => Access::Noaccess,
-        _ => return Err(bad("bad access mode")),
-    };
-    let size_sectors: u64 = word()
-        .and_then(|w| w.parse().ok())
-        .ok_or_else(|| bad("bad extent size"))?;
-    let kind_word = word().ok_or_else(|| bad("missing extent type"))?;
+    let (i, access) = access(line).map_err(|_| bad("bad access mode"))?;
+    let (i, size_sectors) = sectors(i).map_err(|_| bad("bad extent size"))?;
+    let (i, kind_word) = word(i).map_err(|_| bad("missing extent type"))?;
     let kind = ExtentType::parse(kind_word)
         .ok_or_else(|| bad(&format!("unknown extent type {kind_word}")))?;
-    let tail = rest.trim_start();
-    let (file, tail) = if let Some(q) = tail.strip_prefix('"') {
-        let end = q.find('"').ok_or_else(|| bad("unterminated file name"))?;
-        (Some(q[..end].to_string()), &q[end + 1..])
-    } else if tail.is_empty() {
-        (None, tail)
-    } else {
-        return Err(bad("file name must be quoted"));
+    let (i, file) = match open_quote(i) {
+        Ok((i, _)) => {
+            let (i, name) = quoted_rest(i).map_err(|_| bad("unterminated file name"))?;
+            (i, Some(name.to_string()))
+        }
+        Err(_) => match end(i) {
+            Ok((i, _)) => (i, None),
+            Err(_) => return Err(bad("file name must be quoted")),
+        },
     };
-    let mut fields = tail.split_whitespace();
-    let offset_sectors = match fields.next() {
-        Some(w) => w.parse().map_err(|_| bad("bad extent offset"))?,
-        None => 0,
+    let offset_sectors = match offset_word(i) {
+        Ok((_, Some(w))) => w.parse().map_err(|_| bad("bad extent offset"))?,
+        _ => 0,
     };
     // Further fields (partition UUID, device id) belong to device extents, refused later.
     if kind != ExtentType::Zero && file.is_none() {
@@ -249,17 +326,11 @@ impl Descriptor {
         let mut extents = 0usize;
         for (i, raw) in text.split('\n').enumerate() {
             let raw = raw.strip_suffix('\r').unwrap_or(raw);
-            let trimmed = raw.trim();
-            let first = trimmed
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_uppercase();
-            let line = if trimmed.is_empty() {
+            let line = if grammar::blank(raw).is_ok() {
                 Line::Blank
-            } else if trimmed.starts_with('#') {
+            } else if grammar::comment(raw).is_ok() {
                 Line::Comment(raw.to_string())
-            } else if matches!(first.as_str(), "RW" | "RDONLY" | "NOACCESS") {
+            } else if grammar::is_extent(raw) {
                 extents += 1;
                 if extents > MAX_EXTENTS {
                     return Err(Error::corrupt(
@@ -267,11 +338,11 @@ impl Descriptor {
                         format!("more than {MAX_EXTENTS} extents"),
                     ));
                 }
-                Line::Extent(parse_extent_line(path, i + 1, trimmed)?)
-            } else if let Some((k, v)) = trimmed.split_once('=') {
+                Line::Extent(parse_extent_line(path, i + 1, raw.trim())?)
+            } else if let Some((key, value)) = key_value(raw) {
                 Line::Pair {
-                    key: k.trim().to_string(),
-                    value: unquote(v).to_string(),
+                    key: key.to_string(),
+                    value: value.to_string(),
                 }
             } else {
                 Line::Other(raw.to_string())

@@ -10,6 +10,7 @@ use crate::extent::{ExtentMap, FileId, FlatExtent, Location, PieceSink, ZeroExte
 use crate::io::{DiskFile, FileSource};
 use crate::sparse::{SparseExtent, MAX_CAPACITY_BYTES, SECTOR};
 use crate::{cowd, sesparse};
+use byteorder::{ByteOrder, LittleEndian};
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -386,9 +387,7 @@ impl Disk {
                 ExtentData::Cowd(e),
             ));
         }
-        if head.len() >= 8
-            && u64::from_le_bytes(head[..8].try_into().expect("8 bytes")) == sesparse::MAGIC
-        {
+        if head.len() >= 8 && LittleEndian::read_u64(&head[..8]) == sesparse::MAGIC {
             let e = sesparse::SeSparseExtent::open(&self.files, fid)?;
             let size = e.capacity_bytes();
             return Ok(bare_link(

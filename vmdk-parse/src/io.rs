@@ -148,13 +148,3 @@ impl DiskFile {
         Ok(buf)
     }
 }
-
-pub(crate) fn le_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("slice of 4"))
-}
-pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("slice of 8"))
-}

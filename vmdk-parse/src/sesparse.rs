@@ -49,8 +49,9 @@
 
 use crate::error::{Error, Result};
 use crate::extent::{ExtentMap, FileId, Location, PieceSink, TableCache};
-use crate::io::{le_u64, DiskFile};
+use crate::io::DiskFile;
 use crate::sparse::{MAX_CAPACITY_BYTES, SECTOR};
+use byteorder::{ByteOrder, LittleEndian};
 use std::sync::Arc;
 
 /// The first u64 of the file (the const header magic).
@@ -120,10 +121,10 @@ pub struct SeSparseVolatileHeader {
 impl SeSparseConstHeader {
     /// Parse the const header; `None` when `b` is short or the magic is wrong.
     pub fn parse(b: &[u8]) -> Option<SeSparseConstHeader> {
-        if b.len() < HEADER_LEN || le_u64(b, 0) != MAGIC {
+        if b.len() < HEADER_LEN || LittleEndian::read_u64(b) != MAGIC {
             return None;
         }
-        let w = |i: usize| le_u64(b, i * 8);
+        let w = |i: usize| LittleEndian::read_u64(&b[i * 8..]);
         Some(SeSparseConstHeader {
             magic: w(0),
             version: w(1),
@@ -298,12 +299,13 @@ impl SeSparseConstHeader {
 }
 
 impl SeSparseVolatileHeader {
-    pub fn parse(b: &[u8]) -> SeSparseVolatileHeader {
+    /// Parse the volatile header sector; the array type makes every field read in bounds.
+    pub fn parse(b: &[u8; HEADER_LEN]) -> SeSparseVolatileHeader {
         SeSparseVolatileHeader {
-            magic: le_u64(b, 0),
-            free_gt_number: le_u64(b, 8),
-            next_txn_seq_number: le_u64(b, 16),
-            replay_journal: le_u64(b, 24),
+            magic: LittleEndian::read_u64(b),
+            free_gt_number: LittleEndian::read_u64(&b[8..]),
+            next_txn_seq_number: LittleEndian::read_u64(&b[16..]),
+            replay_journal: LittleEndian::read_u64(&b[24..]),
         }
     }
 }
@@ -400,7 +402,9 @@ impl SeSparseExtent {
             needed * 8,
             "seSparse grain directory",
         )?;
-        let gd = (0..needed as usize).map(|i| le_u64(&raw, i * 8)).collect();
+        // read_vec gave exactly `needed * 8` bytes, as read_u64_into requires.
+        let mut gd = vec![0u64; needed as usize];
+        LittleEndian::read_u64_into(&raw, &mut gd);
         Ok(SeSparseExtent {
             file,
             capacity_bytes: header.capacity * SECTOR,
@@ -459,9 +463,9 @@ impl SeSparseExtent {
             Error::corrupt(&f.path, format!("{what} at sector {sector} is absurd"))
         })?;
         let raw = f.read_vec(at, GTES_PER_GT * 8, what)?;
-        Ok((0..GTES_PER_GT as usize)
-            .map(|i| le_u64(&raw, i * 8))
-            .collect())
+        let mut gt = vec![0u64; GTES_PER_GT as usize];
+        LittleEndian::read_u64_into(&raw, &mut gt);
+        Ok(gt)
     }
 
     fn gt(&self, files: &[DiskFile], gd_index: u64, gt_sector: u64) -> Result<Arc<[u64]>> {

@@ -18,7 +18,8 @@
 
 use crate::error::{Error, Result};
 use crate::extent::{ExtentMap, FileId, Location, PieceSink, TableCache};
-use crate::io::{le_u16, le_u32, le_u64, DiskFile};
+use crate::io::DiskFile;
+use byteorder::{ByteOrder, LittleEndian};
 use std::sync::Arc;
 
 pub const SECTOR: u64 = 512;
@@ -75,22 +76,22 @@ impl SparseHeader {
             return None;
         }
         Some(SparseHeader {
-            version: le_u32(b, 4),
-            flags: le_u32(b, 8),
-            capacity: le_u64(b, 12),
-            grain_size: le_u64(b, 20),
-            descriptor_offset: le_u64(b, 28),
-            descriptor_size: le_u64(b, 36),
-            num_gtes_per_gt: le_u32(b, 44),
-            rgd_offset: le_u64(b, 48),
-            gd_offset: le_u64(b, 56),
-            over_head: le_u64(b, 64),
+            version: LittleEndian::read_u32(&b[4..]),
+            flags: LittleEndian::read_u32(&b[8..]),
+            capacity: LittleEndian::read_u64(&b[12..]),
+            grain_size: LittleEndian::read_u64(&b[20..]),
+            descriptor_offset: LittleEndian::read_u64(&b[28..]),
+            descriptor_size: LittleEndian::read_u64(&b[36..]),
+            num_gtes_per_gt: LittleEndian::read_u32(&b[44..]),
+            rgd_offset: LittleEndian::read_u64(&b[48..]),
+            gd_offset: LittleEndian::read_u64(&b[56..]),
+            over_head: LittleEndian::read_u64(&b[64..]),
             unclean_shutdown: b[72],
             single_end_line_char: b[73],
             non_end_line_char: b[74],
             double_end_line_char1: b[75],
             double_end_line_char2: b[76],
-            compress_algorithm: le_u16(b, 77),
+            compress_algorithm: LittleEndian::read_u16(&b[77..]),
         })
     }
 
@@ -326,7 +327,10 @@ impl SparseExtent {
         }
         let n = self.header.num_gtes_per_gt as usize;
         let raw = f.read_vec(sector * SECTOR, n as u64 * 4, what)?;
-        Ok((0..n).map(|i| le_u32(&raw, i * 4)).collect())
+        // read_vec gave exactly `n * 4` bytes, as read_u32_into requires.
+        let mut gt = vec![0u32; n];
+        LittleEndian::read_u32_into(&raw, &mut gt);
+        Ok(gt)
     }
 
     fn gt(&self, files: &[DiskFile], gd_index: u64, gt_sector: u32) -> Result<Arc<[u32]>> {
@@ -423,9 +427,12 @@ pub fn inflate_record(
     let mut hdr = [0u8; 12];
     f.read_exact_at(&mut hdr[..hdr_len], record, "compressed grain header")?;
     let (lba, size) = if header.markers() {
-        (Some(le_u64(&hdr, 0)), le_u32(&hdr, 8) as u64)
+        (
+            Some(LittleEndian::read_u64(&hdr)),
+            LittleEndian::read_u32(&hdr[8..]) as u64,
+        )
     } else {
-        (None, le_u32(&hdr, 0) as u64)
+        (None, LittleEndian::read_u32(&hdr) as u64)
     };
     if let Some(lba) = lba {
         if lba != grain_index * header.grain_size {
@@ -486,7 +493,9 @@ fn read_gd(f: &DiskFile, h: &SparseHeader, sector: u64, what: &str) -> Result<Gr
         .ok_or_else(|| Error::corrupt(&f.path, format!("{what} at sector {sector} is absurd")))?;
     // Bounded: read_vec refuses anything that does not lie in the file.
     let raw = f.read_vec(at, n * 4, what)?;
-    Ok((0..n as usize).map(|i| le_u32(&raw, i * 4)).collect())
+    let mut gd = vec![0u32; n as usize];
+    LittleEndian::read_u32_into(&raw, &mut gd);
+    Ok(gd)
 }
 
 /// The footer of a streamOptimized file: footer marker, header copy, end-of-stream marker in
@@ -497,10 +506,13 @@ fn read_footer(f: &DiskFile) -> Result<Option<SparseHeader>> {
     }
     let mut b = vec![0u8; 1536];
     f.read_exact_at(&mut b, f.len - 1536, "stream footer")?;
-    let marker_type = le_u32(&b, 12);
-    let eos_type = le_u32(&b, 1024 + 12);
-    let eos_val = le_u64(&b, 1024);
-    if le_u32(&b, 8) != 0 || marker_type != MARKER_FOOTER || eos_type != MARKER_EOS || eos_val != 0
+    let marker_type = LittleEndian::read_u32(&b[12..]);
+    let eos_type = LittleEndian::read_u32(&b[1024 + 12..]);
+    let eos_val = LittleEndian::read_u64(&b[1024..]);
+    if LittleEndian::read_u32(&b[8..]) != 0
+        || marker_type != MARKER_FOOTER
+        || eos_type != MARKER_EOS
+        || eos_val != 0
     {
         return Ok(None);
     }
@@ -515,8 +527,8 @@ fn scan_stream(f: &DiskFile, h: &SparseHeader) -> Result<Vec<(u64, u64)>> {
     let mut b = [0u8; 16];
     while sector < total {
         f.read_exact_at(&mut b, sector * SECTOR, "stream marker")?;
-        let val = le_u64(&b, 0);
-        let size = le_u32(&b, 8) as u64;
+        let val = LittleEndian::read_u64(&b);
+        let size = LittleEndian::read_u32(&b[8..]) as u64;
         if size != 0 {
             if val % h.grain_size != 0 || val >= h.capacity {
                 return Err(Error::corrupt(&f.path, format!("grain record at sector {sector} has sector number {val}, not a grain of the disk")));
@@ -525,7 +537,7 @@ fn scan_stream(f: &DiskFile, h: &SparseHeader) -> Result<Vec<(u64, u64)>> {
             sector += (12 + size).div_ceil(SECTOR);
             continue;
         }
-        match le_u32(&b, 12) {
+        match LittleEndian::read_u32(&b[12..]) {
             MARKER_EOS => break,
             MARKER_GT | MARKER_GD | MARKER_FOOTER | MARKER_PROGRESS => {
                 sector = sector.saturating_add(1).saturating_add(val);

@@ -36,11 +36,6 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// file of 16 MiB of newlines could take (each line is a small struct).
 pub const MAX_LINES: usize = 1 << 18;
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-const WS: [char; 2] = [' ', '\t'];
-/// What may precede a key: spaces, tabs, and U+FEFF, which is a byte order mark when its line
-/// becomes the first one (after `unset` removes the lines above it), so a key must read the
-/// same with or without it.
-const LEAD: [char; 3] = [' ', '\t', '\u{feff}'];
 
 /// How a line ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,101 +192,212 @@ pub fn read_capped(mut r: impl Read, path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The line grammar, in nom combinators over bytes. Every delimiter (`\n`, `=`, `"`, `#`, space,
+/// tab, and U+FEFF's bytes) is ASCII or a whole UTF-8 sequence, so the ranges it returns are
+/// char boundaries of the decoded text, and the same grammar reads a raw line before decoding.
+mod grammar {
+    use super::Eol;
+    use nom::branch::alt;
+    use nom::bytes::complete::{tag, tag_no_case, take_until, take_while, take_while1};
+    use nom::combinator::{eof, opt, rest};
+    use nom::multi::many0_count;
+    use nom::sequence::{preceded, terminated};
+    use nom::{IResult, Offset, Parser};
+    use std::ops::Range;
+
+    /// The parsers report only "no match": the caller says what the line is instead.
+    type PResult<'a, O> = IResult<&'a [u8], O, ()>;
+
+    fn is_ws(b: u8) -> bool {
+        b == b' ' || b == b'\t'
+    }
+
+    /// One line and how it ends. A last line without `\n` keeps a final `\r` as text.
+    pub fn line(i: &[u8]) -> PResult<'_, (&[u8], Eol)> {
+        alt((
+            terminated(take_until("\n"), tag("\n")).map(|body: &[u8]| {
+                match body.strip_suffix(b"\r") {
+                    Some(body) => (body, Eol::CrLf),
+                    None => (body, Eol::Lf),
+                }
+            }),
+            rest.map(|body: &[u8]| (body, Eol::None)),
+        ))
+        .parse(i)
+    }
+
+    /// What may precede a key: spaces, tabs, and U+FEFF, which is a byte order mark when its
+    /// line becomes the first one (after `unset` removes the lines above it), so a key must
+    /// read the same with or without it.
+    fn lead(i: &[u8]) -> PResult<'_, usize> {
+        many0_count(alt((take_while1(is_ws), tag("\u{feff}".as_bytes())))).parse(i)
+    }
+
+    /// Spaces and tabs.
+    fn ws(i: &[u8]) -> PResult<'_, &[u8]> {
+        take_while(is_ws).parse(i)
+    }
+
+    /// The rest of the input without its trailing blanks; what is left is those blanks.
+    fn words(i: &[u8]) -> PResult<'_, &[u8]> {
+        let end = i.iter().rposition(|&b| !is_ws(b)).map_or(0, |at| at + 1);
+        Ok((&i[end..], &i[..end]))
+    }
+
+    /// The shape of a line, as byte ranges of it.
+    #[derive(Debug)]
+    pub enum Shape {
+        Blank,
+        Comment,
+        NoEquals,
+        NoKey,
+        Pair {
+            key: Range<usize>,
+            value: Range<usize>,
+            quoted: bool,
+            closed: bool,
+            /// After the closing quote, blanks trimmed (empty when there is none).
+            trailer: Range<usize>,
+        },
+    }
+
+    fn span(full: &[u8], part: &[u8]) -> Range<usize> {
+        let start = full.offset(part);
+        start..start + part.len()
+    }
+
+    /// `key = value`, `key = "value"`, `key = "value` (unterminated) or `key = "value" trailer`.
+    /// `i` is `full` after its lead.
+    fn pair<'a>(full: &[u8], i: &'a [u8]) -> PResult<'a, Shape> {
+        let (i, key) = take_until("=").parse(i)?;
+        let (i, _) = tag("=").parse(i)?;
+        let (_, key) = words(key)?;
+        if key.is_empty() {
+            return Ok((i, Shape::NoKey));
+        }
+        let (i, _) = ws(i)?;
+        let (i, quote) = opt(tag("\"")).parse(i)?;
+        let (i, shape) = if quote.is_none() {
+            let (i, value) = words(i)?;
+            (i, (span(full, value), false, true, 0..0))
+        } else {
+            match terminated(take_until::<_, _, ()>("\""), tag("\"")).parse(i) {
+                Ok((i, inner)) => {
+                    let (i, trailer) = preceded(ws, words).parse(i)?;
+                    (i, (span(full, inner), true, true, span(full, trailer)))
+                }
+                Err(_) => {
+                    let (i, value) = words(i)?;
+                    (i, (span(full, value), true, false, 0..0))
+                }
+            }
+        };
+        let (value, quoted, closed, trailer) = shape;
+        Ok((
+            i,
+            Shape::Pair {
+                key: span(full, key),
+                value,
+                quoted,
+                closed,
+                trailer,
+            },
+        ))
+    }
+
+    /// The shape of a line (decoded text's bytes, or a raw line).
+    pub fn shape(line: &[u8]) -> Shape {
+        let Ok((i, _)) = lead(line) else {
+            return Shape::NoEquals;
+        };
+        if terminated(ws, eof).parse(i).is_ok() {
+            return Shape::Blank;
+        }
+        if tag::<_, _, ()>("#").parse(i).is_ok() {
+            return Shape::Comment;
+        }
+        match pair(line, i) {
+            Ok((_, shape)) => shape,
+            Err(_) => Shape::NoEquals,
+        }
+    }
+
+    /// Whether a raw line can be the `.encoding` line: its key is `.encoding` (any case).
+    pub fn may_be_encoding(line: &[u8]) -> bool {
+        (lead, tag_no_case(".encoding".as_bytes()), ws, tag("="))
+            .parse(line)
+            .is_ok()
+    }
+}
+
 fn split_lines(bytes: &[u8]) -> Vec<(&[u8], Eol)> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
-        match rest.iter().position(|&b| b == b'\n') {
-            Some(n) => {
-                let (line, eol) = match rest[..n].strip_suffix(b"\r") {
-                    Some(l) => (l, Eol::CrLf),
-                    None => (&rest[..n], Eol::Lf),
-                };
-                out.push((line, eol));
-                rest = &rest[n + 1..];
-            }
-            None => {
-                out.push((rest, Eol::None));
-                rest = &[];
-            }
-        }
+        let Ok((tail, line)) = grammar::line(rest) else {
+            break;
+        };
+        out.push(line);
+        rest = tail;
     }
     out
 }
 
 /// Classify a decoded line; the second value is a warning for a pair with trailing text.
 pub fn classify(text: &str) -> (LineKind, Option<String>) {
-    let t = text.trim_start_matches(LEAD);
-    if t.trim_end_matches(WS).is_empty() {
-        return (LineKind::Blank, None);
-    }
-    if t.starts_with('#') {
-        return (LineKind::Comment, None);
-    }
-    let Some(eq) = text.find('=') else {
-        return (LineKind::Other("no '=' on the line".into()), None);
-    };
-    let key_start = text.len() - t.len();
-    let key_end = key_start + text[key_start..eq].trim_end_matches(WS).len();
-    let key = &text[key_start..key_end];
-    if key.is_empty() {
-        return (LineKind::Other("no key before '='".into()), None);
-    }
-    if key.contains(|c: char| c.is_whitespace() || c == '"') {
-        return (
-            LineKind::Other("the key contains spaces or quotes".into()),
-            None,
-        );
-    }
-    let after = &text[eq + 1..];
-    let vstart = eq + 1 + (after.len() - after.trim_start_matches(WS).len());
-    let rest = &text[vstart..];
-    let mut warning = None;
-    let (value, quoted) = if let Some(inner) = rest.strip_prefix('"') {
-        let Some(n) = inner.find('"') else {
-            // VMware runs VMs whose .vmx has such a line: read the value to the end of it.
-            let value = vstart + 1..vstart + 1 + inner.trim_end_matches(WS).len();
-            return (
-                LineKind::Pair(Pair {
-                    key: key_start..key_end,
-                    value,
-                    quoted: true,
-                    closed: false,
-                    decoded: String::new(),
-                }),
-                Some("unterminated quote; the value is read to the end of the line".into()),
-            );
-        };
-        let trailer = inner[n + 1..].trim_matches(WS);
-        if !trailer.is_empty() {
-            warning = Some(format!(
-                "text after the closing quote is ignored: {:?}",
-                crate::clip(trailer)
-            ));
-        }
-        (vstart + 1..vstart + 1 + n, true)
-    } else {
-        (vstart..vstart + rest.trim_end_matches(WS).len(), false)
-    };
-    (
-        LineKind::Pair(Pair {
-            key: key_start..key_end,
+    use grammar::Shape;
+    match grammar::shape(text.as_bytes()) {
+        Shape::Blank => (LineKind::Blank, None),
+        Shape::Comment => (LineKind::Comment, None),
+        Shape::NoEquals => (LineKind::Other("no '=' on the line".into()), None),
+        Shape::NoKey => (LineKind::Other("no key before '='".into()), None),
+        Shape::Pair {
+            key,
             value,
             quoted,
-            closed: true,
-            decoded: String::new(),
-        }),
-        warning,
-    )
+            closed,
+            trailer,
+        } => {
+            if text[key.clone()].contains(|c: char| c.is_whitespace() || c == '"') {
+                return (
+                    LineKind::Other("the key contains spaces or quotes".into()),
+                    None,
+                );
+            }
+            let warning = if !closed {
+                // VMware runs VMs whose .vmx has such a line: read the value to the end of it.
+                Some("unterminated quote; the value is read to the end of the line".into())
+            } else if !trailer.is_empty() {
+                Some(format!(
+                    "text after the closing quote is ignored: {:?}",
+                    crate::clip(&text[trailer])
+                ))
+            } else {
+                None
+            };
+            (
+                LineKind::Pair(Pair {
+                    key,
+                    value,
+                    quoted,
+                    closed,
+                    decoded: String::new(),
+                }),
+                warning,
+            )
+        }
+    }
 }
 
 /// The `.encoding` value on a raw line, if it is that line. Looked for before decoding; the
 /// line itself is ASCII in every encoding we accept.
 fn encoding_label(raw: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(raw);
-    match classify(&text).0 {
-        LineKind::Pair(p) if text[p.key.clone()].eq_ignore_ascii_case(".encoding") => {
-            Some(text[p.value].trim().to_string())
+    if !grammar::may_be_encoding(raw) {
+        return None;
+    }
+    match grammar::shape(raw) {
+        grammar::Shape::Pair { value, .. } => {
+            Some(String::from_utf8_lossy(&raw[value]).trim().to_string())
         }
         _ => None,
     }

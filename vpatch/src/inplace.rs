@@ -27,6 +27,7 @@
 //! 0..32.
 
 use super::{prepare, produce, resolve, Applied, DeltaInput, Error, Leaf, Result, Sink};
+use byteorder::{ByteOrder, LittleEndian, ReadBytesExt, WriteBytesExt};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -439,12 +440,12 @@ fn write_undo(
     let mut w = BufWriter::with_capacity(1 << 20, undo);
     let mut h = [0u8; UNDO_HEADER_LEN];
     h[0..8].copy_from_slice(&UNDO_MAGIC);
-    h[8..12].copy_from_slice(&1u32.to_le_bytes());
-    h[12..16].copy_from_slice(&kind.to_le_bytes());
-    h[16..24].copy_from_slice(&base_size.to_le_bytes());
-    h[24..32].copy_from_slice(&target_size.to_le_bytes());
+    LittleEndian::write_u32(&mut h[8..12], 1);
+    LittleEndian::write_u32(&mut h[12..16], kind);
+    LittleEndian::write_u64(&mut h[16..24], base_size);
+    LittleEndian::write_u64(&mut h[24..32], target_size);
     let sum = xxh3_64(&h[..32]);
-    h[32..40].copy_from_slice(&sum.to_le_bytes());
+    LittleEndian::write_u64(&mut h[32..40], sum);
     w.write_all(&h).map_err(err)?;
     let mut at = UNDO_HEADER_LEN as u64;
     let mut saved = Vec::new();
@@ -457,14 +458,14 @@ fn write_undo(
             let off = o + done;
             buf.resize(n as usize, 0);
             base.read_at(&mut buf, off)?;
+            let mut rh = [0u8; 16];
+            LittleEndian::write_u64_into(&[off, n], &mut rh);
             let mut x = Xxh3::new();
-            x.update(&off.to_le_bytes());
-            x.update(&n.to_le_bytes());
+            x.update(&rh);
             x.update(&buf);
-            w.write_all(&off.to_le_bytes()).map_err(err)?;
-            w.write_all(&n.to_le_bytes()).map_err(err)?;
+            w.write_all(&rh).map_err(err)?;
             w.write_all(&buf).map_err(err)?;
-            w.write_all(&x.digest().to_le_bytes()).map_err(err)?;
+            w.write_u64::<LittleEndian>(x.digest()).map_err(err)?;
             saved.push((off, n, at + 16));
             at += 16 + n + 8;
             total += n;
@@ -473,9 +474,9 @@ fn write_undo(
     }
     let mut end = [0u8; 24];
     end[..16].copy_from_slice(&END_MARK);
-    end[16..24].copy_from_slice(&total.to_le_bytes());
+    LittleEndian::write_u64(&mut end[16..24], total);
     w.write_all(&end).map_err(err)?;
-    w.write_all(&xxh3_64(&end).to_le_bytes()).map_err(err)?;
+    w.write_u64::<LittleEndian>(xxh3_64(&end)).map_err(err)?;
     w.flush().map_err(err)?;
     drop(w);
     undo.sync_all().map_err(err)?;
@@ -587,23 +588,21 @@ fn parse_undo(
     apply: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<UndoSummary> {
     let corrupt = |what: &str| Error::Undo(format!("{}: {what}", name.display()));
-    let u64_at =
-        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
     let mut h = [0u8; UNDO_HEADER_LEN];
     r.read_exact(&mut h)
         .map_err(|_| corrupt("not an undo file (too short)"))?;
-    let target = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+    let target = LittleEndian::read_u32(&h[12..16]);
     if h[0..8] != UNDO_MAGIC
-        || h[8..12] != 1u32.to_le_bytes()
-        || xxh3_64(&h[..32]) != u64_at(&h, 32)
+        || LittleEndian::read_u32(&h[8..12]) != 1
+        || xxh3_64(&h[..32]) != LittleEndian::read_u64(&h[32..])
     {
         return Err(corrupt("not a version 1 undo file, or a damaged header"));
     }
     if target != UNDO_TARGET_RAW && target != UNDO_TARGET_FLAT_VMDK {
         return Err(corrupt("unknown undo target kind"));
     }
-    let base_size = u64_at(&h, 16);
-    let target_size = u64_at(&h, 24);
+    let base_size = LittleEndian::read_u64(&h[16..]);
+    let target_size = LittleEndian::read_u64(&h[24..]);
     let mut buf = Vec::new();
     let mut total = 0u64;
     loop {
@@ -615,7 +614,9 @@ fn parse_undo(
             let mut end = [0u8; 24];
             end[..16].copy_from_slice(&END_MARK);
             end[16..].copy_from_slice(&rest[..8]);
-            if xxh3_64(&end) != u64_at(&rest, 8) || u64_at(&rest, 0) != total {
+            if xxh3_64(&end) != LittleEndian::read_u64(&rest[8..])
+                || LittleEndian::read_u64(&rest[..8]) != total
+            {
                 return Err(corrupt("damaged end record"));
             }
             let mut one = [0u8; 1];
@@ -629,19 +630,20 @@ fn parse_undo(
                 saved_bytes: total,
             });
         }
-        let off = u64_at(&rh, 0);
-        let n = u64_at(&rh, 8);
+        let off = LittleEndian::read_u64(&rh[..8]);
+        let n = LittleEndian::read_u64(&rh[8..]);
         if n == 0 || n > RECORD_MAX || off.checked_add(n).is_none_or(|e| e > base_size) {
             return Err(corrupt("record outside the base"));
         }
         buf.resize(n as usize, 0);
         r.read_exact(&mut buf).map_err(|_| corrupt("cut short"))?;
-        let mut sum = [0u8; 8];
-        r.read_exact(&mut sum).map_err(|_| corrupt("cut short"))?;
+        let sum = r
+            .read_u64::<LittleEndian>()
+            .map_err(|_| corrupt("cut short"))?;
         let mut x = Xxh3::new();
         x.update(&rh);
         x.update(&buf);
-        if x.digest() != u64::from_le_bytes(sum) {
+        if x.digest() != sum {
             return Err(corrupt("record checksum mismatch"));
         }
         apply(off, &buf)?;

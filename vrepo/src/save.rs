@@ -21,6 +21,7 @@ use crate::store;
 use crate::vms::{choose_base, newest_of, VmLock};
 use crate::volume::{layout, Part, Source, VolumeImage};
 use crate::workarea::{self, Content};
+use byteorder::{ByteOrder, LittleEndian};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -329,7 +330,9 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
         // Per-file digests: BLAKE3 over the size and the file's chunk digests.
         let file_digest = |off: u64, size: u64| -> String {
             let mut h = blake3::Hasher::new();
-            h.update(&size.to_le_bytes());
+            let mut size_le = [0u8; 8];
+            LittleEndian::write_u64(&mut size_le, size);
+            h.update(&size_le);
             let c0 = (off / CHUNK_BYTES) as usize;
             let n = size.div_ceil(CHUNK_BYTES) as usize;
             for d in &chunks[c0..c0 + n] {

@@ -10,6 +10,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{hex, unhex32, Entry, Stored};
 use crate::repo::Repo;
+use byteorder::{ByteOrder, LittleEndian, ReadBytesExt, WriteBytesExt};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
@@ -131,12 +132,13 @@ fn rows_per_chunk(bs: u32) -> u64 {
 }
 
 /// Rows `[b0, b1)` of a scan, encoded as in a vdiff signature (21 bytes each).
-fn encode_rows(s: &Scan, b0: usize, b1: usize, out: &mut Vec<u8>) {
+fn encode_rows(s: &Scan, b0: usize, b1: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
     for j in b0..b1 {
-        out.extend_from_slice(&s.blocks[j]);
-        out.extend_from_slice(&s.weak(j).to_le_bytes());
-        out.push(s.kind(j));
+        out.write_all(&s.blocks[j])?;
+        out.write_u32::<LittleEndian>(s.weak(j))?;
+        out.write_u8(s.kind(j))?;
     }
+    Ok(())
 }
 
 fn same_rows(a: &Scan, a0: usize, b: &Scan, b0: usize, n: usize) -> bool {
@@ -156,13 +158,13 @@ fn write_relative<W: Write>(
     let per = rows_per_chunk(scan.block_size) as usize;
     let nchunks = scan.size.div_ceil(CHUNK_BYTES);
     let mut h = Vec::with_capacity(RSIG_HEADER_LEN);
-    h.extend_from_slice(&RSIG_MAGIC);
-    h.extend_from_slice(&1u32.to_le_bytes());
-    h.extend_from_slice(&scan.block_size.to_le_bytes());
-    h.extend_from_slice(&scan.size.to_le_bytes());
-    h.extend_from_slice(&scan.digest);
-    h.extend_from_slice(&parent.digest);
-    h.extend_from_slice(&nchunks.to_le_bytes());
+    h.write_all(&RSIG_MAGIC)?;
+    h.write_u32::<LittleEndian>(1)?;
+    h.write_u32::<LittleEndian>(scan.block_size)?;
+    h.write_u64::<LittleEndian>(scan.size)?;
+    h.write_all(&scan.digest)?;
+    h.write_all(&parent.digest)?;
+    h.write_u64::<LittleEndian>(nchunks)?;
     out.write_all(&h)?;
     let pchunks = parent.size.div_ceil(CHUNK_BYTES);
     let mut buf = Vec::with_capacity(per * 21 + 16);
@@ -181,13 +183,13 @@ fn write_relative<W: Write>(
         });
         match reference {
             Some(pc) => {
-                buf.push(1);
-                buf.extend_from_slice(&pc.to_le_bytes());
+                buf.write_u8(1)?;
+                buf.write_u64::<LittleEndian>(pc)?;
             }
             None => {
-                buf.push(0);
-                buf.extend_from_slice(&(n as u32).to_le_bytes());
-                encode_rows(scan, b0, b1, &mut buf);
+                buf.write_u8(0)?;
+                buf.write_u32::<LittleEndian>(n as u32)?;
+                encode_rows(scan, b0, b1, &mut buf)?;
             }
         }
         out.write_all(&buf)?;
@@ -202,16 +204,15 @@ pub fn read_relative(bytes: &[u8], parent: &Scan, name: &str) -> Result<Scan> {
     if bytes.len() < RSIG_HEADER_LEN || bytes[..8] != RSIG_MAGIC {
         return Err(bad("not a signature"));
     }
-    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
-    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
-    if u32_at(8) != 1 {
+    // The length was checked above: the fixed header reads cannot fall short.
+    if LittleEndian::read_u32(&bytes[8..12]) != 1 {
         return Err(bad("unknown version"));
     }
-    let bs = u32_at(12);
-    let size = u64_at(16);
+    let bs = LittleEndian::read_u32(&bytes[12..16]);
+    let size = LittleEndian::read_u64(&bytes[16..24]);
     let digest: Digest = bytes[24..56].try_into().expect("32 bytes");
     let pdigest: Digest = bytes[56..88].try_into().expect("32 bytes");
-    let nchunks = u64_at(88);
+    let nchunks = LittleEndian::read_u64(&bytes[88..96]);
     if bs != parent.block_size || pdigest != parent.digest {
         return Err(bad("made for another parent"));
     }
@@ -227,22 +228,15 @@ pub fn read_relative(bytes: &[u8], parent: &Scan, name: &str) -> Result<Scan> {
     let mut blocks = Vec::with_capacity(nblocks.min(bytes.len()));
     let mut kinds = Vec::with_capacity(nblocks.min(bytes.len()));
     let mut weaks = Vec::with_capacity(nblocks.min(bytes.len()));
-    let mut at = RSIG_HEADER_LEN;
+    // The chunk records, read front to back; a short read is a truncated file.
+    let mut rest = &bytes[RSIG_HEADER_LEN..];
+    let truncated = |_| bad("truncated");
     let pchunks = parent.size.div_ceil(CHUNK_BYTES);
     for c in 0..nchunks as usize {
         let want = (nblocks - c * per).min(per);
-        let tag = *bytes.get(at).ok_or_else(|| bad("truncated"))?;
-        at += 1;
-        match tag {
+        match rest.read_u8().map_err(truncated)? {
             1 => {
-                let pc = u64::from_le_bytes(
-                    bytes
-                        .get(at..at + 8)
-                        .ok_or_else(|| bad("truncated"))?
-                        .try_into()
-                        .expect("8 bytes"),
-                );
-                at += 8;
+                let pc = rest.read_u64::<LittleEndian>().map_err(truncated)?;
                 let p0 = pc as usize * per;
                 if pc >= pchunks || p0 + want > parent.blocks.len() {
                     return Err(bad("a reference past the parent's volume"));
@@ -254,33 +248,29 @@ pub fn read_relative(bytes: &[u8], parent: &Scan, name: &str) -> Result<Scan> {
                 }
             }
             0 => {
-                let n = u32::from_le_bytes(
-                    bytes
-                        .get(at..at + 4)
-                        .ok_or_else(|| bad("truncated"))?
-                        .try_into()
-                        .expect("4 bytes"),
-                ) as usize;
-                at += 4;
+                let n = rest.read_u32::<LittleEndian>().map_err(truncated)? as usize;
                 if n != want {
                     return Err(bad("a chunk with the wrong number of blocks"));
                 }
-                let rows = bytes.get(at..at + n * 21).ok_or_else(|| bad("truncated"))?;
-                at += n * 21;
+                if rest.len() < n * 21 {
+                    return Err(bad("truncated"));
+                }
+                let (rows, tail) = rest.split_at(n * 21);
+                rest = tail;
                 for r in rows.chunks_exact(21) {
                     let kind = r[20];
                     if kind > 2 || (kind != 0 && r[..20] != [0; 20]) {
                         return Err(bad("a bad block row"));
                     }
                     blocks.push(r[..16].try_into().expect("16 bytes"));
-                    weaks.push(u32::from_le_bytes(r[16..20].try_into().expect("4 bytes")));
+                    weaks.push(LittleEndian::read_u32(&r[16..20]));
                     kinds.push(kind);
                 }
             }
             _ => return Err(bad("a bad chunk tag")),
         }
     }
-    if at != bytes.len() {
+    if !rest.is_empty() {
         return Err(bad("bytes after the last chunk"));
     }
     Ok(Scan::from_parts(size, bs, digest, blocks, kinds, weaks))
@@ -291,9 +281,9 @@ pub fn write_chunks(path: &Path, chunks: &[Digest]) -> Result<()> {
     let mut w = BufWriter::new(f);
     let mut h = Vec::with_capacity(24);
     h.extend_from_slice(&CHUNKS_MAGIC);
-    h.extend_from_slice(&1u32.to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes());
-    h.extend_from_slice(&(chunks.len() as u64).to_le_bytes());
+    h.write_u32::<LittleEndian>(1).at(path)?;
+    h.write_u32::<LittleEndian>(0).at(path)?;
+    h.write_u64::<LittleEndian>(chunks.len() as u64).at(path)?;
     w.write_all(&h).at(path)?;
     for c in chunks {
         w.write_all(c).at(path)?;
@@ -311,10 +301,11 @@ pub fn read_chunks(repo: &Repo, e: &Entry) -> Result<Vec<Digest>> {
     let want = e.volume.size.div_ceil(CHUNK_BYTES);
     let bytes = crate::repo::read_small(&path, 24 + want * 32)?;
     let bad = || Error::Corrupt(format!("entry {}: {CHUNKS} is malformed", e.name));
-    if bytes.len() < 24 || bytes[..8] != CHUNKS_MAGIC || bytes[8..12] != 1u32.to_le_bytes() {
+    if bytes.len() < 24 || bytes[..8] != CHUNKS_MAGIC || LittleEndian::read_u32(&bytes[8..12]) != 1
+    {
         return Err(bad());
     }
-    let n = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let n = LittleEndian::read_u64(&bytes[16..24]);
     if n != want || bytes.len() as u64 != 24 + n * 32 {
         return Err(bad());
     }

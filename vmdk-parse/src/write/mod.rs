@@ -35,6 +35,7 @@ use crate::disk::Disk;
 use crate::error::Error;
 use crate::extent::Location;
 use crate::sparse::{SparseHeader, HEADER_LEN, MAGIC, MAX_CAPACITY_BYTES, SECTOR};
+use byteorder::{ByteOrder, LittleEndian};
 use grains::Range;
 use std::fs::File;
 use std::io;
@@ -168,22 +169,22 @@ pub(crate) fn out_err(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ 
 pub(crate) fn encode_header(h: &SparseHeader) -> [u8; HEADER_LEN] {
     let mut b = [0u8; HEADER_LEN];
     b[0..4].copy_from_slice(MAGIC);
-    b[4..8].copy_from_slice(&h.version.to_le_bytes());
-    b[8..12].copy_from_slice(&h.flags.to_le_bytes());
-    b[12..20].copy_from_slice(&h.capacity.to_le_bytes());
-    b[20..28].copy_from_slice(&h.grain_size.to_le_bytes());
-    b[28..36].copy_from_slice(&h.descriptor_offset.to_le_bytes());
-    b[36..44].copy_from_slice(&h.descriptor_size.to_le_bytes());
-    b[44..48].copy_from_slice(&h.num_gtes_per_gt.to_le_bytes());
-    b[48..56].copy_from_slice(&h.rgd_offset.to_le_bytes());
-    b[56..64].copy_from_slice(&h.gd_offset.to_le_bytes());
-    b[64..72].copy_from_slice(&h.over_head.to_le_bytes());
+    LittleEndian::write_u32(&mut b[4..8], h.version);
+    LittleEndian::write_u32(&mut b[8..12], h.flags);
+    LittleEndian::write_u64(&mut b[12..20], h.capacity);
+    LittleEndian::write_u64(&mut b[20..28], h.grain_size);
+    LittleEndian::write_u64(&mut b[28..36], h.descriptor_offset);
+    LittleEndian::write_u64(&mut b[36..44], h.descriptor_size);
+    LittleEndian::write_u32(&mut b[44..48], h.num_gtes_per_gt);
+    LittleEndian::write_u64(&mut b[48..56], h.rgd_offset);
+    LittleEndian::write_u64(&mut b[56..64], h.gd_offset);
+    LittleEndian::write_u64(&mut b[64..72], h.over_head);
     b[72] = h.unclean_shutdown;
     b[73] = h.single_end_line_char;
     b[74] = h.non_end_line_char;
     b[75] = h.double_end_line_char1;
     b[76] = h.double_end_line_char2;
-    b[77..79].copy_from_slice(&h.compress_algorithm.to_le_bytes());
+    LittleEndian::write_u16(&mut b[77..79], h.compress_algorithm);
     b
 }
 

@@ -19,6 +19,7 @@ use super::{
     GTES_PER_GT,
 };
 use crate::sparse::{SparseHeader, FLAG_REDUNDANT_GD, FLAG_VALID_NEWLINE, FLAG_ZERO_GTE, SECTOR};
+use byteorder::{ByteOrder, LittleEndian};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -90,11 +91,14 @@ impl SparseLayout {
 
     /// A grain directory: entry `i` is the sector of grain table `i`, tables laid end to end.
     fn directory(&self, first_table: u64) -> Vec<u8> {
-        let mut b = Vec::with_capacity((self.gd_sectors * SECTOR) as usize);
-        for i in 0..self.gt_count {
-            b.extend_from_slice(&((first_table + i * GT_SECTORS) as u32).to_le_bytes());
+        let mut b = vec![0u8; (self.gd_sectors * SECTOR) as usize];
+        for (i, entry) in b
+            .chunks_exact_mut(4)
+            .take(self.gt_count as usize)
+            .enumerate()
+        {
+            LittleEndian::write_u32(entry, (first_table + i as u64 * GT_SECTORS) as u32);
         }
-        b.resize((self.gd_sectors * SECTOR) as usize, 0);
         b
     }
 }
@@ -207,7 +211,8 @@ impl SparseSink {
         if !self.gt_dirty {
             return Ok(());
         }
-        let bytes: Vec<u8> = self.gt.iter().flat_map(|e| e.to_le_bytes()).collect();
+        let mut bytes = vec![0u8; self.gt.len() * 4];
+        LittleEndian::write_u32_into(&self.gt, &mut bytes);
         let l = &self.layout;
         self.out.write_at(&bytes, l.rgt(self.gt_index) * SECTOR)?;
         self.out.write_at(&bytes, l.gt(self.gt_index) * SECTOR)?;

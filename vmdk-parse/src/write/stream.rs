@@ -22,6 +22,7 @@ use crate::sparse::{
     SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_VALID_NEWLINE, GD_AT_END, MARKER_EOS,
     MARKER_FOOTER, MARKER_GD, MARKER_GT, SECTOR,
 };
+use byteorder::{ByteOrder, LittleEndian};
 use rayon::prelude::*;
 use std::fs::File;
 use std::path::PathBuf;
@@ -54,8 +55,8 @@ struct StreamSink {
 /// A 512-byte metadata marker: `val` sectors of metadata of type `kind` follow.
 fn marker(val: u64, kind: u32) -> [u8; SECTOR as usize] {
     let mut m = [0u8; SECTOR as usize];
-    m[0..8].copy_from_slice(&val.to_le_bytes());
-    m[12..16].copy_from_slice(&kind.to_le_bytes());
+    LittleEndian::write_u64(&mut m[0..8], val);
+    LittleEndian::write_u32(&mut m[12..16], kind);
     m
 }
 
@@ -104,7 +105,8 @@ impl StreamExtent {
         let gd_sectors = (s.gd.len() as u64 * 4).div_ceil(SECTOR);
         s.out.append(&marker(gd_sectors, MARKER_GD))?;
         let gd_offset = s.out.pos() / SECTOR;
-        let gd: Vec<u8> = s.gd.iter().flat_map(|e| e.to_le_bytes()).collect();
+        let mut gd = vec![0u8; s.gd.len() * 4];
+        LittleEndian::write_u32_into(&s.gd, &mut gd);
         s.out.append(&gd)?;
         s.out.pad_sector()?;
         let header = |gd_offset| SparseHeader {
@@ -151,7 +153,8 @@ impl StreamSink {
         self.out
             .append(&marker(GTES_PER_GT * 4 / SECTOR, MARKER_GT))?;
         self.gd[self.gt_index as usize] = self.sector_u32()?;
-        let bytes: Vec<u8> = self.gt.iter().flat_map(|e| e.to_le_bytes()).collect();
+        let mut bytes = vec![0u8; self.gt.len() * 4];
+        LittleEndian::write_u32_into(&self.gt, &mut bytes);
         self.out.append(&bytes)?;
         self.gt.fill(0);
         self.gt_dirty = false;
@@ -184,8 +187,8 @@ impl StreamSink {
                                 path: path.clone(),
                                 source: std::io::Error::other(format!("compressing a grain: {e}")),
                             })?;
-                    rec[0..8].copy_from_slice(&(index * GRAIN_SECTORS).to_le_bytes());
-                    rec[8..12].copy_from_slice(&(n as u32).to_le_bytes());
+                    LittleEndian::write_u64(&mut rec[0..8], index * GRAIN_SECTORS);
+                    LittleEndian::write_u32(&mut rec[8..12], n as u32);
                     rec.truncate(12 + n);
                     rec.resize((12 + n).next_multiple_of(SECTOR as usize), 0);
                     Ok(rec)
