@@ -1,7 +1,7 @@
 //! Who may use a repository at once (`docs/vrepo.md`, "Locking").
 //!
 //! One lock file, `REPO/lock`, held with `flock(2)`: shared by the commands that add entries or
-//! only read (save, build, list, tree, show, deps, diff, cat, verify), exclusive by the ones
+//! only read (save, build, mount, list, tree, show, deps, diff, cat, verify), exclusive by the ones
 //! that rewrite or remove entries (rm, consolidate, prune). The kernel releases a lock when its
 //! process dies, so a lock is never left behind by a crash or a reboot, and there is nothing to
 //! clear by hand. On NFS, Linux maps `flock` to byte-range locks that the server arbitrates
@@ -132,7 +132,7 @@ impl Repo {
                 self.root.display()
             ),
             (LockMode::Exclusive, None) => format!(
-                "{}: repository in use by other commands (save, build, list...){waited}",
+                "{}: repository in use by other commands (save, build, mount, list...){waited}",
                 self.root.display()
             ),
         }
