@@ -12,16 +12,19 @@
 # built disk's file system. Last, a second VM: `web2`, a full clone of the first (its folder
 # copied and renamed, as VMware clones), is saved into the same repository: vrepo finds the
 # entry it shares most with and stores only what differs; `vrepo vms` and the tree show both.
+# Then the 3 a.m. restore of one file: `vrepo mount` shows every entry's files and each disk's
+# guest image without building anything, and debugfs takes one file out of E2's guest (skipped
+# where FUSE is not available).
 #
 # Usage: scripts/demo.sh            (DEMO_DIR=folder to keep the files somewhere known)
-# Needs: cargo, qemu-utils, e2fsprogs (mke2fs, debugfs); installs the packages when missing
+# Needs: cargo, qemu-utils, e2fsprogs (mke2fs, debugfs), fuse3; installs the packages when missing
 # (as root with apt-get; else it names the command to run).
 set -euo pipefail
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # shellcheck source=scripts/need.sh
 . "$repo_root/scripts/need.sh"
-need qemu-utils e2fsprogs
+need qemu-utils e2fsprogs fuse3
 
 echo "demo: building the tools (the first time: about 2 minutes)..." >&2
 (cd "$repo_root" && cargo build --release -p vrepo -p vmdk-parse)
@@ -123,6 +126,28 @@ for f in web2/*; do
 done
 echo "  web2:latest builds to the clone's files, byte for byte"
 "$VREPO" vms
+
+say "one file from inside E2's guest, with nothing built: vrepo mount, then debugfs"
+if [ -e /dev/fuse ] && command -v fusermount3 >/dev/null; then
+    mkdir -p mnt
+    "$VREPO" mount mnt 2>mount.log &
+    mount_pid=$!
+    for _ in $(seq 100); do
+        [ -d mnt/entries ] && break
+        sleep 0.1
+    done
+    echo "  mnt/entries: $(cd mnt/entries && echo *)"
+    echo "  mnt/guest/E2: $(ls mnt/guest/E2)   mnt/vms/wa/latest -> $(readlink mnt/vms/wa/latest)"
+    name=$(debugfs -R "ls -p d2" mnt/guest/E2/demo.raw 2>/dev/null | awk -F/ '$3 ~ /^100/ {print $6; exit}')
+    debugfs -R "dump d2/$name one-file" mnt/guest/E2/demo.raw 2>/dev/null
+    debugfs -R "dump d2/$name one-file.built" restored.raw 2>/dev/null
+    cmp one-file one-file.built
+    echo "  d2/$name ($(stat -c %s one-file) bytes) taken out of E2 through the mount: the same as from the built disk"
+    kill "$mount_pid"
+    wait "$mount_pid" 2>/dev/null || true
+else
+    echo "  skipped: FUSE is not available here (/dev/fuse, and fusermount3 from fuse3)"
+fi
 
 say "Stored: $(du -sh repo | cut -f1) for two VMs, five states of a $(du -sh --apparent-size states/1/demo.vmdk | cut -f1) disk"
 echo "Demo files are in $work"
