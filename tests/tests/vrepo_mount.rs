@@ -330,6 +330,13 @@ fn a_damaged_record_fails_only_the_reads_that_need_it() {
     repo.save(&wa, &[]);
     let built = t.path().join("built");
     repo.build("E1", &built, &[]);
+    // A second entry whose entry.json is damaged: left out of the mount, with a line.
+    repo.save(&wa, &["--full"]);
+    let manifest = repo.entry_file("E2", "entry.json");
+    let text = fs::read_to_string(&manifest)
+        .unwrap()
+        .replacen("full", "fulL", 1);
+    fs::write(&manifest, text).unwrap();
     // Flip a byte in the middle of the delta: inside one literal record's payload.
     let delta = repo.entry_file("E1", "delta.vdelta");
     let mut bytes = fs::read(&delta).unwrap();
@@ -361,8 +368,10 @@ fn a_damaged_record_fails_only_the_reads_that_need_it() {
         &mnt.join("entries/E1/vm.vmx"),
         &built.join("vm.vmx")
     ));
+    assert!(!mnt.join("entries/E2").exists());
     let (err, _) = m.stop();
     assert!(err.contains("entry E1"), "{err}");
+    assert!(err.contains("entry E2 left out"), "{err}");
 }
 
 fn libc_eio() -> i32 {

@@ -95,8 +95,8 @@ struct Node {
 struct Tree {
     /// Inode `i` is `nodes[i - 1]`.
     nodes: Vec<Node>,
-    /// The entries in the tree.
-    entries: HashSet<String>,
+    /// The entry names looked at (loaded, left out by --vm, or damaged).
+    seen: HashSet<String>,
     /// The repository's entries, by name, as last read.
     manifests: HashMap<String, Arc<Entry>>,
     refreshed: Option<Instant>,
@@ -112,21 +112,28 @@ impl Tree {
         ino.checked_sub(1).and_then(|i| self.nodes.get(i as usize))
     }
 
-    fn dir_mut(&mut self, ino: u64) -> &mut BTreeMap<String, u64> {
-        match &mut self.nodes[ino as usize - 1].kind {
-            Kind::Dir(c) => c,
-            _ => unreachable!("a folder of the tree"),
+    /// The children of `ino` when it is a plain folder.
+    fn dir_mut(&mut self, ino: u64) -> Option<&mut BTreeMap<String, u64>> {
+        match &mut self.nodes.get_mut(ino.checked_sub(1)? as usize)?.kind {
+            Kind::Dir(c) => Some(c),
+            _ => None,
         }
     }
 
-    /// The child `name` of folder `dir`, made (as a folder) when missing.
-    fn subdir(&mut self, dir: u64, name: &str, mtime: SystemTime) -> u64 {
-        if let Some(&i) = self.dir_mut(dir).get(name) {
-            return i;
+    /// The child folder `name` of folder `dir`, made when missing; `None` when `dir` is not a
+    /// folder or `name` is taken by something else.
+    fn subdir(&mut self, dir: u64, name: &str, mtime: SystemTime) -> Option<u64> {
+        match self.dir_mut(dir)?.get(name) {
+            Some(&i) => match self.node(i)?.kind {
+                Kind::Dir(_) => Some(i),
+                _ => None,
+            },
+            None => {
+                let i = self.add(Kind::Dir(BTreeMap::new()), mtime);
+                self.dir_mut(dir)?.insert(name.to_string(), i);
+                Some(i)
+            }
         }
-        let i = self.add(Kind::Dir(BTreeMap::new()), mtime);
-        self.dir_mut(dir).insert(name.to_string(), i);
-        i
     }
 }
 
@@ -174,15 +181,17 @@ impl RepoFs {
         let now = SystemTime::now();
         let mut tree = Tree {
             nodes: Vec::new(),
-            entries: HashSet::new(),
+            seen: HashSet::new(),
             manifests: HashMap::new(),
             refreshed: None,
         };
         let root = tree.add(Kind::Dir(BTreeMap::new()), now);
         debug_assert_eq!(root, ROOT);
-        let entries_dir = tree.subdir(root, "entries", now);
-        let guest_dir = tree.subdir(root, "guest", now);
-        let vms_dir = tree.subdir(root, "vms", now);
+        let mut top = |name| {
+            tree.subdir(root, name, now)
+                .expect("a new folder of the root")
+        };
+        let (entries_dir, guest_dir, vms_dir) = (top("entries"), top("guest"), top("vms"));
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.threads.max(1))
             .thread_name(|i| format!("vrepo-mount-{i}"))
@@ -205,10 +214,17 @@ impl RepoFs {
             guest_dir,
             vms_dir,
         };
-        if !shared.opts.vms.is_empty() {
-            crate::vms::check_vms(&shared.opts.vms, &shared.repo.entries()?)?;
-        }
         shared.refresh(true)?;
+        {
+            let t = shared.read_tree();
+            for vm in &shared.opts.vms {
+                if !t.manifests.values().any(|e| e.vm_name() == vm) {
+                    return Err(Error::Missing(format!(
+                        "no VM named {vm:?} in this repository (vrepo vms lists them)"
+                    )));
+                }
+            }
+        }
         Ok(RepoFs {
             shared: Arc::new(shared),
             pool,
@@ -239,23 +255,49 @@ impl Shared {
                 return Ok(());
             }
         }
-        let all = self.repo.entries()?;
+        // Entries never change under the mount (rewrites wait for its lock): only new numbers
+        // need reading.
+        let numbers = self.repo.numbers()?;
+        let new: Vec<String> = {
+            let t = self.read_tree();
+            numbers
+                .iter()
+                .map(|n| format!("E{n}"))
+                .filter(|n| !t.seen.contains(n))
+                .collect()
+        };
+        let mut loaded = Vec::new();
+        for name in new {
+            match self.repo.load(&name) {
+                Ok(e) => loaded.push(e),
+                // Shown once; the rest of the repository stays readable.
+                Err(err) => (self.warn)(&format!("entry {name} left out: {err}")),
+            }
+            self.write_tree().seen.insert(name);
+        }
         let mut t = self.write_tree();
         t.refreshed = Some(Instant::now());
         let wanted =
             |e: &Entry| self.opts.vms.is_empty() || self.opts.vms.iter().any(|v| v == e.vm_name());
-        for e in &all {
-            if !wanted(e) || t.entries.contains(&e.name) {
+        let mut changed = false;
+        for e in loaded.into_iter().filter(|e| wanted(e)) {
+            changed = true;
+            let when = entry_time(&e);
+            let Some(dir) = t.subdir(self.entries_dir, &e.name, when) else {
                 continue;
-            }
-            let when = entry_time(e);
-            let dir = t.subdir(self.entries_dir, &e.name, when);
+            };
             for f in &e.files {
-                let mut at = dir;
                 let mut parts: Vec<&str> = f.path.split('/').collect();
                 let Some(base) = parts.pop() else { continue };
-                for p in parts {
-                    at = t.subdir(at, p, when);
+                // A name that is both a file and a folder (a damaged manifest) is left out.
+                let Some(at) = parts
+                    .into_iter()
+                    .try_fold(dir, |at, p| t.subdir(at, p, when))
+                else {
+                    continue;
+                };
+                if t.dir_mut(at).is_none_or(|c| c.contains_key(base)) {
+                    continue;
                 }
                 let ino = t.add(
                     Kind::Stored {
@@ -266,17 +308,26 @@ impl Shared {
                     },
                     time_of_ns(f.mtime_ns),
                 );
-                t.dir_mut(at).insert(base.to_string(), ino);
+                if let Some(c) = t.dir_mut(at) {
+                    c.insert(base.to_string(), ino);
+                }
             }
             let g = t.add(Kind::GuestDir(e.name.clone(), None), when);
-            t.dir_mut(self.guest_dir).insert(e.name.clone(), g);
-            t.entries.insert(e.name.clone());
-            t.manifests.insert(e.name.clone(), Arc::new(e.clone()));
+            if let Some(c) = t.dir_mut(self.guest_dir) {
+                c.insert(e.name.clone(), g);
+            }
+            t.manifests.insert(e.name.clone(), Arc::new(e));
         }
-        // vms/NAME/{E7, TAG, latest}: made again from the whole list (a new entry moves latest).
-        let mut by_vm: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
-        for e in all.iter().filter(|e| wanted(e)) {
-            by_vm.entry(e.vm_name()).or_default().push(e);
+        if !changed {
+            return Ok(());
+        }
+        // vms/NAME/{E7, TAG, latest}: from every entry in the mount (a new one moves latest).
+        let mut by_vm: BTreeMap<String, Vec<Arc<Entry>>> = BTreeMap::new();
+        for e in t.manifests.values() {
+            by_vm
+                .entry(e.vm_name().to_string())
+                .or_default()
+                .push(e.clone());
         }
         for (vm, list) in by_vm {
             let when = list
@@ -284,8 +335,9 @@ impl Shared {
                 .map(|e| entry_time(e))
                 .max()
                 .unwrap_or(UNIX_EPOCH);
-            let dir = t.subdir(self.vms_dir, vm, when);
-            let newest = list.iter().max_by_key(|e| e.number).map(|e| e.name.clone());
+            let Some(dir) = t.subdir(self.vms_dir, &vm, when) else {
+                continue;
+            };
             let mut links: Vec<(String, String)> = Vec::new();
             for e in &list {
                 links.push((e.name.clone(), e.name.clone()));
@@ -293,12 +345,12 @@ impl Shared {
                     links.push((tag.clone(), e.name.clone()));
                 }
             }
-            if let Some(n) = newest {
-                links.push(("latest".into(), n));
+            if let Some(n) = list.iter().max_by_key(|e| e.number) {
+                links.push(("latest".into(), n.name.clone()));
             }
             for (name, target) in links {
                 let target = format!("../../entries/{target}");
-                let existing = t.dir_mut(dir).get(&name).copied();
+                let existing = t.dir_mut(dir).and_then(|c| c.get(&name).copied());
                 match existing {
                     Some(i) => {
                         if let Kind::Link(old) = &mut t.nodes[i as usize - 1].kind {
@@ -307,7 +359,9 @@ impl Shared {
                     }
                     None => {
                         let i = t.add(Kind::Link(target), when);
-                        t.dir_mut(dir).insert(name, i);
+                        if let Some(c) = t.dir_mut(dir) {
+                            c.insert(name, i);
+                        }
                     }
                 }
             }
