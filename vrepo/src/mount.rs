@@ -714,6 +714,20 @@ impl vmdk_parse::FileSource for EntryFiles {
 }
 
 impl Filesystem for RepoFs {
+    fn init(
+        &mut self,
+        _req: &Request<'_>,
+        config: &mut fuser::KernelConfig,
+    ) -> std::result::Result<(), libc::c_int> {
+        // Sequential reads (cp, qemu-img convert) come in 1 MiB requests, the records' size,
+        // rather than the kernel's default of 128 KiB: when the kernel allows no more, it says
+        // what it allows.
+        if let Err(most) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(most);
+        }
+        Ok(())
+    }
+
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = name.to_str() else {
             return reply.error(libc::ENOENT);
