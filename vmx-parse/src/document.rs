@@ -195,53 +195,152 @@ pub fn read_capped(mut r: impl Read, path: &Path) -> Result<Vec<u8>> {
 /// The line grammar, in nom combinators over bytes. Every delimiter (`\n`, `=`, `"`, `#`, space,
 /// tab, and U+FEFF's bytes) is ASCII or a whole UTF-8 sequence, so the ranges it returns are
 /// char boundaries of the decoded text, and the same grammar reads a raw line before decoding.
+///
+/// `classify` runs it on every line of a file, so it is written for speed (issue 19: no slower
+/// than the hand-written reader it replaced; `examples/classify_speed.rs` times both): the
+/// parsers fail with `()` and return ranges, so nothing is allocated; `=` and `"` are found with
+/// `take_until` (memchr); the kind of a line and of a value is a dispatch on one byte, not an
+/// `alt`. The input is `Src`, a byte slice whose `nom::Input` methods can be inlined: nom's own
+/// impl for `&[u8]` has a `take_from` (and a `find_substring`) that is not `#[inline]`, so
+/// without LTO every parser step was a call.
 mod grammar {
     use super::Eol;
     use nom::branch::alt;
-    use nom::bytes::complete::{tag, tag_no_case, take_until, take_while, take_while1};
-    use nom::combinator::{eof, opt, rest};
+    use nom::bytes::complete::{tag, tag_no_case, take_until, take_while};
+    use nom::combinator::rest;
     use nom::multi::many0_count;
-    use nom::sequence::{preceded, terminated};
-    use nom::{IResult, Offset, Parser};
+    use nom::sequence::{pair, terminated};
+    use nom::{Compare, CompareResult, FindSubstring, IResult, Input, Needed, Offset, Parser};
+    use std::iter::{Copied, Enumerate};
     use std::ops::Range;
+    use std::slice::Iter;
+
+    /// The grammar's input: a byte slice, as nom reads `&[u8]`, with every method inlinable.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Src<'a>(pub &'a [u8]);
+
+    impl<'a> Input for Src<'a> {
+        type Item = u8;
+        type Iter = Copied<Iter<'a, u8>>;
+        type IterIndices = Enumerate<Self::Iter>;
+
+        #[inline]
+        fn input_len(&self) -> usize {
+            self.0.len()
+        }
+        #[inline]
+        fn take(&self, index: usize) -> Self {
+            Src(&self.0[..index])
+        }
+        #[inline]
+        fn take_from(&self, index: usize) -> Self {
+            Src(&self.0[index..])
+        }
+        #[inline]
+        fn take_split(&self, index: usize) -> (Self, Self) {
+            let (prefix, suffix) = self.0.split_at(index);
+            (Src(suffix), Src(prefix))
+        }
+        #[inline]
+        fn position<P: Fn(u8) -> bool>(&self, predicate: P) -> Option<usize> {
+            self.0.iter().position(|&b| predicate(b))
+        }
+        #[inline]
+        fn iter_elements(&self) -> Self::Iter {
+            self.0.iter().copied()
+        }
+        #[inline]
+        fn iter_indices(&self) -> Self::IterIndices {
+            self.iter_elements().enumerate()
+        }
+        #[inline]
+        fn slice_index(&self, count: usize) -> Result<usize, Needed> {
+            self.0.slice_index(count)
+        }
+    }
+
+    impl<'b> Compare<&'b [u8]> for Src<'_> {
+        #[inline]
+        fn compare(&self, t: &'b [u8]) -> CompareResult {
+            self.0.compare(t)
+        }
+        #[inline]
+        fn compare_no_case(&self, t: &'b [u8]) -> CompareResult {
+            self.0.compare_no_case(t)
+        }
+    }
+
+    impl<'b> FindSubstring<&'b [u8]> for Src<'_> {
+        /// The grammar looks only for single bytes: memchr's search, without nom's
+        /// (not inlinable) wrapper around it.
+        #[inline]
+        fn find_substring(&self, substr: &'b [u8]) -> Option<usize> {
+            match substr {
+                [b] => memchr::memchr(*b, self.0),
+                _ => self.0.find_substring(substr),
+            }
+        }
+    }
+
+    impl Offset for Src<'_> {
+        #[inline]
+        fn offset(&self, second: &Self) -> usize {
+            second.0.as_ptr() as usize - self.0.as_ptr() as usize
+        }
+    }
 
     /// The parsers report only "no match": the caller says what the line is instead.
-    type PResult<'a, O> = IResult<&'a [u8], O, ()>;
+    type PResult<'a, O> = IResult<Src<'a>, O, ()>;
 
+    /// U+FEFF in UTF-8.
+    const FEFF: &[u8] = "\u{feff}".as_bytes();
+
+    #[inline]
     fn is_ws(b: u8) -> bool {
         b == b' ' || b == b'\t'
     }
 
     /// One line and how it ends. A last line without `\n` keeps a final `\r` as text.
-    pub fn line(i: &[u8]) -> PResult<'_, (&[u8], Eol)> {
-        alt((
-            terminated(take_until("\n"), tag("\n")).map(|body: &[u8]| {
-                match body.strip_suffix(b"\r") {
+    pub fn line(i: &[u8]) -> IResult<&[u8], (&[u8], Eol), ()> {
+        let (i, (body, eol)) = alt((
+            terminated(take_until(&b"\n"[..]), tag(&b"\n"[..])).map(|body: Src| {
+                match body.0.strip_suffix(b"\r") {
                     Some(body) => (body, Eol::CrLf),
-                    None => (body, Eol::Lf),
+                    None => (body.0, Eol::Lf),
                 }
             }),
-            rest.map(|body: &[u8]| (body, Eol::None)),
+            rest.map(|body: Src| (body.0, Eol::None)),
         ))
-        .parse(i)
+        .parse(Src(i))?;
+        Ok((i.0, (body, eol)))
+    }
+
+    /// Spaces and tabs.
+    #[inline]
+    fn ws(i: Src<'_>) -> PResult<'_, Src<'_>> {
+        take_while(is_ws).parse(i)
     }
 
     /// What may precede a key: spaces, tabs, and U+FEFF, which is a byte order mark when its
     /// line becomes the first one (after `unset` removes the lines above it), so a key must
-    /// read the same with or without it.
-    fn lead(i: &[u8]) -> PResult<'_, usize> {
-        many0_count(alt((take_while1(is_ws), tag("\u{feff}".as_bytes())))).parse(i)
-    }
-
-    /// Spaces and tabs.
-    fn ws(i: &[u8]) -> PResult<'_, &[u8]> {
-        take_while(is_ws).parse(i)
+    /// read the same with or without it. Blanks, then any number of U+FEFF each followed by
+    /// blanks; only a line whose first byte can start one of them is parsed.
+    #[inline]
+    fn lead(i: Src<'_>) -> PResult<'_, ()> {
+        match i.0.first() {
+            Some(b' ' | b'\t' | 0xEF) => {
+                let (i, _) = (ws, many0_count(pair(tag(FEFF), ws))).parse(i)?;
+                Ok((i, ()))
+            }
+            _ => Ok((i, ())),
+        }
     }
 
     /// The rest of the input without its trailing blanks; what is left is those blanks.
-    fn words(i: &[u8]) -> PResult<'_, &[u8]> {
-        let end = i.iter().rposition(|&b| !is_ws(b)).map_or(0, |at| at + 1);
-        Ok((&i[end..], &i[..end]))
+    #[inline]
+    fn words(i: Src<'_>) -> PResult<'_, Src<'_>> {
+        let end = i.0.iter().rposition(|&b| !is_ws(b)).map_or(0, |at| at + 1);
+        Ok(i.take_split(end))
     }
 
     /// The shape of a line, as byte ranges of it.
@@ -261,72 +360,101 @@ mod grammar {
         },
     }
 
-    fn span(full: &[u8], part: &[u8]) -> Range<usize> {
-        let start = full.offset(part);
-        start..start + part.len()
+    #[inline]
+    fn span(full: Src, part: Src) -> Range<usize> {
+        let start = full.offset(&part);
+        start..start + part.0.len()
     }
 
     /// `key = value`, `key = "value"`, `key = "value` (unterminated) or `key = "value" trailer`.
     /// `i` is `full` after its lead.
-    fn pair<'a>(full: &[u8], i: &'a [u8]) -> PResult<'a, Shape> {
-        let (i, key) = take_until("=").parse(i)?;
-        let (i, _) = tag("=").parse(i)?;
+    #[inline]
+    fn key_value<'a>(full: Src, i: Src<'a>) -> PResult<'a, Shape> {
+        let (i, key) = terminated(take_until(&b"="[..]), tag(&b"="[..])).parse(i)?;
         let (_, key) = words(key)?;
-        if key.is_empty() {
+        if key.0.is_empty() {
             return Ok((i, Shape::NoKey));
         }
+        let key = span(full, key);
         let (i, _) = ws(i)?;
-        let (i, quote) = opt(tag("\"")).parse(i)?;
-        let (i, shape) = if quote.is_none() {
+        // A quote opens a quoted value; anything else is an unquoted one.
+        let Some((&b'"', inner)) = i.0.split_first() else {
             let (i, value) = words(i)?;
-            (i, (span(full, value), false, true, 0..0))
-        } else {
-            match terminated(take_until::<_, _, ()>("\""), tag("\"")).parse(i) {
-                Ok((i, inner)) => {
-                    let (i, trailer) = preceded(ws, words).parse(i)?;
-                    (i, (span(full, inner), true, true, span(full, trailer)))
-                }
-                Err(_) => {
-                    let (i, value) = words(i)?;
-                    (i, (span(full, value), true, false, 0..0))
-                }
-            }
+            let shape = Shape::Pair {
+                key,
+                value: span(full, value),
+                quoted: false,
+                closed: true,
+                trailer: 0..0,
+            };
+            return Ok((i, shape));
         };
-        let (value, quoted, closed, trailer) = shape;
-        Ok((
-            i,
-            Shape::Pair {
-                key: span(full, key),
-                value,
-                quoted,
-                closed,
-                trailer,
-            },
-        ))
+        let inner = Src(inner);
+        let Ok((i, value)) =
+            terminated(take_until::<_, _, ()>(&b"\""[..]), tag(&b"\""[..])).parse(inner)
+        else {
+            let (i, value) = words(inner)?;
+            let shape = Shape::Pair {
+                key,
+                value: span(full, value),
+                quoted: true,
+                closed: false,
+                trailer: 0..0,
+            };
+            return Ok((i, shape));
+        };
+        let (i, (_, trailer)) = (ws, words).parse(i)?;
+        let shape = Shape::Pair {
+            key,
+            value: span(full, value),
+            quoted: true,
+            closed: true,
+            trailer: span(full, trailer),
+        };
+        Ok((i, shape))
     }
 
     /// The shape of a line (decoded text's bytes, or a raw line).
+    #[inline]
     pub fn shape(line: &[u8]) -> Shape {
-        let Ok((i, _)) = lead(line) else {
+        let full = Src(line);
+        let Ok((i, ())) = lead(full) else {
             return Shape::NoEquals;
         };
-        if terminated(ws, eof).parse(i).is_ok() {
-            return Shape::Blank;
-        }
-        if tag::<_, _, ()>("#").parse(i).is_ok() {
-            return Shape::Comment;
-        }
-        match pair(line, i) {
-            Ok((_, shape)) => shape,
-            Err(_) => Shape::NoEquals,
+        // The lead took every blank: what follows decides, by its first byte.
+        match i.0.first() {
+            None => Shape::Blank,
+            Some(b'#') => Shape::Comment,
+            Some(_) => match key_value(full, i) {
+                Ok((_, shape)) => shape,
+                Err(_) => Shape::NoEquals,
+            },
         }
     }
 
     /// Whether a raw line can be the `.encoding` line: its key is `.encoding` (any case).
     pub fn may_be_encoding(line: &[u8]) -> bool {
-        (lead, tag_no_case(".encoding".as_bytes()), ws, tag("="))
-            .parse(line)
+        (lead, tag_no_case(&b".encoding"[..]), ws, tag(&b"="[..]))
+            .parse(Src(line))
             .is_ok()
+    }
+
+    /// Whether a key has a character that `char::is_whitespace` calls white space, or a quote.
+    /// ASCII keys (all real ones) are read by bytes; from the first non-ASCII byte on, by chars.
+    #[inline]
+    pub fn bad_key(key: &str) -> bool {
+        let plain = |b: u8| b < 0x80 && !matches!(b, b' ' | b'\t'..=b'\r' | b'"');
+        let Ok((tail, _)) = take_while::<_, _, ()>(plain).parse(Src(key.as_bytes())) else {
+            return false;
+        };
+        match tail.0.first() {
+            None => false,
+            Some(&b) if b < 0x80 => true,
+            // `tail` starts at a char boundary: every byte before it is ASCII.
+            Some(_) => {
+                key[key.len() - tail.0.len()..].contains(|c: char| c.is_whitespace() || c == '"')
+            }
+        }
     }
 }
 
@@ -358,7 +486,7 @@ pub fn classify(text: &str) -> (LineKind, Option<String>) {
             closed,
             trailer,
         } => {
-            if text[key.clone()].contains(|c: char| c.is_whitespace() || c == '"') {
+            if grammar::bad_key(&text[key.clone()]) {
                 return (
                     LineKind::Other("the key contains spaces or quotes".into()),
                     None,
