@@ -13,7 +13,7 @@ mod vrepo_support;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -166,16 +166,12 @@ fn every_entry_reads_as_its_build_full_incremental_differential_and_a_50_link_ch
     let repo = Repo::init(&t.path().join("repo"), &[]);
     let wa = make_vm(&t.path().join("vm"), 24, 4, 1);
     repo.save(&wa, &[]);
-    for n in 2..=50u64 {
+    for n in 2..=51u64 {
         guest_write(&wa.join("disk.vmdk"), (n % 20) * MIB, 64 * 1024, 100 + n);
-        let mode: &[&str] = if n % 10 == 5 {
-            &["--differential"]
-        } else {
-            &[]
-        };
+        let mode: &[&str] = if n == 51 { &["--differential"] } else { &[] };
         repo.save(&wa, mode);
     }
-    let modes: Vec<String> = ["E1", "E2", "E5"]
+    let modes: Vec<String> = ["E1", "E2", "E51"]
         .iter()
         .map(|e| repo.json(&["show", e])["mode"].as_str().unwrap().to_owned())
         .collect();
@@ -184,10 +180,10 @@ fn every_entry_reads_as_its_build_full_incremental_differential_and_a_50_link_ch
         .as_array()
         .unwrap()
         .len();
-    assert!(chain >= 5, "E50 stands on a chain of {chain}");
+    assert_eq!(chain, 50, "E50 stands on a chain of {chain}");
     let mnt = t.path().join("mnt");
     let m = Mounted::start(&repo, &mnt, &[]);
-    for e in ["E1", "E2", "E5", "E49", "E50"] {
+    for e in ["E1", "E2", "E25", "E50", "E51"] {
         let dest = t.path().join(format!("built-{e}"));
         repo.build(e, &dest, &[]);
         assert_mount_matches(&mnt.join("entries").join(e), &dest, e);
@@ -197,11 +193,11 @@ fn every_entry_reads_as_its_build_full_incremental_differential_and_a_50_link_ch
     let vm = mnt.join("vms/vm");
     assert_eq!(
         fs::read_link(vm.join("latest")).unwrap(),
-        Path::new("../../entries/E50")
+        Path::new("../../entries/E51")
     );
     assert!(same_bytes(
         &vm.join("latest/disk.vmdk"),
-        &mnt.join("entries/E50/disk.vmdk")
+        &mnt.join("entries/E51/disk.vmdk")
     ));
     // Read-only.
     let w = fs::OpenOptions::new()
@@ -337,14 +333,24 @@ fn a_damaged_record_fails_only_the_reads_that_need_it() {
         .unwrap()
         .replacen("full", "fulL", 1);
     fs::write(&manifest, text).unwrap();
-    // Flip a byte in the middle of the delta: inside one literal record's payload.
-    let delta = repo.entry_file("E1", "delta.vdelta");
-    let mut bytes = fs::read(&delta).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x55;
-    fs::write(&delta, bytes).unwrap();
     let mnt = t.path().join("mnt");
     let m = Mounted::start(&repo, &mnt, &[]);
+    // The entry is opened (a small file read), then damaged under the live mount: a byte
+    // flipped in the middle of the delta, inside one literal record's payload.
+    assert!(same_bytes(
+        &mnt.join("entries/E1/vm.vmx"),
+        &built.join("vm.vmx")
+    ));
+    let delta = repo.entry_file("E1", "delta.vdelta");
+    let f = fs::OpenOptions::new().write(true).open(&delta).unwrap();
+    let at = f.metadata().unwrap().len() / 2;
+    let mut b = [0u8; 1];
+    fs::File::open(&delta)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
+    f.write_all_at(&[b[0] ^ 0x55], at).unwrap();
+    drop(f);
     let want = fs::read(built.join("disk.vmdk")).unwrap();
     let f = fs::File::open(mnt.join("entries/E1/disk.vmdk")).unwrap();
     let (mut good, mut bad) = (0, 0);
@@ -428,6 +434,44 @@ fn prune_waits_for_the_mount_and_new_entries_appear() {
 }
 
 #[test]
+fn kill_9_leaves_nothing_that_fusermount_and_the_repository_cannot_clear() {
+    if !fuse_ok() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"), &[]);
+    let wa = make_vm(&t.path().join("vm"), 16, 2, 5);
+    repo.save(&wa, &[]);
+    repo.save(&wa, &["--full"]);
+    let mnt = t.path().join("mnt");
+    let mut m = Mounted::start(&repo, &mnt, &[]);
+    assert!(same_bytes(
+        &mnt.join("entries/E1/disk.vmdk"),
+        &wa.join("disk.vmdk")
+    ));
+    let mut child = m.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The kernel keeps the dead mount until fusermount3 -u clears it.
+    let o = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!is_mounted(&mnt));
+    // The repository needs nothing: the lock went with the process.
+    repo.ok(&["verify", "--read-data"]);
+    repo.ok(&["prune", "--keep-last", "1"]);
+    assert_eq!(repo.names(), ["E2"]);
+    // And it mounts again on the same folder.
+    let m2 = Mounted::start(&repo, &mnt, &[]);
+    assert!(mnt.join("entries/E2/disk.vmdk").exists());
+    let (err, code) = m2.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
 fn bad_mount_points_are_refused_with_one_line() {
     let t = tempfile::tempdir().unwrap();
     let repo = Repo::init(&t.path().join("repo"), &[]);
@@ -446,4 +490,22 @@ fn bad_mount_points_are_refused_with_one_line() {
     for e in [&missing, &full, &file] {
         assert!(!is_mounted(e.parent().unwrap()));
     }
+    // No fusermount3 (nor fusermount) on the PATH, or no /dev/fuse: unsupported, exit 5.
+    let empty = t.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let o = repo
+        .cmd()
+        .env("PATH", t.path().join("no-bin"))
+        .args(["mount", s(&empty)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    let why = if Path::new("/dev/fuse").exists() {
+        "fusermount3 is missing"
+    } else {
+        "/dev/fuse"
+    };
+    assert!(err.contains(why), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
