@@ -36,6 +36,19 @@ fn fuse_ok() -> bool {
     ok
 }
 
+/// With FUSE here: a repository holding one save (E1) of a VM made by `make_vm` with these
+/// sizes and seed, in a temporary folder.
+fn saved_vm(disk_mib: u64, data_mib: u64, seed: u64) -> Option<(tempfile::TempDir, Repo, PathBuf)> {
+    if !fuse_ok() {
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&t.path().join("repo"), &[]);
+    let wa = make_vm(&t.path().join("vm"), disk_mib, data_mib, seed);
+    repo.save(&wa, &[]);
+    Some((t, repo, wa))
+}
+
 /// A running `vrepo mount`, unmounted (and killed if need be) when dropped.
 struct Mounted {
     child: Option<Child>,
@@ -159,13 +172,9 @@ fn assert_mount_matches(mounted: &Path, built: &Path, label: &str) {
 
 #[test]
 fn every_entry_reads_as_its_build_full_incremental_differential_and_a_50_link_chain() {
-    if !fuse_ok() {
+    let Some((t, repo, wa)) = saved_vm(24, 4, 1) else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let repo = Repo::init(&t.path().join("repo"), &[]);
-    let wa = make_vm(&t.path().join("vm"), 24, 4, 1);
-    repo.save(&wa, &[]);
+    };
     for n in 2..=51u64 {
         guest_write(&wa.join("disk.vmdk"), (n % 20) * MIB, 64 * 1024, 100 + n);
         let mode: &[&str] = if n == 51 { &["--differential"] } else { &[] };
@@ -317,13 +326,9 @@ fn random_reads_guest_images_and_a_file_dumped_with_debugfs() {
 
 #[test]
 fn a_damaged_record_fails_only_the_reads_that_need_it() {
-    if !fuse_ok() {
+    let Some((t, repo, wa)) = saved_vm(16, 8, 4) else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let repo = Repo::init(&t.path().join("repo"), &[]);
-    let wa = make_vm(&t.path().join("vm"), 16, 8, 4);
-    repo.save(&wa, &[]);
+    };
     let built = t.path().join("built");
     repo.build("E1", &built, &[]);
     // A second entry whose entry.json is damaged: left out of the mount, with a line.
@@ -386,13 +391,9 @@ fn libc_eio() -> i32 {
 
 #[test]
 fn prune_waits_for_the_mount_and_new_entries_appear() {
-    if !fuse_ok() {
+    let Some((t, repo, wa)) = saved_vm(16, 2, 5) else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let repo = Repo::init(&t.path().join("repo"), &[]);
-    let wa = make_vm(&t.path().join("vm"), 16, 2, 5);
-    repo.save(&wa, &[]);
+    };
     guest_write(&wa.join("disk.vmdk"), 3 * MIB, MIB, 6);
     repo.save(&wa, &[]);
     let mnt = t.path().join("mnt");
@@ -435,13 +436,9 @@ fn prune_waits_for_the_mount_and_new_entries_appear() {
 
 #[test]
 fn kill_9_leaves_nothing_that_fusermount_and_the_repository_cannot_clear() {
-    if !fuse_ok() {
+    let Some((t, repo, wa)) = saved_vm(16, 2, 5) else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let repo = Repo::init(&t.path().join("repo"), &[]);
-    let wa = make_vm(&t.path().join("vm"), 16, 2, 5);
-    repo.save(&wa, &[]);
+    };
     repo.save(&wa, &["--full"]);
     let mnt = t.path().join("mnt");
     let mut m = Mounted::start(&repo, &mnt, &[]);
