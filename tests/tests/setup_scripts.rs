@@ -183,7 +183,7 @@ fn demo_and_tests_stop_before_building_naming_what_to_install() {
     let o = bash(bin.path(), &["scripts/demo.sh"], &env);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).ends_with("install them with: sudo apt-get install e2fsprogs\n"),
+        stderr(&o).ends_with("install them with: sudo apt-get install e2fsprogs fuse3\n"),
         "{}",
         stderr(&o)
     );

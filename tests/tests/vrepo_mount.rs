@@ -320,6 +320,42 @@ fn random_reads_guest_images_and_a_file_dumped_with_debugfs() {
     assert_eq!(seek(&vmem, Whence::Data(MIB)).unwrap(), 7 * MIB);
     assert_eq!(seek(&vmem, Whence::Hole(7 * MIB)).unwrap(), 8 * MIB);
     assert_eq!(fs::read(mnt.join("entries/E2/vm.vmem")).unwrap(), big);
+    // On the guest image, the holes are the disk's unallocated grains: qemu-img map of the
+    // built disk says where data is, and SEEK_DATA/SEEK_HOLE agree with it range by range.
+    let img = fs::File::open(&guest).unwrap();
+    let o = Command::new("qemu-img")
+        .args(["map", "--output=json", "-f", "vmdk"])
+        .arg(built.join("disk.vmdk"))
+        .output()
+        .unwrap();
+    let map: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // qemu-img splits ranges by where they lie in the file: merged here by kind.
+    let mut ranges: Vec<(u64, u64, bool)> = Vec::new();
+    for r in map.as_array().unwrap() {
+        let (start, len) = (r["start"].as_u64().unwrap(), r["length"].as_u64().unwrap());
+        let data = r["data"].as_bool().unwrap() && !r["zero"].as_bool().unwrap();
+        match ranges.last_mut() {
+            Some((_, l, d)) if *d == data => *l += len,
+            _ => ranges.push((start, len, data)),
+        }
+    }
+    assert!(ranges.len() >= 3, "{map}");
+    for &(start, len, data) in &ranges {
+        let whence = if data {
+            Whence::Data(start)
+        } else {
+            Whence::Hole(start)
+        };
+        assert_eq!(seek(&img, whence).unwrap(), start, "{ranges:?}");
+        if start + len < 32 * MIB {
+            let next = if data {
+                Whence::Hole(start)
+            } else {
+                Whence::Data(start)
+            };
+            assert_eq!(seek(&img, next).unwrap(), start + len, "{ranges:?}");
+        }
+    }
     let mut f = fs::File::open(mnt.join("entries/E2/vm.nvram")).unwrap();
     assert_eq!(f.seek(SeekFrom::End(0)).unwrap(), 8684);
 }

@@ -143,6 +143,9 @@ pub struct RepoFs {
     pool: rayon::ThreadPool,
 }
 
+/// A guest image's ranges: `(offset, length, data)`.
+type GuestMap = Vec<(u64, u64, bool)>;
+
 /// Opened once, on first use; a failure is kept (as its message) and reported on each use.
 type Once<T> = Arc<OnceLock<std::result::Result<Arc<T>, String>>>;
 
@@ -153,6 +156,7 @@ struct Shared {
     tree: RwLock<Tree>,
     readers: Mutex<HashMap<String, Once<ChainReader>>>,
     disks: Mutex<HashMap<(String, String), Once<vmdk_parse::Disk>>>,
+    maps: Mutex<HashMap<(String, String), Once<GuestMap>>>,
     warn: Warn,
     uid: u32,
     gid: u32,
@@ -207,6 +211,7 @@ impl RepoFs {
             tree: RwLock::new(tree),
             readers: Mutex::new(HashMap::new()),
             disks: Mutex::new(HashMap::new()),
+            maps: Mutex::new(HashMap::new()),
             warn,
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
@@ -612,35 +617,69 @@ impl Shared {
         Ok(buf)
     }
 
-    /// `SEEK_DATA`/`SEEK_HOLE` from `offset` in stored file `ino`.
+    /// The guest image's map, made once: `(offset, length, data)` in order, neighbours of one
+    /// kind merged; zero and unallocated ranges are holes.
+    fn guest_map(&self, entry: &str, top: &str) -> std::result::Result<Arc<GuestMap>, String> {
+        let cell = {
+            let mut m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry((entry.to_string(), top.to_string()))
+                .or_default()
+                .clone()
+        };
+        cell.get_or_init(|| {
+            let d = self.disk(entry, top)?;
+            let mut out: GuestMap = Vec::new();
+            for r in d.map() {
+                let r = r.map_err(|e| format!("entry {entry}: {top}: {e}"))?;
+                let data = r.state == vmdk_parse::State::Data;
+                match out.last_mut() {
+                    Some((_, l, k)) if *k == data => *l += r.length,
+                    _ => out.push((r.offset, r.length, data)),
+                }
+            }
+            Ok(Arc::new(out))
+        })
+        .clone()
+    }
+
+    /// `SEEK_DATA` (`data`) or `SEEK_HOLE` from `offset` in file `ino`: the offset of the first
+    /// data (hole) at or after it, the end of the file for a hole, ENXIO when there is none.
     fn seek(&self, ino: u64, offset: u64, data: bool) -> std::result::Result<u64, i32> {
-        let (entry, at, size) = match self.read_tree().node(ino).map(|n| &n.kind) {
+        let kind = match self.read_tree().node(ino).map(|n| &n.kind) {
             Some(Kind::Stored {
                 entry,
                 offset: at,
                 size,
                 ..
-            }) => (entry.clone(), *at, *size),
-            Some(Kind::Guest { size, .. }) => {
-                // Guest images: all data (always a correct answer).
-                let size = *size;
-                return match (data, offset < size) {
-                    (_, false) => Err(libc::ENXIO),
-                    (true, true) => Ok(offset),
-                    (false, true) => Ok(size),
-                };
-            }
+            }) => (entry.clone(), None, *at, *size),
+            Some(Kind::Guest { entry, top, size }) => (entry.clone(), Some(top.clone()), 0, *size),
             _ => return Err(libc::EINVAL),
         };
+        let (entry, top, at, size) = kind;
         if offset >= size {
             return Err(libc::ENXIO);
         }
-        let r = self.reader(&entry).map_err(|_| libc::EIO)?;
-        for (o, l, k) in r.extents(at + offset, size - offset) {
-            if (k == Extent::Data) == data {
-                return Ok(o - at);
+        let ranges: Vec<(u64, u64, bool)> = match top {
+            None => {
+                let r = self.reader(&entry).map_err(|_| libc::EIO)?;
+                r.extents(at + offset, size - offset)
+                    .into_iter()
+                    .map(|(o, l, k)| (o - at, l, k == Extent::Data))
+                    .collect()
             }
-            let _ = l;
+            Some(top) => {
+                let map = self.guest_map(&entry, &top).map_err(|m| {
+                    (self.warn)(&m);
+                    libc::EIO
+                })?;
+                let first = map.partition_point(|&(o, l, _)| o + l <= offset);
+                map[first..].to_vec()
+            }
+        };
+        for (o, _, k) in ranges {
+            if k == data {
+                return Ok(o.max(offset));
+            }
         }
         if data {
             Err(libc::ENXIO)
