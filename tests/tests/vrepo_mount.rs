@@ -444,16 +444,19 @@ fn prune_waits_for_the_mount_and_new_entries_appear() {
     assert_eq!(repo.names(), ["E1", "E2"]);
     // A save goes on beside the mount; its entry appears.
     guest_write(&wa.join("disk.vmdk"), 5 * MIB, MIB, 7);
-    repo.save(&wa, &[]);
+    repo.save(&wa, &["--tag", "before-upgrade"]);
     let t0 = Instant::now();
     while !mnt.join("entries/E3").exists() {
         assert!(t0.elapsed() < Duration::from_secs(10), "E3 did not appear");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(
-        fs::read_link(mnt.join("vms/vm/latest")).unwrap(),
-        Path::new("../../entries/E3")
-    );
+    for link in ["latest", "before-upgrade", "E3"] {
+        assert_eq!(
+            fs::read_link(mnt.join("vms/vm").join(link)).unwrap(),
+            Path::new("../../entries/E3"),
+            "{link}"
+        );
+    }
     assert!(same_bytes(
         &mnt.join("entries/E3/disk.vmdk"),
         &wa.join("disk.vmdk")
