@@ -545,3 +545,29 @@ fn bad_mount_points_are_refused_with_one_line() {
     assert!(err.contains(why), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn mount_vm_shows_only_that_vms_entries() {
+    let Some((t, repo, _wa)) = saved_vm(16, 2, 8) else {
+        return;
+    };
+    let other = make_vm(&t.path().join("db"), 16, 2, 9);
+    repo.save(&other, &[]);
+    let mnt = t.path().join("mnt");
+    let m = Mounted::start(&repo, &mnt, &["--vm", "db"]);
+    let names = |d: &str| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(mnt.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("entries"), ["E2"]);
+    assert_eq!(names("guest"), ["E2"]);
+    assert_eq!(names("vms"), ["db"]);
+    let (err, code) = m.stop();
+    assert_eq!(code, Some(0), "{err}");
+    let err = repo.fails(&["mount", s(&mnt), "--vm", "nope"], 4);
+    assert!(err.contains("no VM named \"nope\""), "{err}");
+}
