@@ -2175,4 +2175,39 @@ fn new_data_is_stored_at_level_3_in_full_entries_and_at_minus_1_in_partial_ones(
         "level 3 stores less: {three:?} {fast:?}"
     );
     assert!(three.1 < fast.1, "{three:?} {fast:?}");
+
+    // Recompression: consolidate --level rewrites the full entry E1 of the level -1 repository
+    // at level 19; it shrinks, and both entries (E2 stands on E1's volume) build as before.
+    let repo = Repo {
+        root: t.path().join("fast/repo"),
+    };
+    let before: Vec<PathBuf> = ["E1", "E2"]
+        .iter()
+        .map(|e| {
+            let d = t.path().join(format!("before-{e}"));
+            repo.build(e, &d, &[]);
+            d
+        })
+        .collect();
+    repo.ok(&["consolidate", "E1", "--level", "19"]);
+    let e1 = fs::metadata(t.path().join("fast/repo/entries/E1/delta.vdelta"))
+        .unwrap()
+        .len();
+    assert!(e1 + 100_000 < fast.0, "recompressed {e1}, was {}", fast.0);
+    assert!(repo.show("E1")["parent"].is_null());
+    for (e, b) in ["E1", "E2"].iter().zip(&before) {
+        let d = t.path().join(format!("after-{e}"));
+        repo.build(e, &d, &[]);
+        for f in ["disk.vmdk", "vm.vmx", "vm.nvram"] {
+            assert_eq!(
+                fs::read(d.join(f)).unwrap(),
+                fs::read(b.join(f)).unwrap(),
+                "{e} {f}"
+            );
+        }
+    }
+    repo.ok(&["verify", "--read-data"]);
+    // Without --level, consolidating a full entry changes nothing.
+    let o = repo.ok(&["consolidate", "E1"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("full entry already"));
 }

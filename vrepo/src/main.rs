@@ -201,6 +201,16 @@ enum Command {
         entry: String,
         #[arg(long)]
         full: bool,
+        /// zstd level of the rewritten entry's new data (default: 3 for a full entry, -1 for
+        /// a partial one). On a full entry, rewrites it at this level: recompression, e.g.
+        /// `--level 19` for an entry kept for long.
+        #[arg(
+            long,
+            allow_negative_numbers = true,
+            value_parser = clap::value_parser!(i32).range(-7..=22),
+            value_name = "L"
+        )]
+        level: Option<i32>,
     },
     /// Remove the entries a retention policy does not keep, applied to each VM's entries
     /// separately. Kept entries never break: a kept entry whose parent goes is rewritten onto
@@ -210,6 +220,15 @@ enum Command {
         /// Only these VMs' entries (may be repeated); other VMs keep everything.
         #[arg(long = "vm", value_name = "NAME")]
         vms: Vec<String>,
+        /// zstd level of the entries a prune rewrites (default: 3 for one made full, -1 for
+        /// one rewritten onto another parent).
+        #[arg(
+            long,
+            allow_negative_numbers = true,
+            value_parser = clap::value_parser!(i32).range(-7..=22),
+            value_name = "L"
+        )]
+        level: Option<i32>,
         /// Allow a policy that keeps no entry of a VM (all of its entries go).
         #[arg(long)]
         allow_empty: bool,
@@ -763,17 +782,22 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             let r = vrepo::rewrite::remove(&repo, &e, rebase, None).map_err(fail)?;
             report_rewrite(&mut stdout, cli.json, &r)?;
         }
-        Command::Consolidate { entry, full } => {
+        Command::Consolidate { entry, full, level } => {
             let (repo, _lock) = open_as(&common, "consolidate", LockMode::Exclusive)?;
             let e = repo.resolve(&entry).map_err(fail)?;
-            if e.parent.is_none() {
-                eprintln!("vrepo: {} is a full entry already; nothing to do", e.name);
+            match (&e.parent, level) {
+                (None, None) => {
+                    eprintln!("vrepo: {} is a full entry already; nothing to do", e.name)
+                }
+                (None, Some(l)) => eprintln!("vrepo: storing {} again at level {l}", e.name),
+                _ => {}
             }
-            let r = vrepo::rewrite::consolidate(&repo, &e, full, None).map_err(fail)?;
+            let r = vrepo::rewrite::consolidate(&repo, &e, full, level).map_err(fail)?;
             report_rewrite(&mut stdout, cli.json, &r)?;
         }
         Command::Prune {
             vms,
+            level,
             allow_empty,
             keep_last,
             keep_daily,
@@ -797,7 +821,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 monthly: keep_monthly,
             };
             let plan =
-                vrepo::rewrite::prune(&repo, r, &vms, allow_empty, dry_run, None).map_err(fail)?;
+                vrepo::rewrite::prune(&repo, r, &vms, allow_empty, dry_run, level).map_err(fail)?;
             report_plan(&mut stdout, cli.json, &plan)?;
         }
         Command::Mount {

@@ -37,6 +37,11 @@ pub struct Swap {
     pub staged: String,
     /// The parent the restaged entry has.
     pub new_parent: Option<String>,
+    /// The restaged entry's `entry.sum` (the BLAKE3 of its entry.json): the swap is done when
+    /// the entry in place has it. Journals written before it was recorded tell a done swap by
+    /// its parent alone, which a recompression (same parent) cannot use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -358,9 +363,10 @@ pub fn apply_journal(repo: &Repo, j: &Journal) -> Result<()> {
     for s in &j.swaps {
         let staged = tmp.join(&s.staged);
         let cur = repo.entry_dir(&s.entry);
-        let done = match repo.load(&s.entry) {
-            Ok(e) => e.parent == s.new_parent,
-            Err(_) => false,
+        let done = match (&s.sum, repo.load(&s.entry)) {
+            (Some(sum), Ok(_)) => entry_sum(&cur).as_ref() == Some(sum),
+            (None, Ok(e)) => e.parent == s.new_parent,
+            (_, Err(_)) => false,
         };
         if done || !staged.join(crate::repo::ENTRY_SUM).exists() {
             continue;
@@ -519,6 +525,12 @@ fn run(repo: &Repo, j: Journal) -> Result<()> {
     apply_journal(repo, &j).map_err(half_done)
 }
 
+/// The `entry.sum` of the entry folder `dir`, trimmed; `None` when unreadable.
+fn entry_sum(dir: &Path) -> Option<String> {
+    let bytes = crate::repo::read_small(&dir.join(crate::repo::ENTRY_SUM), 256).ok()?;
+    Some(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
 fn staged_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -598,6 +610,7 @@ pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: Option<i32>) -> Resul
                 entry: c.name.clone(),
                 staged: staged_name(&staged),
                 new_parent: new_parent.as_ref().map(|p| p.name.clone()),
+                sum: entry_sum(&staged),
             });
         }
         Ok(swaps)
@@ -623,13 +636,17 @@ pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: Option<i32>) -> Resul
 /// parent's parent, or (with `full`, or when its parent is already a full entry) as a full
 /// entry.
 pub fn consolidate(repo: &Repo, e: &Entry, full: bool, level: Option<i32>) -> Result<Rewritten> {
-    let Some(p) = &e.parent else {
-        return Ok(Rewritten::default());
-    };
-    let parent = repo.load(p)?;
-    let new_parent = match (&parent.parent, full) {
-        (Some(gp), false) => Some(repo.load(gp)?),
-        _ => None,
+    let new_parent = match &e.parent {
+        // A full entry is rewritten only to store it at another level (recompression).
+        None if level.is_some() => None,
+        None => return Ok(Rewritten::default()),
+        Some(p) => {
+            let parent = repo.load(p)?;
+            match (&parent.parent, full) {
+                (Some(gp), false) => Some(repo.load(gp)?),
+                _ => None,
+            }
+        }
     };
     let staged = staging(repo, || restage(repo, e, new_parent.as_ref(), level))?;
     let np = new_parent.as_ref().map(|x| x.name.clone());
@@ -642,6 +659,7 @@ pub fn consolidate(repo: &Repo, e: &Entry, full: bool, level: Option<i32>) -> Re
                 entry: e.name.clone(),
                 staged: staged_name(&staged),
                 new_parent: np.clone(),
+                sum: entry_sum(&staged),
             }],
             remove: vec![],
         },
@@ -914,6 +932,7 @@ fn remove_all_but(
                 entry: name.clone(),
                 staged: staged_name(&s),
                 new_parent: np.clone(),
+                sum: entry_sum(&s),
             });
         }
         Ok(swaps)
