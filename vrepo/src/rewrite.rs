@@ -37,7 +37,7 @@ pub struct Swap {
     pub staged: String,
     /// The parent the restaged entry has.
     pub new_parent: Option<String>,
-    /// The restaged entry's `entry.sum` (the BLAKE3 of its entry.json): the swap is done when
+    /// The restaged entry's `entry.json.b3` (the BLAKE3 of its entry.json): the swap is done when
     /// the entry in place has it. Journals written before it was recorded tell a done swap by
     /// its parent alone, which a recompression (same parent) cannot use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -525,7 +525,7 @@ fn run(repo: &Repo, j: Journal) -> Result<()> {
     apply_journal(repo, &j).map_err(half_done)
 }
 
-/// The `entry.sum` of the entry folder `dir`, trimmed; `None` when unreadable.
+/// The `entry.json.b3` of the entry folder `dir`, trimmed; `None` when unreadable.
 fn entry_sum(dir: &Path) -> Option<String> {
     let bytes = crate::repo::read_small(&dir.join(crate::repo::ENTRY_SUM), 256).ok()?;
     Some(String::from_utf8_lossy(&bytes).trim().to_string())
