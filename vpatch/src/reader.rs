@@ -10,12 +10,14 @@
 
 use crate::{read_literal, resolve, Delta, DeltaInput, Error, Leaf, Result};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use vdiff::format;
 
 /// Inflated literal records, shared by readers, at most `budget` bytes (the least recently used
 /// record goes first). Keys are a delta's name and the record's place in it, so readers must
-/// give each distinct delta file a distinct name.
+/// give each distinct delta file a distinct name. A record wanted by several threads at once
+/// (the kernel's readahead sends neighbouring requests together) is inflated by one of them;
+/// the others wait for it.
 pub struct RecordCache {
     budget: usize,
     inner: Mutex<CacheInner>,
@@ -24,10 +26,13 @@ pub struct RecordCache {
 /// A record: its delta's name and its index there.
 type Key = (Arc<str>, usize);
 
+/// A record's bytes once inflated (`None`: its inflation failed).
+type Slot = Arc<OnceLock<Option<Arc<Vec<u8>>>>>;
+
 #[derive(Default)]
 struct CacheInner {
-    /// Each record's bytes and when it was last used.
-    map: HashMap<Key, (Arc<Vec<u8>>, u64)>,
+    /// Each record's slot, when it was last used, and whether its bytes are counted.
+    map: HashMap<Key, (Slot, u64, usize)>,
     bytes: usize,
     tick: u64,
     hits: u64,
@@ -47,52 +52,89 @@ impl RecordCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, key: &Key) -> Option<Arc<Vec<u8>>> {
-        let mut c = self.lock();
-        c.tick += 1;
-        let tick = c.tick;
-        match c.map.get_mut(key) {
-            Some((bytes, used)) => {
-                *used = tick;
-                let b = bytes.clone();
-                c.hits += 1;
-                Some(b)
-            }
-            None => {
-                c.misses += 1;
-                None
-            }
-        }
-    }
-
-    fn put(&self, key: Key, bytes: Arc<Vec<u8>>) {
-        if bytes.len() > self.budget {
-            return;
-        }
-        let mut c = self.lock();
-        c.tick += 1;
-        let tick = c.tick;
-        let len = bytes.len();
-        if let Some((old, _)) = c.map.insert(key, (bytes, tick)) {
-            c.bytes -= old.len();
-        }
-        c.bytes += len;
-        while c.bytes > self.budget {
-            let Some(victim) = c
+    /// The record `key`: from the cache, or made by `load` (once, whichever thread asks first;
+    /// a failure is not kept: each thread that waited for it tries on its own).
+    fn get_or_load(&self, key: Key, load: impl Fn() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+        let slot = {
+            let mut c = self.lock();
+            c.tick += 1;
+            let tick = c.tick;
+            let e = c
                 .map
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            if let Some((old, _)) = c.map.remove(&victim) {
-                c.bytes -= old.len();
+                .entry(key.clone())
+                .or_insert_with(|| (Arc::new(OnceLock::new()), tick, 0));
+            e.1 = tick;
+            e.0.clone()
+        };
+        let mut failed = None;
+        let mut loaded = false;
+        let got = slot
+            .get_or_init(|| {
+                loaded = true;
+                match load() {
+                    Ok(v) => Some(Arc::new(v)),
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                }
+            })
+            .clone();
+        {
+            let mut c = self.lock();
+            if loaded {
+                c.misses += 1;
+            } else {
+                c.hits += 1;
             }
         }
+        let Some(bytes) = got else {
+            // Not kept: the next read tries again.
+            let mut c = self.lock();
+            if c.map
+                .get(&key)
+                .is_some_and(|(s, _, _)| Arc::ptr_eq(s, &slot))
+            {
+                c.map.remove(&key);
+            }
+            drop(c);
+            return match failed {
+                Some(e) => Err(e),
+                // Another thread's inflation failed: this one tries on its own.
+                None => load().map(Arc::new),
+            };
+        };
+        let mut c = self.lock();
+        let len = bytes.len();
+        let newly = match c.map.get_mut(&key) {
+            Some((s, _, counted)) if Arc::ptr_eq(s, &slot) && *counted == 0 => {
+                *counted = len;
+                true
+            }
+            _ => false,
+        };
+        if newly {
+            c.bytes += len;
+            while c.bytes > self.budget {
+                let Some(victim) = c
+                    .map
+                    .iter()
+                    .filter(|(_, (_, _, counted))| *counted > 0)
+                    .min_by_key(|(_, (_, used, _))| *used)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                if let Some((_, _, counted)) = c.map.remove(&victim) {
+                    c.bytes -= counted;
+                }
+            }
+        }
+        Ok(bytes)
     }
 
-    /// (records found, records inflated) since the cache was made.
+    /// (reads served by a record another read inflated, records inflated) since the cache was
+    /// made.
     pub fn stats(&self) -> (u64, u64) {
         let c = self.lock();
         (c.hits, c.misses)
@@ -211,16 +253,67 @@ impl ChainReader {
     /// inflated now (and kept).
     fn record(&self, delta: usize, rec: usize) -> Result<Arc<Vec<u8>>> {
         let key = (self.names[delta].clone(), rec);
-        if let Some(b) = self.cache.get(&key) {
-            return Ok(b);
-        }
         let d = &self.deltas[delta];
-        let mut bytes = vec![0u8; d.recs[rec].length as usize];
-        read_literal(d, rec, |stored, payload| {
-            format::literal_into(stored, payload, &mut bytes)
-        })?;
-        let bytes = Arc::new(bytes);
-        self.cache.put(key, bytes.clone());
-        Ok(bytes)
+        self.cache.get_or_load(key, || {
+            let mut bytes = Vec::new();
+            read_literal(d, rec, |stored, payload| {
+                // Into spare capacity: nothing zeroed first.
+                format::literal_bytes(stored, payload, d.recs[rec].length, &mut bytes)
+            })?;
+            Ok(bytes)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_wanted_by_many_threads_at_once_is_loaded_once() {
+        let cache = RecordCache::new(1 << 20);
+        let loads = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let b = cache
+                        .get_or_load((Arc::from("d"), 3), || {
+                            loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Ok(vec![7u8; 1000])
+                        })
+                        .unwrap();
+                    assert_eq!(*b, vec![7u8; 1000]);
+                });
+            }
+        });
+        assert_eq!(loads.into_inner(), 1);
+        assert_eq!(cache.stats(), (7, 1));
+        assert_eq!(cache.held(), 1000);
+    }
+
+    #[test]
+    fn a_failed_load_is_not_kept_and_the_budget_holds() {
+        let cache = RecordCache::new(2500);
+        let key = |i| (Arc::from("d"), i);
+        let err = || Error::Usage("damaged".into());
+        assert!(cache.get_or_load(key(0), || Err(err())).is_err());
+        assert_eq!(
+            *cache.get_or_load(key(0), || Ok(vec![1; 1000])).unwrap(),
+            vec![1; 1000]
+        );
+        for i in 1..10 {
+            cache.get_or_load(key(i), || Ok(vec![2; 1000])).unwrap();
+            assert!(cache.held() <= 2500);
+        }
+        // The least recently used went: key 0 is loaded again.
+        let again = std::sync::atomic::AtomicBool::new(false);
+        cache
+            .get_or_load(key(0), || {
+                again.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(vec![1; 1000])
+            })
+            .unwrap();
+        assert!(again.into_inner());
     }
 }
