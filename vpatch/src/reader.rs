@@ -218,6 +218,28 @@ impl ChainReader {
         Ok(at)
     }
 
+    /// Inflate into the cache the records that `[offset, offset + len)` needs, without reading
+    /// the range (a read-ahead). Errors are left for the read that needs the record.
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        if offset >= self.size {
+            return;
+        }
+        let len = len.min(self.size - offset);
+        let mut leaves = Vec::new();
+        resolve(
+            &self.deltas,
+            self.deltas.len() - 1,
+            offset,
+            len,
+            &mut leaves,
+        );
+        for (_, leaf) in leaves {
+            if let Leaf::Literal { delta, rec, .. } = leaf {
+                let _ = self.record(delta, rec);
+            }
+        }
+    }
+
     /// The target's ranges from `offset` to `offset + len`, each as data or hole, in order,
     /// neighbours of one kind merged: `(offset, length, kind)`.
     pub fn extents(&self, offset: u64, len: u64) -> Vec<(u64, u64, Extent)> {

@@ -99,8 +99,8 @@ enum Command {
         #[arg(long)]
         at_snapshot: bool,
         /// zstd level for new data, -7 to 22 (negative levels are zstd's fast ones). Default:
-        /// 3 for a full entry (most of a repository, written once: on disks of installed
-        /// software 16-18% smaller than at -1, for twice the compression time), -1 for a
+        /// 2 for a full entry (most of a repository, written once: on disks of installed
+        /// software 16-17% smaller than at -1, for 1.3x the compression time), -1 for a
         /// partial one (a night's save, timed; its new data is small).
         #[arg(
             long,
@@ -201,7 +201,7 @@ enum Command {
         entry: String,
         #[arg(long)]
         full: bool,
-        /// zstd level of the rewritten entry's new data (default: 3 for a full entry, -1 for
+        /// zstd level of the rewritten entry's new data (default: 2 for a full entry, -1 for
         /// a partial one). On a full entry, rewrites it at this level: recompression, e.g.
         /// `--level 19` for an entry kept for long.
         #[arg(
@@ -220,7 +220,7 @@ enum Command {
         /// Only these VMs' entries (may be repeated); other VMs keep everything.
         #[arg(long = "vm", value_name = "NAME")]
         vms: Vec<String>,
-        /// zstd level of the entries a prune rewrites (default: 3 for one made full, -1 for
+        /// zstd level of the entries a prune rewrites (default: 2 for one made full, -1 for
         /// one rewritten onto another parent).
         #[arg(
             long,

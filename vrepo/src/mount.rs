@@ -141,7 +141,12 @@ impl Tree {
 pub struct RepoFs {
     shared: Arc<Shared>,
     pool: rayon::ThreadPool,
+    /// Per file read: where its last read ended, and how far its records are prefetched.
+    streams: Mutex<HashMap<u64, (u64, u64)>>,
 }
+
+/// Bytes read ahead of a sequential reader.
+const PREFETCH: u64 = 4 << 20;
 
 /// A guest image's ranges: `(offset, length, data)`.
 type GuestMap = Vec<(u64, u64, bool)>;
@@ -233,6 +238,7 @@ impl RepoFs {
         Ok(RepoFs {
             shared: Arc::new(shared),
             pool,
+            streams: Mutex::new(HashMap::new()),
         })
     }
 
@@ -617,6 +623,26 @@ impl Shared {
         Ok(buf)
     }
 
+    /// Inflate the records bytes `[offset, offset + len)` of stored file `ino` need (guest
+    /// images: nothing; their reads go through the disk's grain tables).
+    fn prefetch(&self, ino: u64, offset: u64, len: u64) {
+        let (entry, at, size) = match self.read_tree().node(ino).map(|n| &n.kind) {
+            Some(Kind::Stored {
+                entry,
+                offset: at,
+                size,
+                ..
+            }) => (entry.clone(), *at, *size),
+            _ => return,
+        };
+        if offset >= size {
+            return;
+        }
+        if let Ok(r) = self.reader(&entry) {
+            r.prefetch(at + offset, len.min(size - offset));
+        }
+    }
+
     /// The guest image's map, made once: `(offset, length, data)` in order, neighbours of one
     /// kind merged; zero and unallocated ranges are holes.
     fn guest_map(&self, entry: &str, top: &str) -> std::result::Result<Arc<GuestMap>, String> {
@@ -827,6 +853,26 @@ impl Filesystem for RepoFs {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
+        // A read that continues the previous one of the same file starts inflating the records
+        // of the next PREFETCH bytes on another thread, so sequential reads (cp, qemu-img
+        // convert, debugfs dump) use every core, as a build does.
+        let ahead = {
+            let mut s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            let st = s.entry(ino).or_default();
+            let sequential = st.0 == offset;
+            st.0 = offset + u64::from(size);
+            let from = st.1.max(st.0);
+            if sequential && from < st.0 + PREFETCH {
+                st.1 = st.0 + PREFETCH;
+                Some((from, st.1 - from))
+            } else {
+                None
+            }
+        };
+        if let Some((from, len)) = ahead {
+            let shared = self.shared.clone();
+            self.pool.spawn(move || shared.prefetch(ino, from, len));
+        }
         let shared = self.shared.clone();
         // On a thread of the pool: the session goes on taking requests meanwhile.
         self.pool
