@@ -254,7 +254,8 @@ enum Command {
     /// vms/NAME/ symbolic links to each VM's entries (latest, each tag, each entry). Nothing is
     /// built: reads are served from the stored deltas, each record checked; a damaged one
     /// fails the reads that need it (EIO) and is named on stderr. Holds the repository's
-    /// shared lock, so rewrites (rm, consolidate, prune) wait until it is unmounted.
+    /// shared lock: rewrites (rm, consolidate, prune) exit 8, or with --wait wait, until it
+    /// is unmounted.
     Mount {
         /// An empty folder.
         mountpoint: PathBuf,
