@@ -190,14 +190,7 @@ impl ChainReader {
             return Ok(0);
         }
         let len = (buf.len() as u64).min(self.size - offset);
-        let mut leaves = Vec::new();
-        resolve(
-            &self.deltas,
-            self.deltas.len() - 1,
-            offset,
-            len,
-            &mut leaves,
-        );
+        let leaves = self.leaves(offset, len);
         let mut at = 0usize;
         for (n, leaf) in leaves {
             let out = &mut buf[at..at + n as usize];
@@ -225,14 +218,7 @@ impl ChainReader {
             return;
         }
         let len = len.min(self.size - offset);
-        let mut leaves = Vec::new();
-        resolve(
-            &self.deltas,
-            self.deltas.len() - 1,
-            offset,
-            len,
-            &mut leaves,
-        );
+        let leaves = self.leaves(offset, len);
         for (_, leaf) in leaves {
             if let Leaf::Literal { delta, rec, .. } = leaf {
                 let _ = self.record(delta, rec);
@@ -248,14 +234,7 @@ impl ChainReader {
             return out;
         }
         let len = len.min(self.size - offset);
-        let mut leaves = Vec::new();
-        resolve(
-            &self.deltas,
-            self.deltas.len() - 1,
-            offset,
-            len,
-            &mut leaves,
-        );
+        let leaves = self.leaves(offset, len);
         let mut at = offset;
         for (n, leaf) in leaves {
             let kind = match leaf {
@@ -269,6 +248,19 @@ impl ChainReader {
             at += n;
         }
         out
+    }
+
+    /// Where `[offset, offset + len)` of the target comes from, resolved down the chain.
+    fn leaves(&self, offset: u64, len: u64) -> Vec<(u64, Leaf)> {
+        let mut leaves = Vec::new();
+        resolve(
+            &self.deltas,
+            self.deltas.len() - 1,
+            offset,
+            len,
+            &mut leaves,
+        );
+        leaves
     }
 
     /// Literal record `rec` of delta `delta`, inflated: from the cache, or read, checked and
