@@ -758,22 +758,48 @@ impl BatchBytes<'_> {
     }
 }
 
+/// Where [`diff_one_pass`] writes a delta: written in order from its start, and at the end its
+/// first [`crate::format::HEADER_LEN`] bytes (the header, now with the target digest) are
+/// written again.
+pub trait DeltaOut: Write + Send {
+    /// Replace the first `bytes.len()` bytes written.
+    fn rewrite_start(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+impl<T: DeltaOut + ?Sized> DeltaOut for &mut T {
+    fn rewrite_start(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        (**self).rewrite_start(bytes)
+    }
+}
+
+impl<T: DeltaOut + ?Sized> DeltaOut for Box<T> {
+    fn rewrite_start(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        (**self).rewrite_start(bytes)
+    }
+}
+
+impl DeltaOut for &std::fs::File {
+    fn rewrite_start(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(*self, bytes, 0)
+    }
+}
+
 /// A diff in one pass over NEW: each batch of 1 MiB chunks is read and hashed (in parallel),
 /// its blocks are matched, and its literals are compressed from the bytes still in memory;
 /// NEW is read once. Chunk `i` is taken from `known(i)` instead when it answers (rows and
 /// digest, as in [`scan_composed`]; such chunks are not read unless a literal needs them).
 ///
 /// NEW's image digest is known only at the end, so it is written into the end record and
-/// then into the header, which is rewritten in place: `out` is a file, written from its
-/// start. Returns the summary, NEW's scan and its chunk digests.
-pub fn diff_one_pass(
+/// then into the header, which is written again at the end ([`DeltaOut::rewrite_start`]):
+/// `out` is a file written from its start, or a stream that holds its first bytes back (an
+/// upload). Returns the summary, NEW's scan and its chunk digests.
+pub fn diff_one_pass<W: DeltaOut>(
     old_scan: Option<&Scan>,
     new: &dyn Image,
     known: &(dyn Fn(u64) -> Result<Option<ChunkScan>> + Sync),
     opts: DiffOptions,
-    out: &std::fs::File,
+    out: W,
 ) -> Result<(Summary, Scan, Vec<Digest>)> {
-    use std::os::unix::fs::FileExt;
     check_block_size(opts.block_size)?;
     let bs = opts.block_size;
     let size = new.size();
@@ -891,13 +917,12 @@ pub fn diff_one_pass(
     let (totals, w) = eng.enc.finish()?;
     w.into_inner()
         .map_err(|e| Error::Io(e.into_error()))?
-        .write_all_at(
+        .rewrite_start(
             &Header {
                 target_digest: scan.digest,
                 ..header
             }
             .encode(),
-            0,
         )?;
     eng.summary.totals = totals;
     eng.summary.target_digest = scan.digest;

@@ -33,7 +33,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, Seek, SeekFrom};
+use std::io::{self, BufReader};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -71,10 +71,76 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A delta to apply: a name for messages and a seekable file holding the stream.
+/// A delta to apply: a name for messages and where its bytes are read from.
 pub struct DeltaInput {
     pub name: String,
-    pub file: File,
+    pub file: DeltaFile,
+}
+
+/// A delta's bytes, read by offset: a file, or anything else that reads at an offset (an
+/// object in a store read by ranges: see vrepo's storage). Reads of a record table and of
+/// each literal record go through [`FileExt::read_at`]; nothing is ever written.
+#[derive(Clone)]
+pub struct DeltaFile {
+    inner: Arc<dyn vmdk_parse::ReadAt>,
+    len: u64,
+}
+
+impl DeltaFile {
+    /// `len` bytes read through `inner`.
+    pub fn new(inner: Arc<dyn vmdk_parse::ReadAt>, len: u64) -> DeltaFile {
+        DeltaFile { inner, len }
+    }
+
+    /// A file, its length taken now.
+    pub fn from_file(file: File) -> io::Result<DeltaFile> {
+        let len = file.metadata()?.len();
+        Ok(DeltaFile::new(Arc::new(file), len))
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A reader from the start, for decoding the stream in order.
+    fn reader(&self) -> DeltaCursor<'_> {
+        DeltaCursor { file: self, pos: 0 }
+    }
+}
+
+impl FileExt for DeltaFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if offset >= self.len {
+            return Ok(0);
+        }
+        let n = buf
+            .len()
+            .min((self.len - offset).min(usize::MAX as u64) as usize);
+        self.inner.read_at(&mut buf[..n], offset)
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "a delta is only read",
+        ))
+    }
+}
+
+struct DeltaCursor<'a> {
+    file: &'a DeltaFile,
+    pos: u64,
+}
+
+impl io::Read for DeltaCursor<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = FileExt::read_at(self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// Where the target goes, in target order: each range exactly once, ranges contiguous.
@@ -201,7 +267,7 @@ struct Rec {
 
 struct Delta {
     name: String,
-    file: File,
+    file: DeltaFile,
     /// The file's length when it was indexed.
     len: u64,
     header: Header,
@@ -233,11 +299,7 @@ pub struct Applied {
 pub fn read_headers(deltas: &mut [DeltaInput]) -> Result<Vec<Header>> {
     let mut headers = Vec::with_capacity(deltas.len());
     for d in deltas.iter_mut() {
-        d.file.seek(SeekFrom::Start(0)).map_err(|e| Error::Io {
-            what: d.name.clone(),
-            source: e,
-        })?;
-        let dec = Decoder::new(BufReader::new(&d.file)).map_err(|source| Error::Delta {
+        let dec = Decoder::new(BufReader::new(d.file.reader())).map_err(|source| Error::Delta {
             name: d.name.clone(),
             source,
         })?;
@@ -308,16 +370,12 @@ pub fn check_base(
 /// Build the record table of one delta: from its trailing index when it has one (no literal
 /// payload is read; each is checked when read), else by decoding the whole stream.
 fn index(input: DeltaInput) -> Result<Delta> {
-    let DeltaInput { name, mut file } = input;
+    let DeltaInput { name, file } = input;
     let err = |source| Error::Delta {
         name: name.clone(),
         source,
     };
-    let io = |e| Error::Io {
-        what: name.clone(),
-        source: e,
-    };
-    let len = file.metadata().map_err(io)?.len();
+    let len = file.len();
     let mut hb = [0u8; format::HEADER_LEN];
     let indexed = file.read_exact_at(&mut hb, 0).is_ok()
         && Header::decode(&hb).is_ok_and(|h| h.flags & format::FLAG_INDEX != 0);
@@ -352,8 +410,7 @@ fn index(input: DeltaInput) -> Result<Delta> {
             bytes_read: AtomicU64::new(table.bytes_read),
         });
     }
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    let mut dec = Decoder::new(BufReader::with_capacity(1 << 20, &file)).map_err(err)?;
+    let mut dec = Decoder::new(BufReader::with_capacity(1 << 20, file.reader())).map_err(err)?;
     let header = dec.header().clone();
     let mut recs = Vec::new();
     while let Some(r) = dec.next_record().map_err(err)? {

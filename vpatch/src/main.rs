@@ -10,7 +10,7 @@ use vdiff::Image;
 use vmdk_parse::write::{Subformat, VmdkWriter, WriteError, WriteOptions};
 use vmdk_parse::{Disk, ErrorKind, OpenOptions};
 use vml_cli::{Exit, Failure};
-use vpatch::{DeltaInput, Error};
+use vpatch::{DeltaFile, DeltaInput, Error};
 
 /// Apply one delta, or a chain of deltas in one pass, to BASE and write the target to OUT.
 ///
@@ -143,9 +143,11 @@ fn open_delta(path: &Path) -> Result<DeltaInput, Failure> {
             .map_err(|e| Failure::new(Exit::Io, format!("temporary file: {e}")))?;
         io::copy(&mut io::stdin().lock(), &mut f)
             .map_err(|e| Failure::new(Exit::Io, format!("stdin: {e}")))?;
+        let file = DeltaFile::from_file(f)
+            .map_err(|e| Failure::new(Exit::Io, format!("temporary file: {e}")))?;
         return Ok(DeltaInput {
             name: "stdin".into(),
-            file: f,
+            file,
         });
     }
     let file = File::open(path).map_err(|e| {
@@ -156,6 +158,8 @@ fn open_delta(path: &Path) -> Result<DeltaInput, Failure> {
         };
         Failure::new(exit, format!("{}: {e}", path.display()))
     })?;
+    let file = DeltaFile::from_file(file)
+        .map_err(|e| Failure::new(Exit::Io, format!("{}: {e}", path.display())))?;
     Ok(DeltaInput {
         name: path.display().to_string(),
         file,

@@ -11,7 +11,7 @@ use vdiff::{diff, DiffOptions, Image, MemImage};
 use vpatch::reader::Extent;
 use vpatch::{
     apply, apply_verified, apply_with, check_base, read_headers, ApplyOptions, ChainReader,
-    DeltaInput, Error, MemSink, RecordCache, Report,
+    DeltaFile, DeltaInput, Error, MemSink, RecordCache, Report,
 };
 
 fn delta_file(a: Option<&MemImage>, b: &MemImage) -> DeltaInput {
@@ -19,6 +19,14 @@ fn delta_file(a: Option<&MemImage>, b: &MemImage) -> DeltaInput {
 }
 
 fn delta_file_with(a: Option<&MemImage>, b: &MemImage, index: bool) -> DeltaInput {
+    DeltaInput {
+        name: "delta".into(),
+        file: DeltaFile::from_file(delta_raw(a, b, index)).unwrap(),
+    }
+}
+
+/// The delta from `a` to `b` in a file, for tests that damage it.
+fn delta_raw(a: Option<&MemImage>, b: &MemImage, index: bool) -> std::fs::File {
     let mut f = tempfile::tempfile().unwrap();
     diff(
         a.map(|a| a as &dyn Image),
@@ -32,10 +40,7 @@ fn delta_file_with(a: Option<&MemImage>, b: &MemImage, index: bool) -> DeltaInpu
     )
     .unwrap();
     f.rewind().unwrap();
-    DeltaInput {
-        name: "delta".into(),
-        file: f,
-    }
+    f
 }
 
 /// Indexed deltas of a chain of images: the first one full, each next one against the one
@@ -57,7 +62,7 @@ fn bytes_file(b: &[u8]) -> DeltaInput {
     f.write_all(b).unwrap();
     DeltaInput {
         name: "delta".into(),
-        file: f,
+        file: DeltaFile::from_file(f).unwrap(),
     }
 }
 
@@ -334,7 +339,7 @@ fn overwritten_literals_are_not_read() {
     let b = MemImage::new(random(2, 4 << 20));
     let c = MemImage::new(random(3, 4 << 20));
     let deltas = chain_deltas(&[&a, &b, &c]);
-    let last_len = deltas[2].file.metadata().unwrap().len();
+    let last_len = deltas[2].file.len();
     let (out, r) = run_with(None, deltas, false).unwrap();
     assert!(out == c.data);
     assert!(
@@ -350,11 +355,15 @@ fn overwritten_literals_are_not_read() {
 fn damaged_literal_in_an_indexed_delta_is_a_checksum_error() {
     let a = MemImage::new(random(1, 2 << 20));
     let b = MemImage::new(random(2, 2 << 20));
-    let d = delta_file_with(Some(&a), &b, true);
+    let f = delta_raw(Some(&a), &b, true);
     use std::os::unix::fs::FileExt;
     let mut byte = [0u8; 1];
-    d.file.read_exact_at(&mut byte, 5000).unwrap();
-    d.file.write_all_at(&[byte[0] ^ 1], 5000).unwrap();
+    f.read_exact_at(&mut byte, 5000).unwrap();
+    f.write_all_at(&[byte[0] ^ 1], 5000).unwrap();
+    let d = DeltaInput {
+        name: "delta".into(),
+        file: DeltaFile::from_file(f).unwrap(),
+    };
     let r = run_with(Some(&a), vec![d], true);
     match r {
         Err(Error::Delta { source, .. }) => {

@@ -99,10 +99,18 @@ pub fn open_deltas(repo: &Repo, chain: &[Entry], entry: &Entry) -> Result<Vec<vp
     // the volume digest).
     let mut deltas = Vec::with_capacity(chain.len());
     for e in chain {
-        let p = repo.entry_dir(&e.name).join(store::DELTA);
-        let f = File::open(&p)
-            .map_err(|err| Error::Corrupt(format!("entry {}: {}: {err}", e.name, store::DELTA)))?;
-        let len = f.metadata().at(&p)?.len();
+        let (f, len) = repo
+            .store
+            .open(&store::key_of(&e.name, store::DELTA))
+            .map_err(|err| match err {
+                Error::Missing(m) | Error::Corrupt(m) => {
+                    Error::Corrupt(format!("entry {}: {}: {m}", e.name, store::DELTA))
+                }
+                Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    Error::Corrupt(format!("entry {}: {}: {source}", e.name, store::DELTA))
+                }
+                other => other,
+            })?;
         if len != e.stored.delta.size {
             return Err(Error::Corrupt(format!(
                 "entry {}: {} is {len} bytes, entry.json says {} (damaged)",
@@ -113,7 +121,7 @@ pub fn open_deltas(repo: &Repo, chain: &[Entry], entry: &Entry) -> Result<Vec<vp
         }
         deltas.push(vpatch::DeltaInput {
             name: format!("entry {}", e.name),
-            file: f,
+            file: vpatch::DeltaFile::new(f, len),
         });
     }
     let headers = vpatch::read_headers(&mut deltas)?;

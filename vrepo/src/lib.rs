@@ -15,6 +15,7 @@
 //! `vrepo` binary is a thin layer over it.
 
 pub mod build;
+pub mod copy;
 pub mod error;
 pub mod lock;
 pub mod manifest;
@@ -24,6 +25,7 @@ pub mod query;
 pub mod repo;
 pub mod rewrite;
 pub mod save;
+pub mod storage;
 pub mod store;
 pub mod verify;
 pub mod vms;

@@ -28,8 +28,10 @@ pub enum LockMode {
 
 /// A held lock; released when dropped (or when the process ends, however it ends).
 pub struct RepoLock {
-    _file: File,
+    _file: Option<File>,
     info: Option<PathBuf>,
+    /// On object storage: the lock object (`crate::storage::lease`).
+    _lease: Option<crate::storage::lease::Lease>,
 }
 
 impl Drop for RepoLock {
@@ -78,6 +80,21 @@ impl Repo {
     /// Take the repository lock. `wait`: how long to wait for a conflicting holder (none: fail
     /// at once with the "locked" error).
     pub fn lock(&self, mode: LockMode, command: &str, wait: Option<Duration>) -> Result<RepoLock> {
+        if self.store.local_root().is_none() {
+            use crate::storage::lease;
+            let m = match mode {
+                LockMode::Shared => lease::Mode::Shared,
+                LockMode::Exclusive => lease::Mode::Exclusive,
+            };
+            let message =
+                |h: Option<&lease::Holder>| self.lock_message(mode, wait, h.map(describe));
+            let l = lease::acquire(&self.store, "repo", m, command, None, wait, &message)?;
+            return Ok(RepoLock {
+                _file: None,
+                info: None,
+                _lease: Some(l),
+            });
+        }
         let path = self.root.join(LOCK);
         let file = open_lock_file(&path)?;
         let op = match mode {
@@ -101,14 +118,14 @@ impl Repo {
         } else {
             None
         };
-        Ok(RepoLock { _file: file, info })
+        Ok(RepoLock {
+            _file: Some(file),
+            info,
+            _lease: None,
+        })
     }
 
     fn holder_message(&self, mode: LockMode, wait: Option<Duration>) -> String {
-        let waited = match wait {
-            Some(w) => format!(" (waited {} s)", w.as_secs()),
-            None => " (--wait SECONDS waits for it)".into(),
-        };
         let holder = fs::read_to_string(self.root.join(LOCK_INFO))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -123,6 +140,19 @@ impl Repo {
                     v["since"].as_str().unwrap_or("?")
                 )
             });
+        self.lock_message(mode, wait, holder)
+    }
+
+    fn lock_message(
+        &self,
+        mode: LockMode,
+        wait: Option<Duration>,
+        holder: Option<String>,
+    ) -> String {
+        let waited = match wait {
+            Some(w) => format!(" (waited {} s)", w.as_secs()),
+            None => " (--wait SECONDS waits for it)".into(),
+        };
         match (mode, holder) {
             (_, Some(h)) => {
                 format!("{}: repository locked by {h}{waited}", self.root.display())
@@ -137,4 +167,12 @@ impl Repo {
             ),
         }
     }
+}
+
+/// A lock object's holder, as the local lock's messages name one.
+fn describe(h: &crate::storage::lease::Holder) -> String {
+    format!(
+        "vrepo {} (pid {} on {}, since {})",
+        h.command, h.pid, h.host, h.since
+    )
 }

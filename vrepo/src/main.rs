@@ -173,6 +173,23 @@ enum Command {
         #[arg(long, value_name = "PERCENT")]
         sample: Option<f64>,
     },
+    /// Copy entries to another repository (a folder or s3:URL, either way): only those it
+    /// lacks, each after its parent, every stored file checked against its BLAKE3 as it
+    /// arrives. An interrupted copy resumes where it stopped when run again. The target
+    /// must exist (`vrepo -r TARGET init`), with the same block size.
+    Copy {
+        /// Entries to copy (with the entries they need).
+        entries: Vec<String>,
+        /// The repository to copy into.
+        #[arg(long = "to", value_name = "REPO")]
+        to: PathBuf,
+        /// Copy every entry.
+        #[arg(long, conflicts_with = "entries")]
+        all: bool,
+        /// Copy every entry of this VM (may be repeated).
+        #[arg(long = "vm", value_name = "NAME", conflicts_with = "all")]
+        vms: Vec<String>,
+    },
     /// Remove an entry. Refused while other entries depend on it, unless --rebase: they are
     /// first rewritten so they no longer need it (relative to its parent, or full). Every
     /// other entry still builds to the same bytes. `rm --vm NAME --all` retires a VM: every
@@ -401,11 +418,21 @@ fn open_as(cli: &CliCommon, command: &str, mode: LockMode) -> Result<(Repo, Repo
         ));
     };
     let wait = cli.wait.map(std::time::Duration::from_secs);
-    let (repo, lock, note) = vrepo::rewrite::open_locked(r, mode, command, wait).map_err(fail)?;
+    let loc = location(r)?;
+    let (repo, lock, note) =
+        vrepo::rewrite::open_locked(&loc, mode, command, wait).map_err(fail)?;
     if let Some(n) = note {
         eprintln!("vrepo: {n}");
     }
     Ok((repo, lock))
+}
+
+/// Where `-r` points: `s3:URL`, else a folder.
+fn location(r: &std::path::Path) -> Result<vrepo::storage::Location, Failure> {
+    match r.to_str() {
+        Some(s) if s.starts_with("s3:") => vrepo::storage::Location::parse(s).map_err(fail),
+        _ => Ok(vrepo::storage::Location::Local(r.to_path_buf())),
+    }
 }
 
 fn open(cli: &CliCommon, command: &str) -> Result<(Repo, RepoLock), Failure> {
@@ -491,7 +518,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                     format!("block size {block_size} is not a power of two from 4096 to 1048576"),
                 ));
             }
-            let repo = Repo::init(r, block_size, max_chain).map_err(fail)?;
+            let repo = Repo::init_at(&location(r)?, block_size, max_chain).map_err(fail)?;
             if cli.json {
                 print_json(&serde_json::json!({
                     "repository": repo.root, "block_size": block_size
@@ -698,6 +725,66 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                     )
                     .map_err(out_err)?;
                 }
+            }
+        }
+        Command::Copy {
+            entries,
+            to,
+            all,
+            vms,
+        } => {
+            if entries.is_empty() && !all && vms.is_empty() {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    "copy what? name entries, or give --all or --vm NAME",
+                ));
+            }
+            let (repo, _lock) = open(&common, "copy")?;
+            let target = CliCommon {
+                repo: Some(to.clone()),
+                wait: common.wait,
+            };
+            let (dest, _dest_lock) = open(&target, "copy")?;
+            let all_entries = repo.entries().map_err(fail)?;
+            let mut wanted: Vec<vrepo::Entry> = Vec::new();
+            if all {
+                wanted = all_entries.clone();
+            }
+            if !vms.is_empty() {
+                for e in vrepo::vms::of_vms(&all_entries, &vms).map_err(fail)? {
+                    wanted.push(e.clone());
+                }
+            }
+            for spec in &entries {
+                wanted.push(repo.resolve(spec).map_err(fail)?);
+            }
+            let quiet = cli.json;
+            let progress = |name: &str, bytes: u64| {
+                if !quiet {
+                    eprintln!("vrepo: copying {name} ({})", vrepo::query::human(bytes));
+                }
+            };
+            let done = vrepo::copy::copy(&repo, &dest, &wanted, &progress).map_err(fail)?;
+            for n in &done.notes {
+                eprintln!("vrepo: {n}");
+            }
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "copied": done.copied.iter().map(|(a, b)| serde_json::json!({"entry": a, "as": b})).collect::<Vec<_>>(),
+                    "present": done.present.iter().map(|(a, b)| serde_json::json!({"entry": a, "as": b})).collect::<Vec<_>>(),
+                    "bytes": done.bytes,
+                }))?;
+            } else {
+                for (a, b) in &done.copied {
+                    writeln!(stdout, "{a} copied as {b}").map_err(out_err)?;
+                }
+                eprintln!(
+                    "vrepo: copied {} entries ({}) to {}; {} were there already",
+                    done.copied.len(),
+                    vrepo::query::human(done.bytes),
+                    dest.root.display(),
+                    done.present.len()
+                );
             }
         }
         Command::Verify {

@@ -5,11 +5,13 @@ use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, parse_entry_name, Entry, MAX_MANIFEST_BYTES};
 use crate::owner::{own_tag, owner_of, Owner};
 use crate::rewrite::JournalFile;
+use crate::storage::{Location, Numbering, Storage};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub const REPO_SCHEMA: &str = "vrepo.repository/1";
@@ -47,7 +49,11 @@ pub struct WorkAreaRecord {
 }
 
 pub struct Repo {
+    /// The folder of a local repository; for one on object storage, its location as `-r`
+    /// names it (for messages only: nothing is read there).
     pub root: PathBuf,
+    /// Where its bytes are read and written.
+    pub store: Arc<dyn Storage>,
     pub config: RepoConfig,
 }
 
@@ -167,6 +173,26 @@ pub enum Sealed {
     Payload(Vec<u8>),
 }
 
+/// What a sealed object read from a store holds (`None`: missing).
+pub fn sealed_of(bytes: Option<Vec<u8>>) -> Sealed {
+    match bytes {
+        None => Sealed::Missing,
+        Some(b) => match unseal(&b) {
+            Ok(p) => Sealed::Payload(p.to_vec()),
+            Err(why) => Sealed::Damaged(why.into()),
+        },
+    }
+}
+
+/// Read a sealed object of at most `cap` bytes from `store`.
+pub fn read_sealed_key(store: &dyn Storage, key: &str, cap: u64) -> Result<Sealed> {
+    match store.get(key, cap) {
+        Ok(b) => Ok(sealed_of(b)),
+        Err(Error::Corrupt(_)) => Ok(Sealed::Damaged(format!("larger than {cap} bytes"))),
+        Err(e) => Err(e),
+    }
+}
+
 /// Read a sealed file of at most `cap` bytes. Only an I/O error other than a missing file is
 /// an error.
 pub fn read_sealed(path: &Path, cap: u64) -> Result<Sealed> {
@@ -196,9 +222,12 @@ fn parse_last(payload: &[u8]) -> Option<u64> {
         .ok()
 }
 
-/// A working-area record at `p`: none, the record, or (inner error) why it is damaged.
-fn read_record(p: &Path) -> Result<std::result::Result<Option<WorkAreaRecord>, String>> {
-    Ok(match read_sealed(p, 1 << 16)? {
+/// A working-area record at `key`: none, the record, or (inner error) why it is damaged.
+fn read_record(
+    store: &dyn Storage,
+    key: &str,
+) -> Result<std::result::Result<Option<WorkAreaRecord>, String>> {
+    Ok(match read_sealed_key(store, key, 1 << 16)? {
         Sealed::Missing => Ok(None),
         Sealed::Damaged(why) => Err(why),
         Sealed::Payload(b) => match serde_json::from_slice::<WorkAreaRecord>(&b) {
@@ -212,23 +241,111 @@ fn read_record(p: &Path) -> Result<std::result::Result<Option<WorkAreaRecord>, S
 /// Every working-area record that is damaged: its path in the repository
 /// (`workareas/H.json`) and why.
 pub fn damaged_records(repo: &Repo) -> Result<Vec<(String, String)>> {
-    let dir = repo.root.join(WORKAREAS);
     let mut out = Vec::new();
-    for e in fs::read_dir(&dir).at(&dir)? {
-        let p = e.at(&dir)?.path();
-        if p.extension().and_then(|x| x.to_str()) != Some("json") {
-            continue;
-        }
-        if let Err(why) = read_record(&p)? {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            out.push((format!("{WORKAREAS}/{name}"), why));
+    for key in record_keys(repo)? {
+        if let Err(why) = read_record(&*repo.store, &key)? {
+            out.push((key, why));
         }
     }
     out.sort();
     Ok(out)
 }
 
+/// The keys of the working-area records (`workareas/H.json`).
+fn record_keys(repo: &Repo) -> Result<Vec<String>> {
+    Ok(repo
+        .store
+        .list(&format!("{WORKAREAS}/"))?
+        .into_iter()
+        .map(|l| l.key)
+        .filter(|k| {
+            k.strip_prefix(&format!("{WORKAREAS}/"))
+                .is_some_and(|n| n.ends_with(".json") && !n.contains('/') && !n.starts_with('.'))
+        })
+        .collect())
+}
+
+impl Numbering for Repo {
+    fn last_number(&self) -> Result<u64> {
+        Repo::last_number(self)
+    }
+    fn bump_last(&self, n: u64) -> Result<()> {
+        Repo::bump_last(self, n)
+    }
+    fn check_tags(&self, entry: &Entry) -> Result<()> {
+        self.check_tags_free(&entry.tags, entry.vm_name())
+    }
+}
+
 impl Repo {
+    /// Make a repository at `loc`: a folder (created if missing; an existing one must be
+    /// empty), or a key prefix of a bucket that holds nothing yet.
+    pub fn init_at(loc: &Location, block_size: u32, max_chain: Option<u32>) -> Result<Repo> {
+        let Location::S3(_) = loc else {
+            let Location::Local(p) = loc else {
+                unreachable!()
+            };
+            return Repo::init(p, block_size, max_chain);
+        };
+        let store = loc.storage()?;
+        if store.get(MARKER, 1 << 16)?.is_some() {
+            return Err(Error::Refused(format!("{loc}: already a VML repository")));
+        }
+        if !store.list("")?.is_empty() {
+            return Err(Error::Refused(format!(
+                "{loc}: not empty; a repository is made under a new or empty prefix"
+            )));
+        }
+        let config = RepoConfig {
+            schema: REPO_SCHEMA.into(),
+            block_size,
+            created: now_rfc3339(),
+            max_chain,
+        };
+        let text = serde_json::to_string_pretty(&config).expect("serializable") + "\n";
+        store.put(MARKER, text.as_bytes())?;
+        Ok(Repo {
+            root: PathBuf::from(loc.to_string()),
+            store,
+            config,
+        })
+    }
+
+    /// Open the repository at `loc`. A local one's leftovers of dead commands are cleared.
+    pub fn open_at(loc: &Location) -> Result<Repo> {
+        let Location::S3(_) = loc else {
+            let Location::Local(p) = loc else {
+                unreachable!()
+            };
+            return Repo::open(p);
+        };
+        let store = loc.storage()?;
+        let Some(bytes) = store.get(MARKER, 1 << 16)? else {
+            return Err(Error::Missing(format!(
+                "{loc}: no repository there (no {MARKER}; make one with `vrepo -r {loc} init`)"
+            )));
+        };
+        let config = parse_config(&bytes, &format!("{loc}/{MARKER}"))?;
+        let repo = Repo {
+            root: PathBuf::from(loc.to_string()),
+            store,
+            config,
+        };
+        repo.clean_leftovers()?;
+        Ok(repo)
+    }
+
+    /// Whether the repository is a local folder (the rewrites and `mount` need one, for now).
+    pub fn require_local(&self, command: &str) -> Result<&Path> {
+        self.store.local_root().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: `vrepo {command}` works on a local repository only, for now (copy the \
+                 entries to a local one with `vrepo copy`)",
+                self.root.display()
+            ))
+        })
+    }
+
     /// Make a repository in `path` (created if missing; an existing folder must be empty).
     pub fn init(path: &Path, block_size: u32, max_chain: Option<u32>) -> Result<Repo> {
         if path.join(MARKER).exists() {
@@ -262,6 +379,7 @@ impl Repo {
         write_atomic(&path.join(MARKER), text.as_bytes())?;
         Ok(Repo {
             root: path.to_path_buf(),
+            store: Arc::new(crate::storage::local::Local::new(path)),
             config,
         })
     }
@@ -283,22 +401,7 @@ impl Repo {
             )));
         }
         let bytes = read_small(&marker, 1 << 16)?;
-        let config: RepoConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Corrupt(format!("{}: {e}", marker.display())))?;
-        if config.schema != REPO_SCHEMA {
-            return Err(Error::Unsupported(format!(
-                "{}: schema {:?}, this vrepo reads {REPO_SCHEMA:?}",
-                marker.display(),
-                config.schema
-            )));
-        }
-        let bs = config.block_size;
-        if !bs.is_power_of_two() || !(4096..=(1 << 20)).contains(&bs) {
-            return Err(Error::Corrupt(format!(
-                "{}: block size {bs}",
-                marker.display()
-            )));
-        }
+        let config = parse_config(&bytes, &marker.display().to_string())?;
         // Real folders, not symbolic links: leftovers in tmp/ are deleted, and a link would
         // aim that at any folder.
         for d in [ENTRIES, WORKAREAS, TMP] {
@@ -311,6 +414,7 @@ impl Repo {
         }
         let repo = Repo {
             root: path.to_path_buf(),
+            store: Arc::new(crate::storage::local::Local::new(path)),
             config,
         };
         repo.clean_leftovers()?;
@@ -332,6 +436,9 @@ impl Repo {
     }
 
     fn clean(&self, exclusive: bool) -> Result<()> {
+        if self.store.local_root().is_none() {
+            return self.clean_staged(exclusive);
+        }
         let gone = |tag: &str| exclusive || owner_of(tag) == Owner::Gone;
         let tmp = self.root.join(TMP);
         // Folders a rewrite's journal still needs are kept until the rewrite is finished. A
@@ -359,6 +466,58 @@ impl Repo {
             }
         }
         self.clean_atomic_leftovers(&gone)
+    }
+
+    /// On object storage: the entry folders of saves that died before their entry.json was
+    /// written (their claim's tag names a dead process of this host; with `exclusive`, any),
+    /// with their unfinished multipart uploads.
+    fn clean_staged(&self, exclusive: bool) -> Result<()> {
+        let mut dirs: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+        for l in self.store.list(&format!("{ENTRIES}/"))? {
+            if let Some(n) = crate::storage::s3::entry_number_of_key(&l.key) {
+                dirs.entry(n).or_default().push(l.key);
+            }
+        }
+        for (n, keys) in dirs {
+            if keys.iter().any(|k| k.ends_with("/entry.json")) {
+                continue;
+            }
+            let claims: Vec<&String> = keys.iter().filter(|k| k.contains("/claim.")).collect();
+            let dead = |k: &str| {
+                let tag = k
+                    .rsplit_once("/claim.")
+                    .and_then(|(_, t)| t.strip_suffix(".json"))
+                    .unwrap_or("");
+                exclusive || owner_of(tag) == Owner::Gone
+            };
+            // A folder without a claim is a claim's remains: only an exclusive holder knows
+            // no save is writing it.
+            let gone = if claims.is_empty() {
+                exclusive
+            } else {
+                claims.iter().all(|k| dead(k))
+            };
+            if !gone {
+                continue;
+            }
+            for k in &claims {
+                let c = self
+                    .store
+                    .get(k, 1 << 20)
+                    .ok()
+                    .flatten()
+                    .and_then(|b| serde_json::from_slice::<crate::storage::s3::Claim>(&b).ok());
+                for (key, id) in c.map(|c| c.uploads).unwrap_or_default() {
+                    if crate::storage::s3::entry_number_of_key(&key) == Some(n) {
+                        self.store.abort_upload(&key, &id);
+                    }
+                }
+            }
+            for k in &keys {
+                self.store.delete(k)?;
+            }
+        }
+        Ok(())
     }
 
     /// `write_atomic`'s temporary files (`.NAME.TAG.tmp`) of processes that died while
@@ -390,6 +549,9 @@ impl Repo {
     /// that failed before it changed anything had prepared. Errors are ignored: the next
     /// command removes what is left, as for a dead process.
     pub fn remove_own_tmp(&self) {
+        if self.store.local_root().is_none() {
+            return;
+        }
         let tmp = self.root.join(TMP);
         let own = own_tag();
         let Ok(dir) = fs::read_dir(&tmp) else { return };
@@ -405,18 +567,21 @@ impl Repo {
         }
     }
 
-    /// A new temporary folder for a command of this process: `tmp/KIND-TAG-NANOS`.
+    /// A new temporary folder for a command of this process: `tmp/KIND-TAG-NANOS` in a
+    /// local repository; in the system's temporary folder for one on object storage.
     pub fn tmp_dir(&self, kind: &str) -> Result<PathBuf> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let p = self
-            .root
-            .join(TMP)
-            .join(format!("{kind}-{}-{nanos}", own_tag()));
-        fs::create_dir(&p).at(&p)?;
-        Ok(p)
+        match self.store.local_root() {
+            Some(root) => crate::storage::local::tmp_dir(root, kind),
+            None => {
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let p = std::env::temp_dir().join(format!("vrepo-{kind}-{}-{nanos}", own_tag()));
+                fs::create_dir(&p).at(&p)?;
+                Ok(p)
+            }
+        }
     }
 
     pub fn entry_dir(&self, name: &str) -> PathBuf {
@@ -425,6 +590,21 @@ impl Repo {
 
     /// The numbers of the entries present, ascending. Other names in `entries/` are ignored.
     pub fn numbers(&self) -> Result<Vec<u64>> {
+        if self.store.local_root().is_none() {
+            // An entry is there once its entry.json is.
+            let mut out: Vec<u64> = self
+                .store
+                .list(&format!("{ENTRIES}/"))?
+                .into_iter()
+                .filter_map(|l| {
+                    let rest = l.key.strip_prefix("entries/")?;
+                    let (name, file) = rest.split_once('/')?;
+                    (file == "entry.json").then(|| parse_entry_name(name))?
+                })
+                .collect();
+            out.sort_unstable();
+            return Ok(out);
+        }
         let dir = self.root.join(ENTRIES);
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).at(&dir)? {
@@ -442,21 +622,34 @@ impl Repo {
         if parse_entry_name(name).is_none() {
             return Err(Error::Usage(format!("{name:?} is not an entry name")));
         }
-        let path = self.entry_dir(name).join("entry.json");
-        if !self.entry_dir(name).is_dir() {
-            return Err(Error::Missing(format!(
-                "no entry {name} in this repository"
-            )));
+        let missing = || Error::Missing(format!("no entry {name} in this repository"));
+        if self.store.local_root().is_some() && !self.entry_dir(name).is_dir() {
+            return Err(missing());
         }
-        let bytes = read_small(&path, MAX_MANIFEST_BYTES)?;
+        let key = format!("{ENTRIES}/{name}/entry.json");
+        let bytes = match self.store.get(&key, MAX_MANIFEST_BYTES) {
+            Ok(Some(b)) => b,
+            Ok(None) if self.store.local_root().is_none() => return Err(missing()),
+            Ok(None) => {
+                return Err(Error::Corrupt(format!(
+                    "entry {name}: entry.json is missing"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         // entry.json has its own checksum: a flipped bit in a name or a message is still
         // valid JSON.
-        let sum_path = self.entry_dir(name).join(ENTRY_SUM);
-        let sum = read_small(&sum_path, 256).map_err(|_| {
-            Error::Corrupt(format!(
-                "entry {name}: {ENTRY_SUM} is missing or unreadable"
-            ))
-        })?;
+        let sum = match self
+            .store
+            .get(&format!("{ENTRIES}/{name}/{ENTRY_SUM}"), 256)
+        {
+            Ok(Some(s)) => s,
+            _ => {
+                return Err(Error::Corrupt(format!(
+                    "entry {name}: {ENTRY_SUM} is missing or unreadable"
+                )))
+            }
+        };
         if String::from_utf8_lossy(&sum).trim() != blake3::hash(&bytes).to_hex().as_str() {
             return Err(Error::Corrupt(format!(
                 "entry {name}: entry.json is damaged (its BLAKE3 differs from {ENTRY_SUM})"
@@ -517,11 +710,20 @@ impl Repo {
         Ok(out)
     }
 
-    fn record_path(&self, workarea: &Path) -> PathBuf {
+    fn record_key(&self, workarea: &Path) -> String {
         let key = blake3::hash(workarea.as_os_str().as_encoded_bytes());
-        self.root
-            .join(WORKAREAS)
-            .join(format!("{}.json", &key.to_hex()[..32]))
+        format!("{WORKAREAS}/{}.json", &key.to_hex()[..32])
+    }
+
+    /// Whether entry `name` exists (its entry.json is there).
+    pub fn has_entry(&self, name: &str) -> Result<bool> {
+        if self.store.local_root().is_some() {
+            return Ok(self.entry_dir(name).is_dir());
+        }
+        Ok(self
+            .store
+            .size(&format!("{ENTRIES}/{name}/entry.json"))?
+            .is_some())
     }
 
     /// The entry a working area (canonical path) was last saved as or built from, if that
@@ -530,37 +732,32 @@ impl Repo {
         &self,
         workarea: &Path,
     ) -> Result<std::result::Result<Option<String>, String>> {
-        let r = match read_record(&self.record_path(workarea))? {
+        let r = match read_record(&*self.store, &self.record_key(workarea))? {
             Ok(Some(r)) => r,
             other => return Ok(other.map(|_| None)),
         };
         if r.path != workarea.to_string_lossy() || parse_entry_name(&r.entry).is_none() {
             return Ok(Ok(None));
         }
-        Ok(Ok(self.entry_dir(&r.entry).is_dir().then_some(r.entry)))
+        Ok(Ok(self.has_entry(&r.entry)?.then_some(r.entry)))
     }
 
     /// Point every working-area record naming an entry of `moved` at its replacement, so a
     /// working area whose entry is removed saves incrementally against the nearest surviving
     /// ancestor instead of falling back to full.
     pub fn repoint_workareas(&self, moved: &HashMap<String, Option<String>>) -> Result<()> {
-        let dir = self.root.join(WORKAREAS);
-        for e in fs::read_dir(&dir).at(&dir)? {
-            let p = e.at(&dir)?.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
+        for key in record_keys(self)? {
             // A damaged record is left as it is, for verify to report.
-            let Ok(Ok(Some(mut r))) = read_record(&p) else {
+            let Ok(Ok(Some(mut r))) = read_record(&*self.store, &key) else {
                 continue;
             };
             match moved.get(&r.entry) {
                 Some(Some(to)) => {
                     r.entry = to.clone();
                     let text = serde_json::to_string_pretty(&r).expect("serializable") + "\n";
-                    write_atomic(&p, &seal(text.as_bytes()))?;
+                    self.store.put(&key, &seal(text.as_bytes()))?;
                 }
-                Some(None) => fs::remove_file(&p).at(&p)?,
+                Some(None) => self.store.delete(&key)?,
                 None => {}
             }
         }
@@ -576,49 +773,8 @@ impl Repo {
             time: now_rfc3339(),
         };
         let text = serde_json::to_string_pretty(&r).expect("serializable") + "\n";
-        write_atomic(&self.record_path(workarea), &seal(text.as_bytes()))
-    }
-
-    /// Publish a prepared entry folder as the next entry: its `entry.json` is written with the
-    /// chosen name, then the folder is renamed into `entries/` in one step. A concurrent save
-    /// that took the name first makes us take the next one. Once the entry is published, an
-    /// error of the bookkeeping after it is returned as a warning, not an error.
-    pub fn publish(&self, tmp: &Path, entry: &mut Entry) -> Result<Option<String>> {
-        let entries = self.root.join(ENTRIES);
-        for _ in 0..1000 {
-            let n = self.last_number()? + 1;
-            entry.number = n;
-            entry.name = format!("E{n}");
-            // Tags are unique within a VM: check against entries as they are now.
-            self.check_tags_free(&entry.tags, entry.vm_name())?;
-            write_manifest(tmp, entry)?;
-            let dest = entries.join(&entry.name);
-            match fs::rename(tmp, &dest) {
-                Ok(()) => {
-                    // The entry is visible now: what fails after this (a full disk) must not
-                    // make the save look failed, so it is only reported.
-                    let done = fsync_dir(&entries).and_then(|_| self.bump_last(n));
-                    return Ok(done.err().map(|e| {
-                        format!(
-                            "{} was saved, but the repository could not be updated after it: {e}",
-                            entry.name
-                        )
-                    }));
-                }
-                Err(e)
-                    if dest.exists()
-                        || e.kind() == std::io::ErrorKind::AlreadyExists
-                        || e.raw_os_error() == Some(39) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(Error::io(&dest, e)),
-            }
-        }
-        Err(Error::Io {
-            what: "publishing the entry".into(),
-            source: std::io::Error::other("too many concurrent saves"),
-        })
+        self.store
+            .put(&self.record_key(workarea), &seal(text.as_bytes()))
     }
 
     /// The highest entry number ever given: names are never reused, even after the newest
@@ -632,7 +788,7 @@ impl Repo {
     /// What `last-entry` records (0 when it is missing), or why it is damaged or unreadable:
     /// it is only a floor above the entries present, so a save goes on without it.
     pub fn last_record(&self) -> Result<std::result::Result<u64, String>> {
-        Ok(match read_sealed(&self.root.join(LAST), 256) {
+        Ok(match read_sealed_key(&*self.store, LAST, 256) {
             Ok(Sealed::Missing) => Ok(0),
             Ok(Sealed::Payload(b)) => parse_last(&b).ok_or_else(|| "not an entry number".into()),
             Ok(Sealed::Damaged(why)) => Err(why),
@@ -651,7 +807,7 @@ impl Repo {
             Ok(_) => n,
             Err(_) => n.max(present),
         };
-        write_atomic(&self.root.join(LAST), &seal(format!("{n}\n").as_bytes()))
+        self.store.put(LAST, &seal(format!("{n}\n").as_bytes()))
     }
 
     /// Tags name one entry of a VM each (`VM:TAG`); the same tag may be on entries of
@@ -673,6 +829,23 @@ impl Repo {
         }
         Ok(())
     }
+}
+
+/// Read and check `vrepo.json`'s bytes (`what` names it in messages).
+fn parse_config(bytes: &[u8], what: &str) -> Result<RepoConfig> {
+    let config: RepoConfig =
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))?;
+    if config.schema != REPO_SCHEMA {
+        return Err(Error::Unsupported(format!(
+            "{what}: schema {:?}, this vrepo reads {REPO_SCHEMA:?}",
+            config.schema
+        )));
+    }
+    let bs = config.block_size;
+    if !bs.is_power_of_two() || !(4096..=(1 << 20)).contains(&bs) {
+        return Err(Error::Corrupt(format!("{what}: block size {bs}")));
+    }
+    Ok(config)
 }
 
 /// A tag: a short name that cannot be mistaken for an entry name or `latest`.

@@ -15,7 +15,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{parse_entry_name, Entry, Mode};
-use crate::repo::{fsync_dir, read_sealed, seal, write_atomic, Repo, Sealed, ENTRIES, TMP};
+use crate::repo::{fsync_dir, seal, write_atomic, Repo, Sealed, ENTRIES, TMP};
 use crate::store;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -324,11 +324,13 @@ pub enum JournalFile {
 /// does not understand (another schema) is an error.
 pub fn read_journal(repo: &Repo) -> Result<JournalFile> {
     let p = journal_path(repo);
-    Ok(match read_sealed(&p, 1 << 20)? {
-        Sealed::Missing => JournalFile::Absent,
-        Sealed::Damaged(why) => JournalFile::Damaged(why),
-        Sealed::Payload(bytes) => JournalFile::Sound(parse_journal(&bytes, &p)?),
-    })
+    Ok(
+        match crate::repo::read_sealed_key(&*repo.store, JOURNAL, 1 << 20)? {
+            Sealed::Missing => JournalFile::Absent,
+            Sealed::Damaged(why) => JournalFile::Damaged(why),
+            Sealed::Payload(bytes) => JournalFile::Sound(parse_journal(&bytes, &p)?),
+        },
+    )
 }
 
 /// Parse and check a journal's bytes (`path` for messages).
@@ -577,6 +579,7 @@ fn name_list(names: &[&str]) -> String {
 /// `rm ENTRY` (refused while entries depend on it) and `rm --rebase ENTRY` (its children are
 /// first restaged onto its parent, or made full).
 pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: Option<i32>) -> Result<Rewritten> {
+    repo.require_local("rm")?;
     let all = repo.entries()?;
     let children: Vec<&Entry> = all
         .iter()
@@ -636,6 +639,7 @@ pub fn remove(repo: &Repo, e: &Entry, rebase: bool, level: Option<i32>) -> Resul
 /// parent's parent, or (with `full`, or when its parent is already a full entry) as a full
 /// entry.
 pub fn consolidate(repo: &Repo, e: &Entry, full: bool, level: Option<i32>) -> Result<Rewritten> {
+    repo.require_local("consolidate")?;
     let new_parent = match &e.parent {
         // A full entry is rewritten only to store it at another level (recompression).
         None if level.is_some() => None,
@@ -781,6 +785,7 @@ pub fn prune(
     dry_run: bool,
     level: Option<i32>,
 ) -> Result<PrunePlan> {
+    repo.require_local("prune")?;
     let all = repo.entries()?;
     crate::vms::check_vms(scope, &all)?;
     let mut groups: BTreeMap<&str, Vec<Entry>> = BTreeMap::new();
@@ -818,6 +823,7 @@ pub fn prune(
 /// `rm --vm NAME --all`: remove every entry of the VMs `vms`. Entries of other VMs that stand
 /// on them are rewritten (as by prune).
 pub fn retire(repo: &Repo, vms: &[String], dry_run: bool, level: Option<i32>) -> Result<PrunePlan> {
+    repo.require_local("rm --all")?;
     let all = repo.entries()?;
     crate::vms::check_vms(vms, &all)?;
     let keep: BTreeSet<String> = all
@@ -955,13 +961,13 @@ fn remove_all_but(
 /// A damaged journal is left to verify to report and to the next exclusive command to give up
 /// (see [`recover`]); the returned note then says what was given up.
 pub fn open_locked(
-    path: &Path,
+    loc: &crate::storage::Location,
     mode: crate::lock::LockMode,
     command: &str,
     wait: Option<std::time::Duration>,
 ) -> Result<(Repo, crate::lock::RepoLock, Option<String>)> {
     use crate::lock::LockMode;
-    let repo = Repo::open(path)?;
+    let repo = Repo::open_at(loc)?;
     // Read again under the lock by `recover`: this look, without it, is only a hint.
     if mode == LockMode::Shared && matches!(read_journal(&repo)?, JournalFile::Sound(_)) {
         if let Ok(_x) = repo.lock(LockMode::Exclusive, "recover", None) {

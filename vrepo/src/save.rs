@@ -24,7 +24,7 @@ use crate::workarea::{self, Content};
 use byteorder::{ByteOrder, LittleEndian};
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use vdiff::diff::{ChunkScan, DiffOptions, Scan};
 use vdiff::format::{Digest, CHUNK_BYTES};
 
@@ -287,12 +287,13 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
         };
         Ok(Some(pd.scan.chunk_rows(pc, *d)))
     };
-    // Write the entry's files into a temporary folder: the delta in one pass over the
-    // working area, then the block and chunk digests that pass computed.
-    let tmp = repo.tmp_dir("save")?;
+    // Write the entry's files (into a temporary folder, or straight to the store): the delta
+    // in one pass over the working area, then the block and chunk digests that pass computed.
+    // Dropped unpublished, the stage removes what it wrote.
+    let mut stage = repo.store.stage(repo)?;
     let result = (|| -> Result<Entry> {
-        let delta_path = tmp.join(store::DELTA);
-        let out = File::create(&delta_path).at(&delta_path)?;
+        let mut out = stage.upload(store::DELTA)?;
+        let delta_path = out.describe();
         let dopts = DiffOptions {
             block_size: bs,
             level: opts.level.unwrap_or(default_level(parent_data.is_none())),
@@ -300,31 +301,35 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
         };
         let parent_scan = parent_data.as_ref().map(|pd| &pd.scan);
         let (summary, scan, chunks) =
-            vdiff::diff::diff_one_pass(parent_scan, &vol, &known_fn, dopts, &out).map_err(|e| {
-                match e {
+            vdiff::diff::diff_one_pass(parent_scan, &vol, &known_fn, dopts, &mut out).map_err(
+                |e| match e {
                     // The encoder's write errors are a format::Error::Io.
                     vdiff::Error::Io(source)
                     | vdiff::Error::Format(vdiff::format::Error::Io(source)) => Error::Io {
-                        what: format!("saving into {}", delta_path.display()),
+                        what: format!("saving into {delta_path}"),
                         source,
                     },
                     other => Error::from(other),
-                }
-            })?;
-        // The delta is synced and hashed on another thread while the digests are written.
+                },
+            )?;
+        // The delta is finished (synced and hashed, or its last parts sent) on another thread
+        // while the digests are written.
         let (delta_stored, written) = std::thread::scope(|s| {
-            let delta = s.spawn(|| -> Result<Stored> {
-                out.sync_all().at(&delta_path)?;
-                store::stored_of(&delta_path)
-            });
-            let written =
-                write_digests(&tmp, &wa, &scan, parent_data.as_ref(), &candidates, &chunks);
+            let delta = s.spawn(move || out.finish());
+            let written = write_digests(
+                &mut *stage,
+                &wa,
+                &scan,
+                parent_data.as_ref(),
+                &candidates,
+                &chunks,
+            );
             let delta = delta
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
             (delta, written)
         });
-        let (sig_path, chunks_path) = written?;
+        let (sig_stored, chunks_stored) = written?;
         let delta_stored = delta_stored?;
         let volume_digest: Digest = scan.digest;
 
@@ -387,27 +392,23 @@ pub fn save(repo: &Repo, dir: &Path, opts: &SaveOptions, progress: Progress) -> 
             skipped: wa.skipped.clone(),
             stored: StoredFiles {
                 delta: delta_stored,
-                signature: store::stored_of(&sig_path)?,
-                chunks: store::stored_of(&chunks_path)?,
+                signature: sig_stored,
+                chunks: chunks_stored,
             },
             stats: stats.clone(),
         })
     })();
-    let mut entry = match result {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
+    let mut entry = result?;
     let last_damaged = repo.last_record()?.err();
-    let warning = match repo.publish(&tmp, &mut entry) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
+    if crate::storage::lease::any_lost() {
+        return Err(Error::Locked(format!(
+            "{}: this save's lock could not be renewed for {} s, so another command may hold \
+             the repository now; nothing was saved",
+            repo.root.display(),
+            crate::storage::lease::LEASE.as_secs()
+        )));
+    }
+    let warning = stage.publish(&mut entry, repo)?;
     // The entry is saved whatever happens now: a record that cannot be written (a full disk)
     // only loses the working area's default parent, and is reported, not an error.
     let recorded = repo
@@ -444,16 +445,16 @@ fn join_notes(a: Option<String>, b: String) -> Option<String> {
 }
 
 /// After the delta: refuse a torn copy (a file that changed while it was read), then write the
-/// block digests (`signature.zst`) and chunk digests (`chunks.bin`) into `tmp`. Returns their
-/// paths.
+/// block digests (`signature.zst`) and chunk digests (`chunks.bin`) into `stage`. Returns what
+/// `entry.json` records of them.
 fn write_digests(
-    tmp: &Path,
+    stage: &mut dyn crate::storage::Stage,
     wa: &workarea::WorkArea,
     scan: &Scan,
     parent_data: Option<&store::ParentData>,
     candidates: &HashMap<u64, u64>,
     chunks: &[Digest],
-) -> Result<(PathBuf, PathBuf)> {
+) -> Result<(Stored, Stored)> {
     for f in &wa.files {
         if let Content::Path(p) = &f.content {
             let now = std::fs::metadata(p).at(p)?;
@@ -468,18 +469,48 @@ fn write_digests(
             }
         }
     }
-    let sig_path = tmp.join(store::SIGNATURE);
     let candidates = match parent_data {
         Some(pd) => store::chunk_candidates(candidates, chunks, &pd.chunks),
         None => HashMap::new(),
     };
     let map = |c: u64| candidates.get(&c).copied();
-    store::write_signature(
-        &sig_path,
+    let up = stage.upload(store::SIGNATURE)?;
+    let name = up.describe();
+    let up = store::write_signature_to(
+        std::io::BufWriter::with_capacity(1 << 20, up),
         scan,
         parent_data.map(|pd| (&pd.scan, &map as &store::ChunkMap)),
-    )?;
-    let chunks_path = tmp.join(store::CHUNKS);
-    store::write_chunks(&chunks_path, chunks)?;
-    Ok((sig_path, chunks_path))
+    )
+    .map_err(|e| named(e, &name))?;
+    let sig = finish_buffered(up, &name)?;
+    let up = stage.upload(store::CHUNKS)?;
+    let name = up.describe();
+    let up = store::write_chunks_to(std::io::BufWriter::with_capacity(1 << 20, up), chunks)
+        .map_err(|e| named(e, &name))?;
+    let chunks = finish_buffered(up, &name)?;
+    Ok((sig, chunks))
+}
+
+/// An I/O error about `name` (the whole path or URL of what was written).
+fn named(e: Error, name: &str) -> Error {
+    match e {
+        Error::Io { source, .. } => Error::Io {
+            what: name.into(),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// Flush a buffered upload and finish it.
+fn finish_buffered(
+    w: std::io::BufWriter<Box<dyn crate::storage::Upload>>,
+    name: &str,
+) -> Result<Stored> {
+    w.into_inner()
+        .map_err(|e| Error::Io {
+            what: name.into(),
+            source: e.into_error(),
+        })?
+        .finish()
 }

@@ -12,7 +12,7 @@ use crate::manifest::{hex, unhex32, Entry, Stored};
 use crate::repo::Repo;
 use byteorder::{ByteOrder, LittleEndian, ReadBytesExt, WriteBytesExt};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 use vdiff::diff::Scan;
 use vdiff::format::{Digest, CHUNK_BYTES};
@@ -57,16 +57,77 @@ pub fn stored_of(path: &Path) -> Result<Stored> {
     })
 }
 
+/// The key of stored file `file` of entry `name`.
+pub fn key_of(name: &str, file: &str) -> String {
+    format!("{}/{name}/{file}", crate::repo::ENTRIES)
+}
+
+/// Size and BLAKE3 of a stored object, read once in order.
+pub fn blake3_object(repo: &Repo, key: &str) -> Result<(u64, [u8; 32])> {
+    if let Some(root) = repo.store.local_root() {
+        return blake3_file(&root.join(key));
+    }
+    let (r, len) = repo.store.open(key)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = ((len - at) as usize).min(buf.len());
+        let k = r.read_at(&mut buf[..n], at).doing(|| key.to_string())?;
+        if k == 0 {
+            return Err(Error::Corrupt(format!(
+                "{key}: shorter than its listed size"
+            )));
+        }
+        h.update(&buf[..k]);
+        at += k as u64;
+    }
+    Ok((len, *h.finalize().as_bytes()))
+}
+
+fn damaged(entry: &Entry, file: &str, size: u64) -> Error {
+    Error::Corrupt(format!(
+        "entry {}: {file} is damaged ({size} bytes; size or BLAKE3 differ from entry.json)",
+        entry.name
+    ))
+}
+
 fn check_at(repo: &Repo, entry: &Entry, file: &str, want: &Stored) -> Result<()> {
-    let path = repo.entry_dir(&entry.name).join(file);
-    let (size, d) = blake3_file(&path)?;
+    let (size, d) = blake3_object(repo, &key_of(&entry.name, file))?;
     if size != want.size || hex(&d) != want.blake3 {
-        return Err(Error::Corrupt(format!(
-            "entry {}: {file} is damaged ({size} bytes; size or BLAKE3 differ from entry.json)",
-            entry.name
-        )));
+        return Err(damaged(entry, file, size));
     }
     Ok(())
+}
+
+/// A small stored file of `entry`, read whole (at most `cap` bytes) and checked against
+/// `entry.json`.
+fn read_checked(
+    repo: &Repo,
+    entry: &Entry,
+    file: &str,
+    want: &Stored,
+    cap: u64,
+) -> Result<Vec<u8>> {
+    let key = key_of(&entry.name, file);
+    if want.size > cap {
+        return Err(damaged(entry, file, want.size));
+    }
+    let bytes = match repo.store.get(&key, want.size) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Err(Error::Io {
+                what: format!("{}/{key}", repo.store.location()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        }
+        Err(Error::Corrupt(_)) => return Err(damaged(entry, file, want.size + 1)),
+        Err(e) => return Err(e),
+    };
+    if bytes.len() as u64 != want.size || hex(blake3::hash(&bytes).as_bytes()) != want.blake3 {
+        return Err(damaged(entry, file, bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Write the volume's block digests: a full vdiff signature, or with `parent` a relative one.
@@ -76,20 +137,35 @@ pub fn write_signature(
     parent: Option<(&Scan, &ChunkMap<'_>)>,
 ) -> Result<()> {
     let f = File::create(path).at(path)?;
-    let z = zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 20, f), 3).at(path)?;
-    let to_io = |e: vdiff::format::Error| Error::Io {
-        what: path.display().to_string(),
-        source: std::io::Error::other(e),
-    };
-    let z = match parent {
-        None => vdiff::signature::write(scan, z).map_err(to_io)?,
-        Some((p, map)) => write_relative(scan, p, map, z).at(path)?,
-    };
-    let w = z.finish().at(path)?;
+    let w = write_signature_to(BufWriter::with_capacity(1 << 20, f), scan, parent).map_err(
+        |e| match e {
+            Error::Io { source, .. } => Error::io(path, source),
+            other => other,
+        },
+    )?;
     let f = w
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
     f.sync_all().at(path)
+}
+
+/// [`write_signature`] into any writer (zstd-compressed); returns the writer.
+pub fn write_signature_to<W: Write>(
+    out: W,
+    scan: &Scan,
+    parent: Option<(&Scan, &ChunkMap<'_>)>,
+) -> Result<W> {
+    let what = || SIGNATURE.to_string();
+    let z = zstd::stream::write::Encoder::new(out, 3).doing(what)?;
+    let to_io = |e: vdiff::format::Error| Error::Io {
+        what: what(),
+        source: std::io::Error::other(e),
+    };
+    let z = match parent {
+        None => vdiff::signature::write(scan, z).map_err(to_io)?,
+        Some((p, map)) => write_relative(scan, p, map, z).doing(what)?,
+    };
+    z.finish().doing(what)
 }
 
 /// The parent's chunk to refer to for each chunk of a new volume: the one at the same place of
@@ -278,28 +354,36 @@ pub fn read_relative(bytes: &[u8], parent: &Scan, name: &str) -> Result<Scan> {
 
 pub fn write_chunks(path: &Path, chunks: &[Digest]) -> Result<()> {
     let f = File::create(path).at(path)?;
-    let mut w = BufWriter::new(f);
-    let mut h = Vec::with_capacity(24);
-    h.extend_from_slice(&CHUNKS_MAGIC);
-    h.write_u32::<LittleEndian>(1).at(path)?;
-    h.write_u32::<LittleEndian>(0).at(path)?;
-    h.write_u64::<LittleEndian>(chunks.len() as u64).at(path)?;
-    w.write_all(&h).at(path)?;
-    for c in chunks {
-        w.write_all(c).at(path)?;
-    }
+    let w = write_chunks_to(BufWriter::new(f), chunks).map_err(|e| match e {
+        Error::Io { source, .. } => Error::io(path, source),
+        other => other,
+    })?;
     let f = w
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
     f.sync_all().at(path)
 }
 
+/// [`write_chunks`] into any writer; returns the writer.
+pub fn write_chunks_to<W: Write>(mut w: W, chunks: &[Digest]) -> Result<W> {
+    let what = || CHUNKS.to_string();
+    let mut h = Vec::with_capacity(24);
+    h.extend_from_slice(&CHUNKS_MAGIC);
+    h.write_u32::<LittleEndian>(1).doing(what)?;
+    h.write_u32::<LittleEndian>(0).doing(what)?;
+    h.write_u64::<LittleEndian>(chunks.len() as u64)
+        .doing(what)?;
+    w.write_all(&h).doing(what)?;
+    for c in chunks {
+        w.write_all(c).doing(what)?;
+    }
+    Ok(w)
+}
+
 /// Read an entry's chunk digests (after checking the file against `entry.json`).
 pub fn read_chunks(repo: &Repo, e: &Entry) -> Result<Vec<Digest>> {
-    check_at(repo, e, CHUNKS, &e.stored.chunks)?;
-    let path = repo.entry_dir(&e.name).join(CHUNKS);
     let want = e.volume.size.div_ceil(CHUNK_BYTES);
-    let bytes = crate::repo::read_small(&path, 24 + want * 32)?;
+    let bytes = read_checked(repo, e, CHUNKS, &e.stored.chunks, 24 + want * 32)?;
     let bad = || Error::Corrupt(format!("entry {}: {CHUNKS} is malformed", e.name));
     if bytes.len() < 24 || bytes[..8] != CHUNKS_MAGIC || LittleEndian::read_u32(&bytes[8..12]) != 1
     {
@@ -318,14 +402,20 @@ pub fn read_chunks(repo: &Repo, e: &Entry) -> Result<Vec<Digest>> {
 /// Decompress an entry's `signature.zst` (after checking it against `entry.json`), at most
 /// `cap` bytes.
 fn signature_bytes(repo: &Repo, e: &Entry) -> Result<Vec<u8>> {
-    check_at(repo, e, SIGNATURE, &e.stored.signature)?;
-    let path = repo.entry_dir(&e.name).join(SIGNATURE);
-    let f = File::open(&path).at(&path)?;
-    let z = zstd::stream::read::Decoder::new(BufReader::new(f)).at(&path)?;
     // 21 bytes per block and a little per chunk: anything larger is not this volume's.
     let cap = e.volume.size / e.volume.block_size as u64 * 21
         + e.volume.size.div_ceil(CHUNK_BYTES) * 16
         + 4096;
+    // zstd adds little to what it cannot compress.
+    let packed = read_checked(
+        repo,
+        e,
+        SIGNATURE,
+        &e.stored.signature,
+        cap + cap / 64 + 4096,
+    )?;
+    let z = zstd::stream::read::Decoder::new(&packed[..])
+        .map_err(|err| Error::Corrupt(format!("entry {}: {SIGNATURE}: {err}", e.name)))?;
     let mut out = Vec::new();
     z.take(cap + 1)
         .read_to_end(&mut out)

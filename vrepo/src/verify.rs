@@ -15,10 +15,10 @@
 use crate::error::Result;
 use crate::manifest::{unhex32, Entry};
 use crate::repo::Repo;
+use crate::storage::Cursor;
 use crate::store;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::BufReader;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -64,18 +64,20 @@ pub const VERIFY_SCHEMA: &str = "vrepo.verify/1";
 /// Problems with one entry's own files.
 fn check_entry(repo: &Repo, e: &Entry, parent: Option<&Entry>, opts: VerifyOptions) -> Vec<String> {
     let mut problems = Vec::new();
-    let dir = repo.entry_dir(&e.name);
     for (name, want) in [
         (store::DELTA, &e.stored.delta),
         (store::SIGNATURE, &e.stored.signature),
         (store::CHUNKS, &e.stored.chunks),
     ] {
-        match std::fs::metadata(dir.join(name)) {
-            Ok(m) if m.len() == want.size => {}
-            Ok(m) => problems.push(format!(
-                "{name} is {} bytes, entry.json says {}",
-                m.len(),
+        match repo.store.size(&store::key_of(&e.name, name)) {
+            Ok(Some(len)) if len == want.size => {}
+            Ok(Some(len)) => problems.push(format!(
+                "{name} is {len} bytes, entry.json says {}",
                 want.size
+            )),
+            Ok(None) => problems.push(format!(
+                "{name}: {}",
+                std::io::Error::from(std::io::ErrorKind::NotFound)
             )),
             Err(err) => problems.push(format!("{name}: {err}")),
         }
@@ -84,11 +86,13 @@ fn check_entry(repo: &Repo, e: &Entry, parent: Option<&Entry>, opts: VerifyOptio
         return problems;
     }
     // The delta's header links it to its parent and to this volume.
-    let delta_path = dir.join(store::DELTA);
-    let header = File::open(&delta_path)
+    let delta_key = store::key_of(&e.name, store::DELTA);
+    let header = repo
+        .store
+        .open(&delta_key)
         .map_err(|err| err.to_string())
-        .and_then(|f| {
-            vdiff::format::Decoder::new(BufReader::new(f))
+        .and_then(|(f, len)| {
+            vdiff::format::Decoder::new(BufReader::new(Cursor::new(f, len)))
                 .map(|d| d.header().clone())
                 .map_err(|err| err.to_string())
         });
@@ -139,19 +143,19 @@ fn check_entry(repo: &Repo, e: &Entry, parent: Option<&Entry>, opts: VerifyOptio
             ]
         };
         for (name, want) in files {
-            match store::stored_of(&dir.join(name)) {
-                Ok(got) if &got == *want => {}
+            match store::blake3_object(repo, &store::key_of(&e.name, name)) {
+                Ok((size, d)) if size == want.size && crate::manifest::hex(&d) == want.blake3 => {}
                 Ok(_) => problems.push(format!("{name}: its BLAKE3 differs from entry.json")),
                 Err(err) => problems.push(format!("{name}: {err}")),
             }
         }
     }
     if opts.read_data {
-        if let Err(err) = decode_all(&delta_path) {
+        if let Err(err) = decode_all(repo, &delta_key) {
             problems.push(format!("{}: {err}", store::DELTA));
         }
     } else if let Some(p) = opts.sample {
-        if let Err(err) = sample_records(&delta_path, p) {
+        if let Err(err) = sample_records(repo, &delta_key, p) {
             problems.push(format!("{}: {err}", store::DELTA));
         }
     }
@@ -159,18 +163,18 @@ fn check_entry(repo: &Repo, e: &Entry, parent: Option<&Entry>, opts: VerifyOptio
 }
 
 /// Decode a delta from start to end: every record's checksum, the end record and the index.
-fn decode_all(path: &std::path::Path) -> std::result::Result<(), String> {
-    let f = File::open(path).map_err(|e| e.to_string())?;
-    let mut d = vdiff::format::Decoder::new(BufReader::with_capacity(1 << 20, f))
+fn decode_all(repo: &Repo, key: &str) -> std::result::Result<(), String> {
+    let (f, len) = repo.store.open(key).map_err(|e| e.to_string())?;
+    let mut d = vdiff::format::Decoder::new(BufReader::with_capacity(4 << 20, Cursor::new(f, len)))
         .map_err(|e| e.to_string())?;
     while d.next_record().map_err(|e| e.to_string())?.is_some() {}
     Ok(())
 }
 
 /// Read `percent` of a delta's records, at random, through its index.
-fn sample_records(path: &std::path::Path, percent: f64) -> std::result::Result<(), String> {
-    let f = File::open(path).map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
+fn sample_records(repo: &Repo, key: &str, percent: f64) -> std::result::Result<(), String> {
+    let (f, len) = repo.store.open(key).map_err(|e| e.to_string())?;
+    let f = vpatch::DeltaFile::new(f, len);
     let (header, index) = vdiff::format::read_index(&f, len).map_err(|e| e.to_string())?;
     // A small xorshift seeded from the clock: sampling needs spread, not secrecy.
     let mut x = std::time::SystemTime::now()

@@ -467,7 +467,8 @@ fn most_shared<'a>(
 /// While held, no other save of the same VM runs (from another working area, or the same).
 /// A `flock` on `REPO/locks/vm-HASH.lock`, released when dropped or when the process dies.
 pub struct VmLock {
-    _file: File,
+    _file: Option<File>,
+    _lease: Option<crate::storage::lease::Lease>,
 }
 
 pub const LOCKS: &str = "locks";
@@ -475,13 +476,50 @@ pub const LOCKS: &str = "locks";
 impl Drop for VmLock {
     fn drop(&mut self) {
         // The holder's line goes with the hold (the unlock follows when the file closes).
-        let _ = self._file.set_len(0);
+        if let Some(f) = &self._file {
+            let _ = f.set_len(0);
+        }
     }
 }
 
 impl VmLock {
     /// Take VM `vm`'s save lock for the working area `from`, waiting up to `wait`.
     pub fn take(repo: &Repo, vm: &str, from: &str, wait: Option<Duration>) -> Result<VmLock> {
+        let busy = |holder: String| {
+            Error::Locked(format!(
+                "VM {vm:?} is being saved{holder}: one VM is saved by one save at a \
+                 time (--vm NAME saves {from} as another VM; --wait SECONDS waits)"
+            ))
+        };
+        if repo.store.local_root().is_none() {
+            use crate::storage::lease;
+            let key = blake3::hash(vm.as_bytes()).to_hex();
+            let message = |h: Option<&lease::Holder>| {
+                let holder = h.map_or(String::new(), |h| {
+                    format!(
+                        " from {} (pid {} on {}, since {})",
+                        h.detail.as_deref().unwrap_or("?"),
+                        h.pid,
+                        h.host,
+                        h.since
+                    )
+                });
+                busy(holder).to_string()
+            };
+            let l = lease::acquire(
+                &repo.store,
+                &format!("vm-{}", &key[..32]),
+                lease::Mode::Exclusive,
+                "save",
+                Some(from),
+                wait,
+                &message,
+            )?;
+            return Ok(VmLock {
+                _file: None,
+                _lease: Some(l),
+            });
+        }
         let dir = repo.root.join(LOCKS);
         match fs::create_dir(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
@@ -515,10 +553,7 @@ impl VmLock {
                 ),
                 None => String::new(),
             };
-            return Err(Error::Locked(format!(
-                "VM {vm:?} is being saved{holder}: one VM is saved by one save at a \
-                 time (--vm NAME saves {from} as another VM; --wait SECONDS waits)"
-            )));
+            return Err(busy(holder));
         }
         // Only for messages: who holds it.
         let info = serde_json::json!({
@@ -530,7 +565,10 @@ impl VmLock {
             .set_len(0)
             .and_then(|_| file.seek(SeekFrom::Start(0)))
             .and_then(|_| file.write_all(info.as_bytes()));
-        Ok(VmLock { _file: file })
+        Ok(VmLock {
+            _file: Some(file),
+            _lease: None,
+        })
     }
 }
 
