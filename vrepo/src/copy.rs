@@ -134,7 +134,10 @@ pub fn copy(
                     source: err,
                 })?;
                 if k == 0 {
-                    return Err(Error::Corrupt(format!("entry {}: {file} is cut short", e.name)));
+                    return Err(Error::Corrupt(format!(
+                        "entry {}: {file} is cut short",
+                        e.name
+                    )));
                 }
                 up.write_all(&buf[..k]).map_err(|err| Error::Io {
                     what: format!("{}: {key}", to.store.location()),

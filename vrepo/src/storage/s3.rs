@@ -269,7 +269,7 @@ impl S3 {
 
     /// Start a streaming upload to `key`; `on_multipart` is told its multipart upload's id
     /// when it starts one.
-    fn upload_to(&self, key: &str, on_multipart: Option<Box<dyn Fn(&str) + Send>>) -> S3Upload {
+    fn upload_to(&self, key: &str, on_multipart: Option<OnMultipart>) -> S3Upload {
         S3Upload {
             s3: self.clone(),
             key: key.into(),
@@ -286,7 +286,6 @@ impl S3 {
             finished: false,
         }
     }
-
 }
 
 impl Storage for S3 {
@@ -456,6 +455,9 @@ impl ReadAt for S3Object {
     }
 }
 
+/// Told a multipart upload's id when it starts (the stage records it in its claim).
+type OnMultipart = Box<dyn Fn(&str) + Send>;
+
 type PartTask = tokio::task::JoinHandle<object_store::Result<PartId>>;
 
 /// A streaming upload (see the module's notes).
@@ -474,7 +476,7 @@ struct S3Upload {
     parts: Vec<(usize, PartId)>,
     hasher: LateHasher,
     total: u64,
-    on_multipart: Option<Box<dyn Fn(&str) + Send>>,
+    on_multipart: Option<OnMultipart>,
     finished: bool,
 }
 
