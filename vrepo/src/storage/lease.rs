@@ -103,6 +103,17 @@ fn mode_of_key(name: &str) -> Option<Mode> {
     }
 }
 
+/// Whether the lock object `MODE-TAG-NANOS.json` names a process of this host that is gone.
+fn holder_gone(name: &str) -> bool {
+    let tag = name
+        .split_once('-')
+        .and_then(|(_, rest)| rest.strip_suffix(".json"))
+        .and_then(|rest| rest.rsplit_once('-'))
+        .map_or("", |(tag, _)| tag);
+    // Only a whole PID-HOST-BOOT tag is judged: anything else is left to its lease.
+    tag.split('-').count() == 3 && crate::owner::owner_of(tag) == crate::owner::Owner::Gone
+}
+
 /// Take a lease on `scope` in `mode`, trying until `wait` has passed (none: once). On a
 /// conflict, the error is [`Error::Locked`] with `message(holder)`.
 pub fn acquire(
@@ -154,8 +165,10 @@ pub fn acquire(
                 (Some(n), Some(t)) => Duration::from_nanos((n - t).max(0) as u64),
                 _ => Duration::ZERO,
             };
-            if age > LEASE {
-                // Dead: its holder stopped refreshing it a lease ago.
+            let name = l.key.strip_prefix(&dir).unwrap_or_default();
+            if age > LEASE || holder_gone(name) {
+                // Dead: its holder stopped refreshing it a lease ago, or it is a process of
+                // this host that is gone (killed: nothing refreshes its lock any more).
                 let _ = store.delete(&l.key);
                 continue;
             }
@@ -223,5 +236,23 @@ fn start(store: Arc<dyn Storage>, key: String, body: Vec<u8>) -> Lease {
         stop,
         lost,
         refresher,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_of_a_dead_process_of_this_host_is_known_dead() {
+        let host = crate::owner::host_tag();
+        let boot = crate::owner::boot_id();
+        let dead = format!("exclusive-4000000-{host}-{boot}-123.json");
+        assert!(holder_gone(&dead), "{dead}");
+        let me = format!("shared-{}-5.json", crate::owner::own_tag());
+        assert!(!holder_gone(&me), "{me}");
+        assert!(!holder_gone("shared-12-otherhost-0123456789ab-5.json"));
+        assert!(!holder_gone("shared-garbage.json"));
+        assert!(!holder_gone("exclusive-12-5.json"));
     }
 }

@@ -138,44 +138,79 @@ impl Inner {
 }
 
 /// One line for an `object_store` error, in our classes: missing bucket or object (exit 4),
-/// refused credentials and everything else (exit 6).
+/// refused credentials and everything else (exit 6). What the server said (its error code
+/// and message) is kept; the client library's wording around it is not.
 fn map_err(what: &str, e: object_store::Error) -> Error {
     let text = one_line(&e.to_string());
+    let said = server_said(&text);
+    let denied = |hint: &str| Error::Io {
+        what: what.into(),
+        source: io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "access denied ({}); check {hint}",
+                said.clone().unwrap_or_else(|| "403 Forbidden".into())
+            ),
+        ),
+    };
     match e {
-        object_store::Error::NotFound { .. } if text.contains("NoSuchBucket") => {
+        _ if text.contains("NoSuchBucket") => {
             Error::Missing(format!("{what}: the bucket does not exist"))
         }
         object_store::Error::NotFound { .. } => Error::Missing(format!("{what}: not found")),
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            Error::Io {
-                what: what.into(),
-                source: io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("access denied (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's permissions): {text}"),
-                ),
-            }
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => {
+            denied("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's permissions")
         }
-        _ if text.contains("NoSuchBucket") => {
-            Error::Missing(format!("{what}: the bucket does not exist"))
+        _ if text.contains("AuthorizationHeaderMalformed") => {
+            denied("AWS_DEFAULT_REGION: it must be the store's region")
         }
         _ if text.contains("InvalidAccessKeyId")
             || text.contains("SignatureDoesNotMatch")
             || text.contains("AccessDenied")
             || text.contains("403 Forbidden") =>
         {
+            denied("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION")
+        }
+        _ if said.is_none()
+            && (text.contains("error sending request")
+                || text.contains("onnection refused")
+                || text.contains("timed out")
+                || text.contains("dns error")) =>
+        {
+            let retries = text
+                .split(", ")
+                .find(|p| p.starts_with("after ") && p.ends_with(" retries"))
+                .map(|p| format!(", {p}"))
+                .unwrap_or_default();
             Error::Io {
                 what: what.into(),
                 source: io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("access denied (check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION): {text}"),
+                    io::ErrorKind::NotConnected,
+                    format!("the store does not answer{retries}"),
                 ),
             }
         }
         _ => Error::Io {
             what: what.into(),
-            source: io::Error::other(text),
+            source: io::Error::other(said.unwrap_or(text)),
         },
     }
+}
+
+/// `CODE: MESSAGE` from an S3 error body in `text`, when there is one.
+fn server_said(text: &str) -> Option<String> {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find("</")? + start;
+        Some(text[start..end].to_owned())
+    };
+    let code = tag("Code")?;
+    Some(match tag("Message") {
+        Some(m) => format!("{code}: {m}"),
+        None => code,
+    })
 }
 
 /// Errors of the store can span lines (a server's XML body): one line, at most 400 bytes.
