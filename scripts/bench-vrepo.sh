@@ -66,6 +66,8 @@
 # (`uptime`) is printed with the figures.
 #
 # Usage: scripts/bench-vrepo.sh [--strict]
+#        scripts/bench-vrepo.sh --s3 [--strict]   the S3 mode: scripts/bench-s3.sh (it reuses
+#                                                  this script's working-area states)
 #   --strict   exit 3 when a goal is missed (default: report it, exit 0)
 #
 # Environment (default in brackets):
@@ -85,6 +87,7 @@
 #   BENCH_SKIP_REWRITE  set to 1 to skip the rewrites and verify part [0]
 #   BENCH_ONLY_REWRITE  set to 1 to run only the rewrites and verify part [0]
 #   BENCH_PRUNE_ENTRIES entries of the repository pruned to its newest half (at least 2) [100]
+#   BENCH_ONLY_STATES   set to 1 to only make (or check) the working-area states, and stop [0]
 #
 # Exit codes: 0 done, 1 a restored working area differs or a command failed, 2 usage or setup
 # error, 3 a goal missed with --strict.
@@ -106,6 +109,10 @@ only_rewrite=${BENCH_ONLY_REWRITE:-0}
 prune_n=${BENCH_PRUNE_ENTRIES:-100}
 # shellcheck source=scripts/bench-lib.sh
 source "$repo/scripts/bench-lib.sh"
+if [[ ${1:-} == --s3 ]]; then
+    shift
+    exec "$repo/scripts/bench-s3.sh" "$@"
+fi
 bench_args "$@"
 for n in "$data_mib" "$disk_gib" "$churn" "$chain" "$chain_kib" "$runs" "$prune_n"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive integer, got '$n'"
@@ -325,6 +332,10 @@ else
     echo "$want_stamp" >"$stamp"
 fi
 cat "$work/layout.txt" >&2
+if [[ ${BENCH_ONLY_STATES:-0} == 1 ]]; then
+    say "the working-area states are in $work (BENCH_ONLY_STATES=1: nothing timed)"
+    exit 0
+fi
 
 # --- Timing ------------------------------------------------------------------------------------
 

@@ -427,6 +427,18 @@ fn open_as(cli: &CliCommon, command: &str, mode: LockMode) -> Result<(Repo, Repo
     Ok((repo, lock))
 }
 
+/// On object storage, what a command sent and received, on stderr (unless --quiet).
+fn traffic(repo: &Repo, quiet: bool) {
+    let (sent, got) = (repo.store.bytes_sent(), repo.store.bytes_received());
+    if !quiet && repo.store.local_root().is_none() {
+        eprintln!(
+            "vrepo: sent {sent} bytes ({}) to the store, received {got} bytes ({})",
+            query::human(sent),
+            query::human(got)
+        );
+    }
+}
+
 /// Where `-r` points: `s3:URL`, else a folder.
 fn location(r: &std::path::Path) -> Result<vrepo::storage::Location, Failure> {
     match r.to_str() {
@@ -567,6 +579,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             for s in &saved.entry.skipped {
                 eprintln!("vrepo: skipped {} ({})", s.path, s.reason);
             }
+            traffic(&repo, cli.quiet);
             if cli.json {
                 print_json(&saved.entry)?;
             } else {
@@ -587,6 +600,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             if let Some(w) = &built.warning {
                 eprintln!("vrepo: {w}");
             }
+            traffic(&repo, cli.quiet);
             if cli.json {
                 print_json(&built)?;
             } else {

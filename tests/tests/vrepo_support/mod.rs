@@ -26,14 +26,15 @@ pub fn s(p: &Path) -> &str {
 /// A repository, driven through the binary.
 #[derive(Clone)]
 pub struct Repo {
+    /// The folder, or for one on object storage its `s3:URL` (see [`Repo::on`]).
     pub root: PathBuf,
+    /// Set on every command (the store's credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl Repo {
     pub fn init(root: &Path, extra: &[&str]) -> Repo {
-        let r = Repo {
-            root: root.to_path_buf(),
-        };
+        let r = Repo::at(root);
         let mut a = vec!["init"];
         a.extend_from_slice(extra);
         r.ok(&a);
@@ -43,12 +44,23 @@ impl Repo {
     pub fn at(root: &Path) -> Repo {
         Repo {
             root: root.to_path_buf(),
+            env: Vec::new(),
+        }
+    }
+
+    /// A repository at `location` (`s3:URL`), reached with `env` (credentials, region); not
+    /// made yet.
+    pub fn on(location: &str, env: Vec<(String, String)>) -> Repo {
+        Repo {
+            root: PathBuf::from(location),
+            env,
         }
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(vrepo_bin());
         c.arg("-r").arg(&self.root).arg("--quiet");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
