@@ -34,6 +34,7 @@
 # Environment (default in brackets):
 #   BENCH_WORK   bench-vrepo.sh's work folder, holding wa0 wa1 wa2 [REPO/bench-work/vrepo]
 #   BENCH_RUNS   repetitions [3]
+#   VML_GARAGE   the garage binary [what scripts/need-garage.sh --path names]
 #
 # Exit codes: 0 done, 1 a restored working area differs or a command failed, 2 usage or setup
 # error, 3 a goal missed with --strict.
@@ -54,7 +55,7 @@ fi
 need restic restic
 need /usr/bin/time time
 need curl curl
-garage=$("$repo/scripts/need-garage.sh" --path) || die "Garage is missing (scripts/need-garage.sh)"
+garage=${VML_GARAGE:-$("$repo/scripts/need-garage.sh" --path)} || die "Garage is missing (scripts/need-garage.sh)"
 
 s3work=$work/s3
 rm -rf "$s3work"
@@ -90,7 +91,7 @@ gpid=$!
 trap 'kill "$gpid" 2>/dev/null || true' EXIT
 node=
 for _ in $(seq 100); do
-    node=$(g status 2>/dev/null | awk '$1 ~ /^[0-9a-f]{16}$/ { print $1; exit }') && [[ -n $node ]] && break
+    node=$(g status 2>/dev/null | grep -oE '^[0-9a-f]{16}' | head -n1) && [[ -n $node ]] && break
     sleep 0.2
 done
 [[ -n $node ]] || die "Garage did not start ($log/garage.log)"

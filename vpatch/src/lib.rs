@@ -84,12 +84,31 @@ pub struct DeltaInput {
 pub struct DeltaFile {
     inner: Arc<dyn vmdk_parse::ReadAt>,
     len: u64,
+    plan: Option<ReadPlan>,
 }
+
+/// Told, before an apply reads a delta's records, which byte ranges (offset, length) it will
+/// read, in the order it will first need them: a source that reads slowly one request at a
+/// time (an object store) fetches them ahead, several at once.
+pub type ReadPlan = Arc<dyn Fn(Vec<(u64, u64)>) + Send + Sync>;
 
 impl DeltaFile {
     /// `len` bytes read through `inner`.
     pub fn new(inner: Arc<dyn vmdk_parse::ReadAt>, len: u64) -> DeltaFile {
-        DeltaFile { inner, len }
+        DeltaFile {
+            inner,
+            len,
+            plan: None,
+        }
+    }
+
+    /// [`DeltaFile::new`], with `plan` told what an apply will read (see [`ReadPlan`]).
+    pub fn with_plan(inner: Arc<dyn vmdk_parse::ReadAt>, len: u64, plan: ReadPlan) -> DeltaFile {
+        DeltaFile {
+            inner,
+            len,
+            plan: Some(plan),
+        }
     }
 
     /// A file, its length taken now.
@@ -617,6 +636,34 @@ impl Literals {
             budget,
             state: Mutex::new(CacheState::default()),
             ready: Condvar::new(),
+        }
+    }
+
+    /// Tell each delta's source that has a [`ReadPlan`] the records it will be read for, in
+    /// the order of their first use.
+    fn tell_plans(&self, deltas: &[Delta]) {
+        for (k, d) in deltas.iter().enumerate() {
+            let Some(plan) = &d.file.plan else { continue };
+            let mut firsts: Vec<(u64, u64, u64)> = d
+                .recs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    let What::Literal {
+                        record_at,
+                        payload_len,
+                        ..
+                    } = r.what
+                    else {
+                        return None;
+                    };
+                    let u = self.uses.get(self.first[k][i]..self.first[k][i + 1])?;
+                    let len = (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64 + payload_len as u64;
+                    u.first().map(|&w| (w, record_at, len))
+                })
+                .collect();
+            firsts.sort_unstable();
+            plan(firsts.into_iter().map(|(_, at, len)| (at, len)).collect());
         }
     }
 
@@ -1229,12 +1276,14 @@ fn produce(
     let size = last.target_size;
     let expect = last.target_digest;
     let nchunks = size.div_ceil(CHUNK_BYTES);
+    let literals = Literals::plan(
+        deltas,
+        size,
+        literal_cache_bytes.unwrap_or(LITERAL_CACHE_BYTES),
+    );
+    literals.tell_plans(deltas);
     let job = Job {
-        literals: Literals::plan(
-            deltas,
-            size,
-            literal_cache_bytes.unwrap_or(LITERAL_CACHE_BYTES),
-        ),
+        literals,
         deltas,
         base,
         keep,

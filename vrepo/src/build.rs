@@ -99,9 +99,9 @@ pub fn open_deltas(repo: &Repo, chain: &[Entry], entry: &Entry) -> Result<Vec<vp
     // the volume digest).
     let mut deltas = Vec::with_capacity(chain.len());
     for e in chain {
-        let (f, len) = repo
+        let (f, len, plan) = repo
             .store
-            .open(&store::key_of(&e.name, store::DELTA))
+            .open_planned(&store::key_of(&e.name, store::DELTA))
             .map_err(|err| match err {
                 Error::Missing(m) | Error::Corrupt(m) => {
                     Error::Corrupt(format!("entry {}: {}: {m}", e.name, store::DELTA))
@@ -121,7 +121,10 @@ pub fn open_deltas(repo: &Repo, chain: &[Entry], entry: &Entry) -> Result<Vec<vp
         }
         deltas.push(vpatch::DeltaInput {
             name: format!("entry {}", e.name),
-            file: vpatch::DeltaFile::new(f, len),
+            file: match plan {
+                Some(p) => vpatch::DeltaFile::with_plan(f, len, p),
+                None => vpatch::DeltaFile::new(f, len),
+            },
         });
     }
     let headers = vpatch::read_headers(&mut deltas)?;

@@ -109,6 +109,12 @@ pub trait Storage: Send + Sync {
     fn size(&self, key: &str) -> Result<Option<u64>>;
     /// Read an object by ranges, and its size. A missing object is [`Error::Missing`].
     fn open(&self, key: &str) -> Result<(Arc<dyn ReadAt>, u64)>;
+    /// [`Storage::open`] for a read by a planned apply: with a [`vpatch::ReadPlan`] that a
+    /// store read by requests uses to fetch the planned ranges ahead (none for a folder).
+    fn open_planned(&self, key: &str) -> Result<(Arc<dyn ReadAt>, u64, Option<vpatch::ReadPlan>)> {
+        let (r, len) = self.open(key)?;
+        Ok((r, len, None))
+    }
     /// Write a whole object, replacing one there: a reader sees the old bytes or the new.
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
     /// Every object whose key starts with `prefix`, in key order.
