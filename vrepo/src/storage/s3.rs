@@ -603,7 +603,7 @@ impl S3Object {
     }
 
     /// Serve `[offset, offset + buf.len())` from a planned GET, if one holds it.
-    fn from_plan(&self, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
+    fn serve_planned(&self, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
         let end = offset + buf.len() as u64;
         let mut st = self.ahead.state.lock().expect("ahead");
         let (_, &i) = st.by_start.range(..=offset).next_back()?;
@@ -655,7 +655,7 @@ impl ReadAt for S3Object {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(self.len - offset);
-        if let Some(Ok(k)) = self.from_plan(&mut buf[..n as usize], offset) {
+        if let Some(Ok(k)) = self.serve_planned(&mut buf[..n as usize], offset) {
             return Ok(k);
         }
         if let Some((at, b)) = &*self.last.lock().expect("last") {
