@@ -20,6 +20,7 @@
 #   bsdutils       script (a terminal, for the tests of terminal refusal)
 #   man-db         man (the install test renders each man page with man -l)
 #   fuse3          fusermount3 (vrepo mount and its tests)
+#   curl           signed S3 requests (--aws-sigv4) of the tests against Garage
 NEED_PACKAGES=(
     "qemu-utils: qemu-img qemu-io"
     "e2fsprogs: mke2fs debugfs"
@@ -30,6 +31,7 @@ NEED_PACKAGES=(
     "bsdutils: script"
     "man-db: man"
     "fuse3: fusermount3"
+    "curl: curl"
 )
 
 # need_missing [PACKAGE...]: the packages (of those named, or of all) with a command missing,

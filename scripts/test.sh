@@ -3,12 +3,19 @@
 # (unit, property, CLI, and end-to-end tests against qemu-img and libvmdk), and a build of the
 # fuzz targets when cargo-fuzz is available.
 # Installs what the tests need when it is missing (scripts/need.sh: as root with apt-get; else it
-# names the command to run).
+# names the command to run), and Garage, the S3 store of the S3 repository tests
+# (scripts/need-garage.sh: built once with cargo into ~/.cache/vml, 10-20 minutes), whose path
+# the tests read from VML_GARAGE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/need.sh
 . scripts/need.sh
 need_all
+# shellcheck source=scripts/need-garage.sh
+. scripts/need-garage.sh
+need_garage
+VML_GARAGE=$(garage_path)
+export VML_GARAGE
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -4,7 +4,8 @@
 //! the missing packages (`--check`), says the one command to run when it may not install
 //! (`NEED_NO_INSTALL=1`, or no apt-get), and, as root with an apt-get, runs `apt-get update`
 //! once and installs only what is missing. The scripts are shellcheck-clean, following the
-//! helper they source.
+//! helper they source. Garage, the S3 store of the S3 tests, comes from `scripts/need-garage.sh`
+//! (a cargo build into a cache): tested with fake `cargo` and `garage` commands, nothing built.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -37,6 +38,7 @@ const ALL: &[&str] = &[
     "script",
     "man",
     "fusermount3",
+    "curl",
 ];
 
 /// A folder for PATH holding fake `cmds` (each exits 0) and the real `dirname` (the scripts
@@ -114,7 +116,7 @@ fn check_names_the_missing_packages_and_installs_nothing() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
-        "e2fsprogs\nlibvmdk-utils\nshellcheck\nmake\nutil-linux\nbsdutils\nman-db\nfuse3\n"
+        "e2fsprogs\nlibvmdk-utils\nshellcheck\nmake\nutil-linux\nbsdutils\nman-db\nfuse3\ncurl\n"
     );
     let all = fake_path(ALL);
     let o = bash(all.path(), &[&need, "--check"], &[]);
@@ -191,7 +193,7 @@ fn demo_and_tests_stop_before_building_naming_what_to_install() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).ends_with(
-            "sudo apt-get install e2fsprogs libvmdk-utils shellcheck make util-linux bsdutils man-db fuse3\n"
+            "sudo apt-get install e2fsprogs libvmdk-utils shellcheck make util-linux bsdutils man-db fuse3 curl\n"
         ),
         "{}",
         stderr(&o)
@@ -289,9 +291,218 @@ fn scripts_share_one_package_list_and_are_shellcheck_clean() {
     assert!(ci.trim_end().ends_with("exec ./scripts/test.sh"), "{ci}");
     let test = fs::read_to_string(r.join("scripts/test.sh")).unwrap();
     assert!(test.contains("\nneed_all\n"), "{test}");
+    // Garage (need-garage.sh) too, and the tests are told where it is.
+    let o = Command::new("shellcheck")
+        .arg("scripts/need-garage.sh")
+        .current_dir(&r)
+        .output()
+        .expect("shellcheck");
+    assert!(o.status.success(), "shellcheck:\n{}", stdout(&o));
+    for text in [&ci, &test] {
+        assert!(
+            text.contains(". scripts/need-garage.sh\nneed_garage\n"),
+            "{text}"
+        );
+    }
+    assert!(test.contains("\nexport VML_GARAGE\n"), "{test}");
     // Every command the package list names is one the tests reckon with.
     let need = fs::read_to_string(need_sh()).unwrap();
     for c in ALL {
         assert!(need.contains(&format!(" {c}")), "{c} is not in need.sh");
     }
+}
+
+// ---- scripts/need-garage.sh: Garage 2.5.0, built once into a cache (issue 17) ----
+
+/// A fake `garage` whose `--version` says `version` (the crates.io build's form).
+fn fake_garage(at: &Path, version: &str) {
+    fs::create_dir_all(at.parent().unwrap()).unwrap();
+    fs::write(
+        at,
+        format!("#!/bin/sh\necho 'garage {version} [features: k2v, lmdb, sqlite]'\n"),
+    )
+    .unwrap();
+    fs::set_permissions(at, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `bash scripts/need-garage.sh ARGS` with `fakes` first on the real PATH, HOME a folder of its
+/// own (no real cache is looked at, nothing is built), and `env` set.
+fn need_garage(fakes: &Path, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let path = format!(
+        "{}:{}",
+        fakes.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new(which("bash"));
+    c.arg("scripts/need-garage.sh")
+        .args(args)
+        .current_dir(root())
+        .env("PATH", path)
+        .env("HOME", home)
+        .env_remove("VML_CACHE")
+        .env_remove("VML_GARAGE")
+        .env_remove("NEED_NO_INSTALL");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("bash")
+}
+
+#[test]
+fn need_garage_path_and_check_build_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let fakes = tempfile::tempdir().unwrap();
+    // A cargo that must not run: it would leave a mark.
+    let mark = fakes.path().join("cargo-ran");
+    fake(
+        fakes.path(),
+        "cargo",
+        &format!("echo \"$@\" >>'{}'\n", mark.display()),
+    );
+    let h = home.path().display().to_string();
+    let o = need_garage(fakes.path(), home.path(), &["--path"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("{h}/.cache/vml/garage-2.5.0/bin/garage\n")
+    );
+    assert_eq!(stderr(&o), "");
+    let cache = home.path().join("cache");
+    let c = cache.display().to_string();
+    let vml_cache = [("VML_CACHE", c.as_str())];
+    let o = need_garage(fakes.path(), home.path(), &["--path"], &vml_cache);
+    assert_eq!(stdout(&o), format!("{c}/garage-2.5.0/bin/garage\n"));
+    let o = need_garage(
+        fakes.path(),
+        home.path(),
+        &["--path"],
+        &[("VML_GARAGE", "/opt/g/garage")],
+    );
+    assert_eq!(stdout(&o), "/opt/g/garage\n");
+
+    // --check: missing, another version, then 2.5.0 (either way of saying it).
+    let bin = cache.join("garage-2.5.0/bin/garage");
+    let o = need_garage(fakes.path(), home.path(), &["--check"], &vml_cache);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    for (version, ok) in [
+        ("cargo:2.5.1", false),
+        ("cargo:12.5.0", false),
+        ("v2.5.0-rc1", false),
+        ("cargo:2.5.0", true),
+        ("v2.5.0", true),
+    ] {
+        fake_garage(&bin, version);
+        let o = need_garage(fakes.path(), home.path(), &["--check"], &vml_cache);
+        assert_eq!(o.status.success(), ok, "{version}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "");
+    }
+    // Present: need_garage is silent and builds nothing.
+    let o = need_garage(fakes.path(), home.path(), &[], &vml_cache);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!((stdout(&o).as_str(), stderr(&o).as_str()), ("", ""));
+    assert!(!mark.exists(), "cargo ran");
+    // Without leave to build, a missing Garage is one line naming the command to run.
+    fs::remove_file(&bin).unwrap();
+    let o = need_garage(
+        fakes.path(),
+        home.path(),
+        &[],
+        &[("VML_CACHE", c.as_str()), ("NEED_NO_INSTALL", "1")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        format!("need-garage.sh: Garage 2.5.0 is missing ({c}/garage-2.5.0/bin/garage); build it with: scripts/need-garage.sh (10-20 minutes)\n")
+    );
+    // VML_GARAGE names a binary to use, never one to build.
+    let o = need_garage(
+        fakes.path(),
+        home.path(),
+        &[],
+        &[("VML_GARAGE", "/nonexistent/garage")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("VML_GARAGE=/nonexistent/garage is not Garage 2.5.0"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!mark.exists(), "cargo ran");
+    let o = need_garage(fakes.path(), home.path(), &["--build"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).starts_with("usage"), "{}", stderr(&o));
+}
+
+#[test]
+fn need_garage_builds_it_once_with_cargo_install_and_names_a_failure() {
+    let home = tempfile::tempdir().unwrap();
+    let fakes = tempfile::tempdir().unwrap();
+    let cache = home.path().join("cache");
+    let c = cache.display().to_string();
+    let log = fakes.path().join("cargo.log");
+    // A cargo that logs its arguments and the target folder it was given, then installs a fake
+    // Garage 2.5.0 into --root.
+    fake(
+        fakes.path(),
+        "cargo",
+        &format!(
+            "echo \"$* target=${{CARGO_TARGET_DIR:-}}\" >>'{log}'\n\
+             echo '   Compiling garage v2.5.0' >&2\n\
+             root=; while [ $# -gt 0 ]; do [ \"$1\" = --root ] && root=$2; shift; done\n\
+             mkdir -p \"$root/bin\"\n\
+             printf '#!/bin/sh\\necho \"garage cargo:2.5.0 [features: lmdb]\"\\n' >\"$root/bin/garage\"\n\
+             chmod 755 \"$root/bin/garage\"\n",
+            log = log.display()
+        ),
+    );
+    let env = [
+        ("VML_CACHE", c.as_str()),
+        ("CARGO_TARGET_DIR", "/work/somewhere/target"),
+    ];
+    let o = need_garage(fakes.path(), home.path(), &[], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert_eq!(
+        stderr(&o),
+        format!("need-garage.sh: building Garage 2.5.0 (S3 store for the tests) into {c}/garage-2.5.0 with cargo install: 10-20 minutes, once\n")
+    );
+    // Its own target folder, not the caller's.
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        format!(
+            "install garage --locked --force --version 2.5.0 --root {c}/garage-2.5.0 target=\n"
+        )
+    );
+    // cargo's chatter is kept in the log, not shown.
+    let kept = fs::read_to_string(cache.join("garage-2.5.0.log")).unwrap();
+    assert!(kept.contains("Compiling garage"), "{kept}");
+    // Built: the next run does nothing.
+    let o = need_garage(fakes.path(), home.path(), &[], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+    assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1);
+
+    // A failing build: cargo's last lines, then one line naming the log; exit 2.
+    fs::remove_dir_all(cache.join("garage-2.5.0")).unwrap();
+    fake(
+        fakes.path(),
+        "cargo",
+        "echo 'error: could not compile `garage_db`' >&2; exit 101\n",
+    );
+    let o = need_garage(fakes.path(), home.path(), &[], &env);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("error: could not compile `garage_db`\n"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(&format!("need-garage.sh: cargo install garage --version 2.5.0 failed (its whole output: {c}/garage-2.5.0.log)\n")),
+        "{err}"
+    );
+    // A build that succeeds without leaving a working 2.5.0 binary is a failure too.
+    fake(fakes.path(), "cargo", "exit 0\n");
+    let o = need_garage(fakes.path(), home.path(), &[], &env);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("failed"), "{}", stderr(&o));
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod esxgen;
+pub mod garage;
 
 use std::fs;
 use std::path::{Path, PathBuf};
