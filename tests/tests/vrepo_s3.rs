@@ -37,7 +37,7 @@ fn keys(g: &Garage, prefix: &str) -> Vec<String> {
 
 /// Multipart uploads in progress in the bucket (their keys).
 fn uploads(g: &Garage) -> Vec<String> {
-    let r = g.request(0, "GET", &format!("/{}?uploads", g.bucket()), None, &[]);
+    let r = g.request(0, "GET", &format!("/{}?uploads=", g.bucket()), None, &[]);
     assert_eq!(r.status, 200, "ListMultipartUploads: {}", r.text());
     common::garage::xml_values(&r.text(), "Key")
 }
@@ -49,6 +49,7 @@ fn the_whole_workflow_on_s3_builds_every_entry_byte_for_byte() {
     let repo = s3_repo(&g, "site/one");
     let wa = make_vm(&t.path().join("web"), 64, 12, 1);
     let st = t.path().join("states");
+    fs::create_dir_all(&st).unwrap();
     let e1 = repo.save_name(&wa, &["--tag", "first"]);
     let s1 = keep(&wa, &st.join("1"));
     guest_write(&wa.join("disk.vmdk"), 3 * MIB, 2 * MIB, 11);
@@ -101,6 +102,7 @@ fn copy_local_to_s3_and_back_gives_the_same_bytes_and_resumes() {
     let local = Repo::init(&t.path().join("local"), &[]);
     let wa = make_vm(&t.path().join("db"), 48, 10, 2);
     let st = t.path().join("states");
+    fs::create_dir_all(&st).unwrap();
     local.save_name(&wa, &["--tag", "monday"]);
     let s1 = keep(&wa, &st.join("1"));
     guest_write(&wa.join("disk.vmdk"), 5 * MIB, 3 * MIB, 21);
@@ -346,11 +348,12 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
         std::thread::sleep(Duration::from_millis(20));
     }
     g.kill(2);
-    let status = child.wait().unwrap();
+    let o = child.wait_with_output().unwrap();
     // Two of three nodes make a quorum: the save completes, whole.
     assert!(
-        status.success(),
-        "the save failed with one node of three down"
+        o.status.success(),
+        "the save failed with one node of three down: {}",
+        String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(repo.names(), ["E1", "E2"]);
     assert_builds(&repo, "E2", &st, &t.path().join("out"));
@@ -360,9 +363,11 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     let mut b = repo.spawn(&["build", "E2", s(&out)]);
     std::thread::sleep(Duration::from_millis(200));
     g.kill(1);
+    let o = b.wait_with_output().unwrap();
     assert!(
-        b.wait().unwrap().success(),
-        "the build failed with one node of three down"
+        o.status.success(),
+        "the build failed with one node of three down: {}",
+        String::from_utf8_lossy(&o.stderr)
     );
     assert_same_files(&st, &out, "build with a node down");
     // The client's own node dies: a clear error, and nothing half-written a later command

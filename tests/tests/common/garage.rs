@@ -474,7 +474,7 @@ admin_token = "{token}"
     }
 
     /// Start node `i` again (same folder, ports and identity) after [`kill`](Self::kill);
-    /// returns once it is up and sees every running node.
+    /// returns once it is up and every running node sees every running node.
     pub fn restart(&mut self, i: usize) {
         assert!(
             self.nodes[i].child.is_none(),
@@ -488,8 +488,12 @@ admin_token = "{token}"
                 self.log_tail(i)
             );
         }
-        let up = self.running().len();
-        self.wait_healthy(i, up, deadline);
+        // Every running node must see it again, not only it the others: a node that kept a
+        // connection to the killed process reconnects only at its next status exchange.
+        let up = self.running();
+        for &j in &up {
+            self.wait_healthy(j, up.len(), deadline);
+        }
     }
 
     /// The indexes of the running nodes.

@@ -4,8 +4,8 @@
 //! `-r s3:http://HOST:PORT/BUCKET/PREFIX` (or `https://`); credentials and region from
 //! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION` (or `AWS_REGION`), and
 //! `AWS_SESSION_TOKEN` when set. Requests use path-style addressing, time out, and are
-//! retried a bounded number of times, so a store that does not answer gives an error within
-//! about half a minute rather than a hang.
+//! retried at most 8 times within 30 s (a cluster takes up to 10 s to notice a dead node), so
+//! a store that does not answer gives an error within about half a minute rather than a hang.
 //!
 //! An entry's files are uploaded under `entries/EN/` while the save produces them: the
 //! delta as a multipart upload of 8 MiB parts, several in flight, its first part held back
@@ -264,13 +264,14 @@ impl S3 {
             .with_allow_http(true)
             .with_virtual_hosted_style_request(false)
             .with_retry(RetryConfig {
+                // About 20 s of retries: a cluster takes up to 10 s to notice a dead node.
                 backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(200),
+                    init_backoff: Duration::from_millis(250),
                     max_backoff: Duration::from_secs(4),
                     base: 2.0,
                 },
-                max_retries: 4,
-                retry_timeout: Duration::from_secs(20),
+                max_retries: 8,
+                retry_timeout: Duration::from_secs(30),
             });
         if let Some(t) = env("AWS_SESSION_TOKEN") {
             b = b.with_token(t);
