@@ -338,7 +338,7 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     fs::write(wa.join("big.log"), rand_bytes(88, 96 << 20)).unwrap();
     let st = keep(&wa, &t.path().join("state"));
     // The client talks to node 0; node 2 dies while the save uploads.
-    let mut child = repo.spawn(&["save", s(&wa)]);
+    let child = repo.spawn(&["save", s(&wa)]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while uploads(&g).is_empty() {
         assert!(
