@@ -360,7 +360,7 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     g.restart(2);
     // Node 1 dies during a build: it completes and is right.
     let out = t.path().join("out2");
-    let mut b = repo.spawn(&["build", "E2", s(&out)]);
+    let b = repo.spawn(&["build", "E2", s(&out)]);
     std::thread::sleep(Duration::from_millis(200));
     g.kill(1);
     let o = b.wait_with_output().unwrap();
