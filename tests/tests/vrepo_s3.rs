@@ -374,7 +374,7 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     // would believe.
     g.restart(1);
     fs::write(wa.join("big.log"), rand_bytes(89, 64 << 20)).unwrap();
-    let mut child = repo.spawn(&["save", s(&wa)]);
+    let child = repo.spawn(&["save", s(&wa)]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while uploads(&g).is_empty() {
         assert!(
