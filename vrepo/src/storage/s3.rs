@@ -105,6 +105,8 @@ impl std::fmt::Display for S3Url {
 }
 
 struct Inner {
+    /// Bytes fetched ahead by planned reads and not yet read, all objects together.
+    ahead_held: AtomicU64,
     store: AmazonS3,
     rt: tokio::runtime::Runtime,
     url: S3Url,
@@ -290,6 +292,7 @@ impl S3 {
             })?;
         Ok(S3 {
             inner: Arc::new(Inner {
+                ahead_held: AtomicU64::new(0),
                 store,
                 rt,
                 url: url.clone(),
@@ -490,8 +493,10 @@ const SMALL_READ: u64 = 64 << 10;
 
 /// Most GETs of a plan in flight at once.
 const AHEAD_REQUESTS: usize = 6;
-/// Most bytes fetched ahead and not yet read.
-const AHEAD_BYTES: u64 = 96 << 20;
+/// Most bytes fetched ahead and not yet read, all objects of a client together (each object
+/// may still fetch one GET when it has none in flight, so a reader never waits on another's
+/// budget).
+const AHEAD_BYTES: u64 = 64 << 20;
 /// Planned ranges closer than this are fetched by one GET (the bytes between come along).
 const AHEAD_GAP: u64 = 256 << 10;
 /// The most one GET of a plan asks for.
@@ -529,6 +534,10 @@ impl S3Object {
     /// Take a plan: coalesce its ranges into GETs and start the first ones.
     fn plan(&self, ranges: Vec<(u64, u64)>) {
         let mut st = self.ahead.state.lock().expect("ahead");
+        self.s3
+            .inner
+            .ahead_held
+            .fetch_sub(st.held, Ordering::Relaxed);
         *st = AheadState::default();
         for (at, len) in ranges {
             let end = (at + len).min(self.len);
@@ -564,7 +573,7 @@ impl S3Object {
     fn start_more(&self, st: &mut AheadState) {
         while st.next < st.gets.len()
             && st.in_flight < AHEAD_REQUESTS
-            && (st.held < AHEAD_BYTES || st.in_flight == 0)
+            && (self.s3.inner.ahead_held.load(Ordering::Relaxed) < AHEAD_BYTES || st.in_flight == 0)
         {
             let i = st.next;
             st.next += 1;
@@ -580,6 +589,10 @@ impl S3Object {
         let (start, end) = (g.start, g.end);
         st.in_flight += 1;
         st.held += end - start;
+        self.s3
+            .inner
+            .ahead_held
+            .fetch_add(end - start, Ordering::Relaxed);
         let (store, path, ahead, s3) = (
             self.s3.inner.store.clone(),
             self.path.clone(),
@@ -643,10 +656,23 @@ impl S3Object {
             let size = g.end - g.start;
             g.data = Some(Ok(bytes::Bytes::new()));
             st.held -= size;
+            self.s3.inner.ahead_held.fetch_sub(size, Ordering::Relaxed);
             self.start_more(&mut st);
         }
         // A GET that failed is served as an error once; the reader's own request decides.
         Some(r)
+    }
+}
+
+impl Drop for S3Object {
+    fn drop(&mut self) {
+        // What it fetched ahead and nobody read leaves the client's budget.
+        if let Ok(st) = self.ahead.state.lock() {
+            self.s3
+                .inner
+                .ahead_held
+                .fetch_sub(st.held, Ordering::Relaxed);
+        }
     }
 }
 
