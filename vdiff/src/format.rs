@@ -1228,6 +1228,13 @@ pub fn read_literal_at<'a>(
     let at = head.stream_offset;
     buf.resize(head.stream_len() as usize, 0);
     pread(file, buf, at, len)?;
+    read_literal_checked(buf, head)
+}
+
+/// The payload of the literal record `buf` holds, after checking its header against `head`
+/// and its checksum.
+fn read_literal_checked<'a>(buf: &'a [u8], head: &RecordHead) -> Result<&'a [u8]> {
+    let at = head.stream_offset;
     let body = buf.len() - CHECKSUM_LEN;
     if buf[..RECORD_HEADER_LEN] != head.encode()[..] {
         return Err(Error::corrupt(
@@ -1246,6 +1253,160 @@ fn pread(file: &impl std::os::unix::fs::FileExt, buf: &mut [u8], at: u64, len: u
         return Err(Error::Truncated { offset: len });
     }
     file.read_exact_at(buf, at).map_err(Error::Io)
+}
+
+/// The flags of a literal record in a table built by [`read_record_table_lazy`]: its header
+/// was not read; [`read_literal_unread_at`] reads it with the record.
+pub const FLAGS_UNREAD: u8 = 0xff;
+
+/// [`read_record_table`] that reads no literal record's header: for a source where every
+/// separate read costs a round trip (an object store). Each index entry's stream length tells
+/// a literal (a payload) from a record without one; a literal's kind, place, length and payload
+/// length follow from the index, its flags stay [`FLAGS_UNREAD`], and its header is checked
+/// when the record is read ([`read_literal_unread_at`]). The headers of the records without
+/// payload are read, each run of neighbours at once, and checked as [`read_record_table`]
+/// checks them; the end record's totals are checked against all of them.
+pub fn read_record_table_lazy(
+    file: &impl std::os::unix::fs::FileExt,
+    len: u64,
+) -> Result<RecordTable> {
+    let (header, entries) = read_index(file, len)?;
+    let mut t = [0u8; INDEX_TRAILER_LEN];
+    pread(file, &mut t, len - INDEX_TRAILER_LEN as u64, len)?;
+    let end_at = LittleEndian::read_u64(&t[8..]).saturating_sub(END_RECORD_LEN);
+    let mut bytes_read =
+        2 * (HEADER_LEN + INDEX_TRAILER_LEN) as u64 + entries.len() as u64 * INDEX_ENTRY_LEN as u64;
+    let bare = (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64;
+    let stream_len = |i: usize| -> Result<u64> {
+        let s = entries[i].1;
+        let next = entries.get(i + 1).map_or(end_at, |e| e.1);
+        next.checked_sub(s)
+            .filter(|&n| n >= bare)
+            .ok_or_else(|| Error::corrupt(s, "index entries closer than a record"))
+    };
+    let mut records: Vec<RecordHead> = Vec::with_capacity(entries.len());
+    let mut totals = Totals {
+        stream_bytes: HEADER_LEN as u64,
+        ..Totals::default()
+    };
+    let mut pos = 0u64;
+    let mut run = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        let (t, s) = entries[i];
+        if stream_len(i)? == bare {
+            // A run of records without payload, next to each other: one read (4096 at most).
+            let mut j = i + 1;
+            while j < entries.len() && j - i < 4096 && stream_len(j)? == bare {
+                j += 1;
+            }
+            run.resize((j - i) * bare as usize, 0);
+            pread(file, &mut run, s, len)?;
+            bytes_read += run.len() as u64;
+            for (k, w) in run.chunks_exact(bare as usize).enumerate() {
+                let at = s + k as u64 * bare;
+                let h: &[u8; RECORD_HEADER_LEN] = w[..RECORD_HEADER_LEN].try_into().expect("32");
+                let head = RecordHead::parse(h, at)?;
+                if head.kind == KIND_END || head.payload_len != 0 {
+                    return Err(Error::corrupt(
+                        at,
+                        "the index's record lengths disagree with the stream",
+                    ));
+                }
+                if xxhash_rust::xxh3::xxh3_64(h) != LittleEndian::read_u64(&w[RECORD_HEADER_LEN..])
+                {
+                    return Err(Error::corrupt(at, "record checksum mismatch"));
+                }
+                if head.offset != entries[i + k].0 {
+                    return Err(Error::corrupt(
+                        at,
+                        "the index's target offset disagrees with the record",
+                    ));
+                }
+                head.check(pos, &header)?;
+                totals.add(head.kind, head.length, 0);
+                pos += head.length;
+                records.push(head);
+            }
+            i = j;
+            continue;
+        }
+        let payload = stream_len(i)? - bare;
+        if payload > MAX_LITERAL_BYTES as u64 {
+            return Err(Error::corrupt(
+                s,
+                format!("payload of {payload} bytes exceeds the cap {MAX_LITERAL_BYTES}"),
+            ));
+        }
+        let next_t = entries.get(i + 1).map_or(header.target_size, |e| e.0);
+        let head = RecordHead {
+            kind: KIND_LITERAL,
+            flags: 0,
+            reserved: 0,
+            payload_len: payload as u32,
+            offset: t,
+            length: next_t.saturating_sub(t),
+            arg: 0,
+            stream_offset: s,
+        };
+        head.check(pos, &header)?;
+        totals.add(KIND_LITERAL, head.length, payload);
+        pos += head.length;
+        records.push(RecordHead {
+            flags: FLAGS_UNREAD,
+            ..head
+        });
+        i += 1;
+    }
+    totals.stream_bytes = end_at;
+    let mut end = [0u8; END_RECORD_LEN as usize];
+    pread(file, &mut end, end_at, len)?;
+    bytes_read += END_RECORD_LEN;
+    let h: &[u8; RECORD_HEADER_LEN] = end[..RECORD_HEADER_LEN].try_into().expect("32 bytes");
+    let head = RecordHead::parse(h, end_at)?;
+    let body = END_RECORD_LEN as usize - CHECKSUM_LEN;
+    if head.kind != KIND_END
+        || xxhash_rust::xxh3::xxh3_64(&end[..body]) != LittleEndian::read_u64(&end[body..])
+    {
+        return Err(Error::corrupt(end_at, "no end record before the index"));
+    }
+    head.check(pos, &header)?;
+    if end[RECORD_HEADER_LEN..body] != totals.encode(&header.target_digest)[..] {
+        return Err(Error::corrupt(
+            end_at,
+            "end record totals or target digest disagree with the stream",
+        ));
+    }
+    Ok(RecordTable {
+        header,
+        records,
+        totals,
+        bytes_read,
+    })
+}
+
+/// [`read_literal_at`] for a literal of a lazy table ([`FLAGS_UNREAD`]): its flags come from
+/// the header read with it (0 or [`LITERAL_STORED`]), and the rest of the header must be what
+/// the index led to. Returns whether the payload is stored (not compressed), and the payload.
+pub fn read_literal_unread_at<'a>(
+    file: &impl std::os::unix::fs::FileExt,
+    len: u64,
+    head: &RecordHead,
+    buf: &'a mut Vec<u8>,
+) -> Result<(bool, &'a [u8])> {
+    let at = head.stream_offset;
+    buf.resize(head.stream_len() as usize, 0);
+    pread(file, buf, at, len)?;
+    let flags = buf[1];
+    if flags != 0 && flags != LITERAL_STORED {
+        return Err(Error::corrupt(
+            at,
+            format!("unknown record flags {flags:#x}"),
+        ));
+    }
+    let head = RecordHead { flags, ..*head };
+    let payload = read_literal_checked(buf, &head)?;
+    Ok((flags == LITERAL_STORED, payload))
 }
 
 /// Read the one record starting at `stream_offset` (from the index), checking its checksum and

@@ -111,6 +111,14 @@ impl DeltaFile {
         }
     }
 
+    /// The same bytes, with `plan` told what an apply will read.
+    pub fn planned(self, plan: ReadPlan) -> DeltaFile {
+        DeltaFile {
+            plan: Some(plan),
+            ..self
+        }
+    }
+
     /// A file, its length taken now.
     pub fn from_file(file: File) -> io::Result<DeltaFile> {
         let len = file.metadata()?.len();
@@ -269,7 +277,9 @@ enum What {
         /// Where the record's header starts in the delta file.
         record_at: u64,
         payload_len: u32,
-        stored: bool,
+        /// Whether the payload is stored uncompressed; `None` when the table was built
+        /// without reading the record's header (it is read with the record).
+        stored: Option<bool>,
     },
     Zero,
     Unallocated,
@@ -399,7 +409,14 @@ fn index(input: DeltaInput) -> Result<Delta> {
     let indexed = file.read_exact_at(&mut hb, 0).is_ok()
         && Header::decode(&hb).is_ok_and(|h| h.flags & format::FLAG_INDEX != 0);
     if indexed {
-        let table = format::read_record_table(&file, len).map_err(err)?;
+        // A source read by requests (a planned one: an object store) skips the literal
+        // headers: one request each would cost more than the records.
+        let table = if file.plan.is_some() {
+            format::read_record_table_lazy(&file, len)
+        } else {
+            format::read_record_table(&file, len)
+        }
+        .map_err(err)?;
         let recs = table
             .records
             .iter()
@@ -410,7 +427,8 @@ fn index(input: DeltaInput) -> Result<Delta> {
                     format::KIND_LITERAL => What::Literal {
                         record_at: r.stream_offset,
                         payload_len: r.payload_len,
-                        stored: r.flags == format::LITERAL_STORED,
+                        stored: (r.flags != format::FLAGS_UNREAD)
+                            .then_some(r.flags == format::LITERAL_STORED),
                     },
                     format::KIND_ZERO => What::Zero,
                     format::KIND_UNALLOCATED => What::Unallocated,
@@ -442,7 +460,7 @@ fn index(input: DeltaInput) -> Result<Delta> {
                     - (RECORD_HEADER_LEN + CHECKSUM_LEN) as u64
                     - payload.len() as u64,
                 payload_len: payload.len() as u32,
-                stored,
+                stored: Some(stored),
             },
             Record::Zero { .. } => What::Zero,
             Record::Unallocated { .. } => What::Unallocated,
@@ -820,7 +838,11 @@ fn read_literal(
     };
     let head = format::RecordHead {
         kind: format::KIND_LITERAL,
-        flags: if stored { format::LITERAL_STORED } else { 0 },
+        flags: match stored {
+            Some(true) => format::LITERAL_STORED,
+            Some(false) => 0,
+            None => format::FLAGS_UNREAD,
+        },
         reserved: 0,
         payload_len,
         offset: r.offset,
@@ -834,7 +856,15 @@ fn read_literal(
     };
     RECORD.with(|rb| {
         let mut record = rb.borrow_mut();
-        let payload = format::read_literal_at(&d.file, d.len, &head, &mut record).map_err(derr)?;
+        let (stored, payload) = match stored {
+            Some(stored) => (
+                stored,
+                format::read_literal_at(&d.file, d.len, &head, &mut record).map_err(derr)?,
+            ),
+            None => {
+                format::read_literal_unread_at(&d.file, d.len, &head, &mut record).map_err(derr)?
+            }
+        };
         d.bytes_read
             .fetch_add(head.stream_len(), std::sync::atomic::Ordering::Relaxed);
         inflate(stored, payload).map_err(|source| derr(at_record(source, record_at)))

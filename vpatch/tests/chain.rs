@@ -173,6 +173,70 @@ proptest! {
         prop_assert_eq!(report.indexed_deltas, index[..n].iter().filter(|&&i| i).count());
         prop_assert!(report.base_check_bytes <= imgs[0].data.len() as u64);
     }
+
+    /// A source with a read plan (an object store) gets its indexed deltas' tables built
+    /// without the literal headers, and is told every literal record the apply then reads,
+    /// each once, in the order read; the output is the same.
+    #[test]
+    fn planned_sources_read_lazily_and_apply_the_same(
+        s0 in image_spec(), s1 in image_spec(), s2 in image_spec(),
+        n in 1usize..=2, index in prop::collection::vec(any::<bool>(), 3),
+        cache in prop_oneof![Just(None), Just(Some(0usize)), Just(Some(100_000))],
+    ) {
+        let mut imgs = vec![build(&s0, None)];
+        for s in [&s1, &s2] {
+            let next = build(s, imgs.last());
+            imgs.push(next);
+        }
+        let plans: Vec<std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>> =
+            (0..=n).map(|_| Default::default()).collect();
+        let deltas: Vec<_> = (0..=n)
+            .map(|k| {
+                let mut d = delta_file_with(k.checked_sub(1).map(|p| &imgs[p]), &imgs[k], index[k]);
+                let told = plans[k].clone();
+                d.file = d.file.planned(std::sync::Arc::new(move |r| *told.lock().unwrap() = r));
+                d
+            })
+            .collect();
+        let (out, _) = run_cached(None, deltas, false, cache).expect("apply");
+        prop_assert_eq!(&out, &imgs[n].data);
+        for p in &plans {
+            let p = p.lock().unwrap();
+            let mut starts: Vec<u64> = p.iter().map(|r| r.0).collect();
+            starts.sort_unstable();
+            starts.dedup();
+            prop_assert_eq!(starts.len(), p.len(), "each record once");
+        }
+    }
+}
+
+/// A damaged literal header is caught when a lazily indexed delta's record is read: flags
+/// that are not a literal's, or any other field the index disagrees with.
+#[test]
+fn damaged_literal_headers_are_caught_in_a_lazy_table() {
+    let a = MemImage::new(random(1, 2 << 20));
+    let b = MemImage::new(random(2, 2 << 20));
+    for (at, what) in [(1u64, "flags"), (8, "header")] {
+        let f = delta_raw(Some(&a), &b, true);
+        use std::os::unix::fs::FileExt;
+        // The first record after the 120-byte stream header is a literal (random data).
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, 120 + at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x40], 120 + at).unwrap();
+        let d = DeltaInput {
+            name: "delta".into(),
+            file: DeltaFile::from_file(f)
+                .unwrap()
+                .planned(std::sync::Arc::new(|_| {})),
+        };
+        match run_with(Some(&a), vec![d], true) {
+            Err(Error::Delta { source, .. }) => {
+                let m = source.to_string();
+                assert!(m.contains("flags") || m.contains("header"), "{what}: {m}")
+            }
+            other => panic!("{what}: {:?}", other.map(|x| x.1)),
+        }
+    }
 }
 
 /// Apply with [`apply_with`]: the base's size checked up front, its digest on the way when
