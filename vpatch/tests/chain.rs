@@ -66,6 +66,9 @@ fn bytes_file(b: &[u8]) -> DeltaInput {
     }
 }
 
+/// What a read plan was told.
+type Told = std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>;
+
 fn run(base: Option<&MemImage>, mut deltas: Vec<DeltaInput>) -> Result<Vec<u8>, Error> {
     let headers = read_headers(&mut deltas)?;
     let chunks = check_base(base.map(|b| b as &dyn Image), &headers[0], "d0", true)?;
@@ -188,8 +191,7 @@ proptest! {
             let next = build(s, imgs.last());
             imgs.push(next);
         }
-        let plans: Vec<std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>> =
-            (0..=n).map(|_| Default::default()).collect();
+        let plans: Vec<Told> = (0..=n).map(|_| Default::default()).collect();
         let deltas: Vec<_> = (0..=n)
             .map(|k| {
                 let mut d = delta_file_with(k.checked_sub(1).map(|p| &imgs[p]), &imgs[k], index[k]);
