@@ -358,6 +358,10 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     assert_eq!(repo.names(), ["E1", "E2"]);
     assert_builds(&repo, "E2", &st, &t.path().join("out"));
     g.restart(2);
+    assert!(
+        g.sees_up(0, 3, Duration::from_secs(60)),
+        "node 0 does not see node 2 back"
+    );
     // Node 1 dies during a build: it completes and is right.
     let out = t.path().join("out2");
     let b = repo.spawn(&["build", "E2", s(&out)]);
@@ -373,6 +377,10 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     // The client's own node dies: a clear error, and nothing half-written a later command
     // would believe.
     g.restart(1);
+    assert!(
+        g.sees_up(0, 3, Duration::from_secs(60)),
+        "node 0 does not see node 1 back"
+    );
     fs::write(wa.join("big.log"), rand_bytes(89, 64 << 20)).unwrap();
     let child = repo.spawn(&["save", s(&wa)]);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -387,6 +395,10 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     let o = child.wait_with_output().unwrap();
     assert!(!o.status.success());
     g.restart(0);
+    assert!(
+        g.sees_up(0, 3, Duration::from_secs(60)),
+        "node 0 does not see node 0 back"
+    );
     assert_eq!(repo.names(), ["E1", "E2"], "no entry from the failed save");
     let v = repo.json(&["verify", "--read-data"]);
     assert_eq!(v["ok"].as_array().unwrap().len(), 2, "{v}");

@@ -30,7 +30,9 @@ use vrepo::{query, Error, ErrorKind, Mode, Repo};
 #[derive(Parser)]
 #[command(name = "vrepo", version)]
 struct Cli {
-    /// The repository folder (default: $VREPO_REPOSITORY).
+    /// The repository: a folder, or s3:http://HOST:PORT/BUCKET/PREFIX (or s3:https://...) on
+    /// S3-compatible object storage, with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_DEFAULT_REGION set (default: $VREPO_REPOSITORY).
     #[arg(
         short = 'r',
         long = "repo",

@@ -474,7 +474,7 @@ admin_token = "{token}"
     }
 
     /// Start node `i` again (same folder, ports and identity) after [`kill`](Self::kill);
-    /// returns once it is up and every running node sees every running node.
+    /// returns once it is up and sees every running node.
     pub fn restart(&mut self, i: usize) {
         assert!(
             self.nodes[i].child.is_none(),
@@ -488,11 +488,24 @@ admin_token = "{token}"
                 self.log_tail(i)
             );
         }
-        // Every running node must see it again, not only it the others: a node that kept a
-        // connection to the killed process reconnects only at its next status exchange.
-        let up = self.running();
-        for &j in &up {
-            self.wait_healthy(j, up.len(), deadline);
+        let up = self.running().len();
+        self.wait_healthy(i, up, deadline);
+    }
+
+    /// Wait (up to `within`) until node `i` sees `up` storage nodes up, and say whether it
+    /// did. A node that kept a connection to a killed process notices it came back only at
+    /// a later status exchange.
+    pub fn sees_up(&self, i: usize, up: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let h = self.json_api(i, "GetClusterHealth", "");
+            if h["storageNodesUp"] == up && h["partitionsQuorum"] == h["partitions"] {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
