@@ -107,6 +107,8 @@ impl std::fmt::Display for S3Url {
 struct Inner {
     /// Bytes fetched ahead by planned reads and not yet read, all objects together.
     ahead_held: AtomicU64,
+    /// Bytes of objects fetched whole (see [`WHOLE_BYTES`]).
+    whole_held: AtomicU64,
     store: AmazonS3,
     rt: tokio::runtime::Runtime,
     url: S3Url,
@@ -293,6 +295,7 @@ impl S3 {
         Ok(S3 {
             inner: Arc::new(Inner {
                 ahead_held: AtomicU64::new(0),
+                whole_held: AtomicU64::new(0),
                 store,
                 rt,
                 url: url.clone(),
@@ -395,6 +398,36 @@ impl Storage for S3 {
         let len = self
             .size(key)?
             .ok_or_else(|| Error::Missing(format!("s3:{}/{key}: missing", self.inner.url)))?;
+        // A small delta (a night's) is fetched whole, in parallel pieces, while the budget
+        // of whole objects allows: its table and records then cost no request each.
+        let held = &self.inner.whole_held;
+        if len <= WHOLE_BYTES && held.fetch_add(len, Ordering::Relaxed) + len <= WHOLE_BYTES {
+            let path = self.inner.path(key);
+            let pieces: Vec<(u64, u64)> = (0..len)
+                .step_by(PART_BYTES)
+                .map(|at| (at, (at + PART_BYTES as u64).min(len)))
+                .collect();
+            let store = &self.inner.store;
+            let got = self.block_on(futures::future::try_join_all(
+                pieces.iter().map(|&(a, b)| store.get_range(&path, a..b)),
+            ));
+            let got = got.map_err(|e| self.inner.err(key, e))?;
+            let mut all = Vec::with_capacity(len as usize);
+            for b in got {
+                all.extend_from_slice(&b);
+            }
+            if all.len() as u64 != len {
+                return Err(Error::Io {
+                    what: format!("s3:{}/{key}", self.inner.url),
+                    source: io::Error::other("the object changed size while it was read"),
+                });
+            }
+            self.inner.received.fetch_add(len, Ordering::Relaxed);
+            return Ok((Arc::new(InMemory(all)), len, None));
+        }
+        if len <= WHOLE_BYTES {
+            held.fetch_sub(len, Ordering::Relaxed);
+        }
         let obj = Arc::new(S3Object {
             s3: self.clone(),
             path: self.inner.path(key),
@@ -491,14 +524,30 @@ struct S3Object {
 /// table is built from come a block at a time.
 const SMALL_READ: u64 = 64 << 10;
 
+/// Deltas up to this size are fetched whole for a build, up to this many bytes in all.
+const WHOLE_BYTES: u64 = 64 << 20;
+
+/// An object fetched whole.
+struct InMemory(Vec<u8>);
+
+impl ReadAt for InMemory {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = (offset as usize).min(self.0.len());
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+}
+
 /// Most GETs of a plan in flight at once.
 const AHEAD_REQUESTS: usize = 6;
 /// Most bytes fetched ahead and not yet read, all objects of a client together (each object
 /// may still fetch one GET when it has none in flight, so a reader never waits on another's
 /// budget).
 const AHEAD_BYTES: u64 = 64 << 20;
-/// Planned ranges closer than this are fetched by one GET (the bytes between come along).
-const AHEAD_GAP: u64 = 256 << 10;
+/// Planned ranges closer than this are fetched by one GET (the bytes between come along:
+/// a few records without payload, which the table has read already).
+const AHEAD_GAP: u64 = 4 << 10;
 /// The most one GET of a plan asks for.
 const AHEAD_GET: u64 = 8 << 20;
 
@@ -514,7 +563,9 @@ struct AheadState {
     gets: Vec<Get>,
     /// Indexes of `gets` by start offset.
     by_start: std::collections::BTreeMap<u64, usize>,
-    /// The next planned GET to start.
+    /// The order to start them in: by the plan's first need of one of their ranges.
+    order: Vec<usize>,
+    /// The next of `order` to start.
     next: usize,
     in_flight: usize,
     /// Bytes fetched (or being fetched) and not yet read.
@@ -539,15 +590,23 @@ impl S3Object {
             .ahead_held
             .fetch_sub(st.held, Ordering::Relaxed);
         *st = AheadState::default();
-        for (at, len) in ranges {
-            let end = (at + len).min(self.len);
-            if at >= end {
-                continue;
-            }
+        // GETs are made of neighbouring ranges in offset order, and started in the order the
+        // plan first needs one of their ranges.
+        let mut ranked: Vec<(u64, u64, usize)> = ranges
+            .into_iter()
+            .enumerate()
+            .map(|(rank, (at, len))| (at, (at + len).min(self.len), rank))
+            .filter(|&(at, end, _)| at < end)
+            .collect();
+        ranked.sort_unstable();
+        let mut first_need: Vec<usize> = Vec::new();
+        for (at, end, rank) in ranked {
             if let Some(g) = st.gets.last_mut() {
                 if at >= g.end && at - g.end <= AHEAD_GAP && end - g.start <= AHEAD_GET {
                     g.end = end;
                     g.reads += 1;
+                    let f = first_need.last_mut().expect("one per get");
+                    *f = (*f).min(rank);
                     continue;
                 }
             }
@@ -558,7 +617,11 @@ impl S3Object {
                 started: false,
                 data: None,
             });
+            first_need.push(rank);
         }
+        let mut order: Vec<usize> = (0..st.gets.len()).collect();
+        order.sort_unstable_by_key(|&i| first_need[i]);
+        st.order = order;
         let starts: Vec<(u64, usize)> = st
             .gets
             .iter()
@@ -575,7 +638,7 @@ impl S3Object {
             && st.in_flight < AHEAD_REQUESTS
             && (self.s3.inner.ahead_held.load(Ordering::Relaxed) < AHEAD_BYTES || st.in_flight == 0)
         {
-            let i = st.next;
+            let i = st.order[st.next];
             st.next += 1;
             if !st.gets[i].started {
                 self.start(st, i);
@@ -620,12 +683,16 @@ impl S3Object {
     fn serve_planned(&self, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
         let end = offset + buf.len() as u64;
         let mut st = self.ahead.state.lock().expect("ahead");
-        let (_, &i) = st.by_start.range(..=offset).next_back()?;
-        let g = &st.gets[i];
-        if end > g.end || g.reads == 0 {
-            return None;
-        }
-        if !g.started {
+        // GETs are disjoint but for the small gaps they span: the one holding the range is
+        // among the last few starting at or before it.
+        let i = st
+            .by_start
+            .range(..=offset)
+            .rev()
+            .take(256)
+            .map(|(_, &i)| i)
+            .find(|&i| end <= st.gets[i].end && st.gets[i].reads > 0)?;
+        if !st.gets[i].started {
             // Needed before its turn: ask for it now.
             self.start(&mut st, i);
         }
