@@ -328,6 +328,27 @@ fn bad_credentials_a_missing_bucket_and_a_dead_endpoint_fail_in_one_line() {
     let _ = t;
 }
 
+/// Wait (up to a minute) until a save has a multipart upload open.
+fn wait_uploading(g: &Garage) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while uploads(g).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the save never started uploading"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Restart node `i` and wait until node 0, the client's, sees all three again.
+fn restart_seen(g: &mut Garage, i: usize) {
+    g.restart(i);
+    assert!(
+        g.sees_up(0, 3, Duration::from_secs(60)),
+        "node 0 does not see node {i} back"
+    );
+}
+
 #[test]
 fn one_node_of_three_killed_during_a_save_and_a_build() {
     let mut g = Garage::cluster(3);
@@ -339,14 +360,7 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     let st = keep(&wa, &t.path().join("state"));
     // The client talks to node 0; node 2 dies while the save uploads.
     let child = repo.spawn(&["save", s(&wa)]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while uploads(&g).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the save never started uploading"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_uploading(&g);
     g.kill(2);
     let o = child.wait_with_output().unwrap();
     // Two of three nodes make a quorum: the save completes, whole.
@@ -357,11 +371,7 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     );
     assert_eq!(repo.names(), ["E1", "E2"]);
     assert_builds(&repo, "E2", &st, &t.path().join("out"));
-    g.restart(2);
-    assert!(
-        g.sees_up(0, 3, Duration::from_secs(60)),
-        "node 0 does not see node 2 back"
-    );
+    restart_seen(&mut g, 2);
     // Node 1 dies during a build: it completes and is right.
     let out = t.path().join("out2");
     let b = repo.spawn(&["build", "E2", s(&out)]);
@@ -376,29 +386,14 @@ fn one_node_of_three_killed_during_a_save_and_a_build() {
     assert_same_files(&st, &out, "build with a node down");
     // The client's own node dies: a clear error, and nothing half-written a later command
     // would believe.
-    g.restart(1);
-    assert!(
-        g.sees_up(0, 3, Duration::from_secs(60)),
-        "node 0 does not see node 1 back"
-    );
+    restart_seen(&mut g, 1);
     fs::write(wa.join("big.log"), rand_bytes(89, 64 << 20)).unwrap();
     let child = repo.spawn(&["save", s(&wa)]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while uploads(&g).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the save never started uploading"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_uploading(&g);
     g.kill(0);
     let o = child.wait_with_output().unwrap();
     assert!(!o.status.success());
-    g.restart(0);
-    assert!(
-        g.sees_up(0, 3, Duration::from_secs(60)),
-        "node 0 does not see node 0 back"
-    );
+    restart_seen(&mut g, 0);
     assert_eq!(repo.names(), ["E1", "E2"], "no entry from the failed save");
     let v = repo.json(&["verify", "--read-data"]);
     assert_eq!(v["ok"].as_array().unwrap().len(), 2, "{v}");

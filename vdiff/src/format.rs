@@ -1189,9 +1189,28 @@ pub fn read_record_table(file: &impl std::os::unix::fs::FileExt, len: u64) -> Re
             ),
         ));
     }
+    check_end_record(file, len, end_at, pos, &header, &totals)?;
+    bytes_read += END_RECORD_LEN + records.len() as u64 * INDEX_ENTRY_LEN as u64;
+    Ok(RecordTable {
+        header,
+        records,
+        totals,
+        bytes_read,
+    })
+}
+
+/// Check the end record at `end_at`: its kind, checksum and place (`pos`, where the records
+/// ended in the target), and its totals and target digest against `totals` and `header`.
+fn check_end_record(
+    file: &impl std::os::unix::fs::FileExt,
+    len: u64,
+    end_at: u64,
+    pos: u64,
+    header: &Header,
+    totals: &Totals,
+) -> Result<()> {
     let mut end = [0u8; END_RECORD_LEN as usize];
     pread(file, &mut end, end_at, len)?;
-    bytes_read += END_RECORD_LEN + records.len() as u64 * INDEX_ENTRY_LEN as u64;
     let h: &[u8; RECORD_HEADER_LEN] = end[..RECORD_HEADER_LEN].try_into().expect("32 bytes");
     let head = RecordHead::parse(h, end_at)?;
     let body = END_RECORD_LEN as usize - CHECKSUM_LEN;
@@ -1201,19 +1220,14 @@ pub fn read_record_table(file: &impl std::os::unix::fs::FileExt, len: u64) -> Re
     if xxhash_rust::xxh3::xxh3_64(&end[..body]) != LittleEndian::read_u64(&end[body..]) {
         return Err(Error::corrupt(end_at, "record checksum mismatch"));
     }
-    head.check(pos, &header)?;
+    head.check(pos, header)?;
     if end[RECORD_HEADER_LEN..body] != totals.encode(&header.target_digest)[..] {
         return Err(Error::corrupt(
             end_at,
             "end record totals or target digest disagree with the stream",
         ));
     }
-    Ok(RecordTable {
-        header,
-        records,
-        totals,
-        bytes_read,
-    })
+    Ok(())
 }
 
 /// Read the whole record `head` describes (from a [`RecordTable`]) into `buf` and return its
@@ -1359,24 +1373,8 @@ pub fn read_record_table_lazy(
         i += 1;
     }
     totals.stream_bytes = end_at;
-    let mut end = [0u8; END_RECORD_LEN as usize];
-    pread(file, &mut end, end_at, len)?;
+    check_end_record(file, len, end_at, pos, &header, &totals)?;
     bytes_read += END_RECORD_LEN;
-    let h: &[u8; RECORD_HEADER_LEN] = end[..RECORD_HEADER_LEN].try_into().expect("32 bytes");
-    let head = RecordHead::parse(h, end_at)?;
-    let body = END_RECORD_LEN as usize - CHECKSUM_LEN;
-    if head.kind != KIND_END
-        || xxhash_rust::xxh3::xxh3_64(&end[..body]) != LittleEndian::read_u64(&end[body..])
-    {
-        return Err(Error::corrupt(end_at, "no end record before the index"));
-    }
-    head.check(pos, &header)?;
-    if end[RECORD_HEADER_LEN..body] != totals.encode(&header.target_digest)[..] {
-        return Err(Error::corrupt(
-            end_at,
-            "end record totals or target digest disagree with the stream",
-        ));
-    }
     Ok(RecordTable {
         header,
         records,

@@ -34,18 +34,34 @@ fn identity(e: &Entry) -> (String, String) {
     (e.volume.digest.clone(), e.stored.delta.blake3.clone())
 }
 
-/// The entries `wanted` (names in `from`) need, each after its parent, without repeats.
+/// The entries `wanted` (names in `from`) need, each after its parent, without repeats. The
+/// entries are read once (on object storage, every `entry.json` is a request).
 fn with_ancestors(from: &Repo, wanted: &[Entry]) -> Result<Vec<Entry>> {
-    let mut out: Vec<Entry> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let all: HashMap<String, Entry> = from
+        .entries()?
+        .into_iter()
+        .map(|e| (e.name.clone(), e))
+        .collect();
+    let mut needed: HashMap<String, Entry> = HashMap::new();
     for e in wanted {
-        for c in from.chain(e)? {
-            if seen.insert(c.name.clone()) {
-                out.push(c);
+        let mut cur = Some(e.clone());
+        while let Some(c) = cur.take() {
+            if needed.contains_key(&c.name) {
+                break;
             }
+            if let Some(p) = &c.parent {
+                cur = Some(all.get(p).cloned().ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "entry {} needs {p}, which is missing from the repository",
+                        c.name
+                    ))
+                })?);
+            }
+            needed.insert(c.name.clone(), c);
         }
     }
     // Parents have lower numbers: number order puts each after its parent.
+    let mut out: Vec<Entry> = needed.into_values().collect();
     out.sort_by_key(|e| e.number);
     Ok(out)
 }

@@ -36,6 +36,20 @@ pub struct RepoConfig {
     pub max_chain: Option<u32>,
 }
 
+impl RepoConfig {
+    /// A new repository's `vrepo.json`, and its text.
+    fn new(block_size: u32, max_chain: Option<u32>) -> (RepoConfig, String) {
+        let config = RepoConfig {
+            schema: REPO_SCHEMA.into(),
+            block_size,
+            created: now_rfc3339(),
+            max_chain,
+        };
+        let text = serde_json::to_string_pretty(&config).expect("serializable") + "\n";
+        (config, text)
+    }
+}
+
 /// A working area's record: the entry it was last saved as or built from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -281,12 +295,9 @@ impl Repo {
     /// Make a repository at `loc`: a folder (created if missing; an existing one must be
     /// empty), or a key prefix of a bucket that holds nothing yet.
     pub fn init_at(loc: &Location, block_size: u32, max_chain: Option<u32>) -> Result<Repo> {
-        let Location::S3(_) = loc else {
-            let Location::Local(p) = loc else {
-                unreachable!()
-            };
+        if let Location::Local(p) = loc {
             return Repo::init(p, block_size, max_chain);
-        };
+        }
         let store = loc.storage()?;
         if store.get(MARKER, 1 << 16)?.is_some() {
             return Err(Error::Refused(format!("{loc}: already a VML repository")));
@@ -296,13 +307,7 @@ impl Repo {
                 "{loc}: not empty; a repository is made under a new or empty prefix"
             )));
         }
-        let config = RepoConfig {
-            schema: REPO_SCHEMA.into(),
-            block_size,
-            created: now_rfc3339(),
-            max_chain,
-        };
-        let text = serde_json::to_string_pretty(&config).expect("serializable") + "\n";
+        let (config, text) = RepoConfig::new(block_size, max_chain);
         store.put(MARKER, text.as_bytes())?;
         Ok(Repo {
             root: PathBuf::from(loc.to_string()),
@@ -313,12 +318,9 @@ impl Repo {
 
     /// Open the repository at `loc`. A local one's leftovers of dead commands are cleared.
     pub fn open_at(loc: &Location) -> Result<Repo> {
-        let Location::S3(_) = loc else {
-            let Location::Local(p) = loc else {
-                unreachable!()
-            };
+        if let Location::Local(p) = loc {
             return Repo::open(p);
-        };
+        }
         let store = loc.storage()?;
         let Some(bytes) = store.get(MARKER, 1 << 16)? else {
             return Err(Error::Missing(format!(
@@ -368,13 +370,7 @@ impl Repo {
         for d in [ENTRIES, WORKAREAS, TMP] {
             fs::create_dir(path.join(d)).at(&path.join(d))?;
         }
-        let config = RepoConfig {
-            schema: REPO_SCHEMA.into(),
-            block_size,
-            created: now_rfc3339(),
-            max_chain,
-        };
-        let text = serde_json::to_string_pretty(&config).expect("serializable") + "\n";
+        let (config, text) = RepoConfig::new(block_size, max_chain);
         // The marker goes last: a folder without it is not a repository yet.
         write_atomic(&path.join(MARKER), text.as_bytes())?;
         Ok(Repo {

@@ -760,28 +760,20 @@ impl ReadAt for S3Object {
             }
         }
         if n < SMALL_READ {
-            let want = SMALL_READ.min(self.len - offset);
-            let b = self
-                .s3
-                .block_on(
-                    self.s3
-                        .inner
-                        .store
-                        .get_range(&self.path, offset..offset + want),
-                )
-                .map_err(|e| io::Error::other(one_line(&e.to_string())))?;
-            if b.len() as u64 != want {
-                return Err(io::Error::other(format!(
-                    "{}: asked for {want} bytes at {offset}, got {}",
-                    self.path,
-                    b.len()
-                )));
-            }
-            self.s3.inner.received.fetch_add(want, Ordering::Relaxed);
+            let b = self.get_exact(offset, SMALL_READ.min(self.len - offset))?;
             buf[..n as usize].copy_from_slice(&b[..n as usize]);
             *self.last.lock().expect("last") = Some((offset, b));
             return Ok(n as usize);
         }
+        let b = self.get_exact(offset, n)?;
+        buf[..b.len()].copy_from_slice(&b);
+        Ok(b.len())
+    }
+}
+
+impl S3Object {
+    /// Exactly `n` bytes at `offset`, by one ranged GET (counted as received).
+    fn get_exact(&self, offset: u64, n: u64) -> io::Result<bytes::Bytes> {
         let b = self
             .s3
             .block_on(
@@ -798,12 +790,8 @@ impl ReadAt for S3Object {
                 b.len()
             )));
         }
-        buf[..b.len()].copy_from_slice(&b);
-        self.s3
-            .inner
-            .received
-            .fetch_add(b.len() as u64, Ordering::Relaxed);
-        Ok(b.len())
+        self.s3.inner.received.fetch_add(n, Ordering::Relaxed);
+        Ok(b)
     }
 }
 
